@@ -1,0 +1,13 @@
+"""Thin Dagster asset definitions, one module per asset group, built from a lineage."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from featureflow_dagster.lineage import Lineage
+from featureflow_dagster.assets.data import build_data_assets
+from featureflow_dagster.assets.models import build_model_assets
+
+
+def build_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
+    return [*build_data_assets(lineage), *build_model_assets(lineage)]

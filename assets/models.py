@@ -1,0 +1,103 @@
+"""Model assets: one per lineage node (`model/<node>`), each holding that node's single partition.
+
+A base trains from scratch; a fine-tune starts from its parent's saved weights."""
+
+
+import dagster as dg
+
+from featureflow_dagster.blocks import load_blocks
+from featureflow_dagster.lineage import Lineage
+from featureflow_dagster.model import init_model, load_model, parameter_distance, weights_hash
+from featureflow_dagster.plots import loss_curve_figure, write_html
+from featureflow_dagster.provenance import versions
+from featureflow_dagster.storage import file_sha256
+from featureflow_dagster.resources import ArtifactStore, DeviceResource
+from featureflow_dagster.tokenizer import load_tokenizer
+from featureflow_dagster.training import train_lineage_node
+from featureflow_dagster.assets.partitions import model_key, same_node, single_node_partition
+
+
+def build_model_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
+    return [_trained_model_asset(lineage, n.name) for n in lineage.topological_order() if n.kind != "merge"]
+
+
+def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
+    spec = lineage.node(node)
+    deps = [dg.AssetDep("tokens", partition_mapping=same_node(node)), dg.AssetDep("tokenizer")]
+    deps += [dg.AssetDep(model_key(p), partition_mapping=dg.StaticPartitionMapping({p: node})) for p in spec.parents]
+
+    @dg.asset(
+        key=model_key(node),
+        partitions_def=single_node_partition(node),
+        deps=deps,
+        group_name="models",
+        kinds={"pytorch", "huggingface"},
+        pool="gpu",
+        code_version=lineage.fingerprint(node),
+        description=f"{spec.kind} model of node '{node}'" + (f" (from '{spec.parents[0]}')" if spec.parents else ""),
+    )
+    def _model(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        dev = device.torch_device()
+        tok = load_tokenizer(store.tokenizer_dir())
+        if spec.parents:
+            model = load_model(store.model_dir(spec.parents[0]), dev)
+            parent = load_model(store.model_dir(spec.parents[0]), "cpu")
+        else:
+            model, parent = init_model(lineage.model_spec(node), tok, lineage.seed_of(node)), None
+        tokens_file = store.tokens_path(node)
+        trained = train_lineage_node(
+            model,
+            load_blocks(tokens_file, "train"),
+            load_blocks(tokens_file, "validation"),
+            lineage.training_spec(node),
+            lineage.seed_of(node),
+            dev,
+            checkpoint_path=store.checkpoint_path("model", node),
+            data_hash=file_sha256(tokens_file),
+            log=context.log.info,
+        )
+        out = store.model_dir(node)
+        with store.write_dir(out) as tmp:
+            trained.model.to("cpu").save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+        digest = weights_hash(trained.model)
+        curve_html = write_html(
+            loss_curve_figure(trained.result.loss_curve, f"{node}: training loss"),
+            store.report_dir("model", node) / "loss_curve.html",
+        )
+        metadata = {
+            "path": dg.MetadataValue.path(str(out)),
+            "loss_curve": dg.MetadataValue.path(str(curve_html)),
+            "loss_curve_table": dg.MetadataValue.md(_curve_markdown(trained.result.loss_curve)),
+            "final_train_loss": trained.result.loss_curve[-1][1],
+            "steps": trained.result.steps,
+            "tokens_seen": trained.result.tokens_seen,
+            "seconds": round(trained.result.seconds, 2),
+            "tokens_per_second": round(trained.result.tokens_seen / max(trained.result.seconds, 1e-9)),
+            "resumed_from_step": trained.result.resumed_from_step,
+            "device": str(dev),
+            "seed": lineage.seed_of(node),
+            "config": dg.MetadataValue.json(
+                {"model": lineage.model_spec(node).model_dump(), "training": lineage.training_spec(node).model_dump()}
+            ),
+            "data_hash": file_sha256(tokens_file),
+            "weights_hash": digest,
+            "init_weights_hash": trained.init_weights_hash,
+            "versions": dg.MetadataValue.json(versions()),
+        }
+        for domain, ev in trained.evaluation.items():
+            metadata[f"val_loss/{domain}"] = ev["loss"]
+            metadata[f"val_accuracy/{domain}"] = ev["accuracy"]
+            metadata[f"val_accuracy_before/{domain}"] = trained.start_evaluation[domain]["accuracy"]
+        if parent is not None:
+            metadata["relative_distance_from_parent"] = parameter_distance(trained.model, parent)
+        return dg.MaterializeResult(data_version=dg.DataVersion(digest), metadata=metadata)
+
+    return _model
+
+
+def _curve_markdown(curve: list[tuple[int, float]], rows: int = 12) -> str:
+    picked = curve[:: max(1, len(curve) // rows)]
+    if curve and picked[-1] != curve[-1]:
+        picked.append(curve[-1])
+    return "| step | train loss |\n|---:|---:|\n" + "\n".join(f"| {s} | {l:.4f} |" for s, l in picked)

@@ -1,0 +1,36 @@
+"""Partitions derived from the lineage file.
+
+- node partitions: one key per lineage node (`base`, `lua`, ...), for node-level assets.
+- data-node partitions: the nodes that carry training data (bases and fine-tunes).
+- model assets: Dagster forbids a statically partitioned asset from depending on other partitions
+  of itself, so the model stage is one asset per node, `model/<node>`, each with that node's single
+  partition; partition mappings then connect it exactly to its parents and to node-partitioned
+  assets up- and downstream. See the README's architecture section.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from featureflow_dagster.lineage import Lineage
+
+
+def node_partitions(lineage: Lineage) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(lineage.node_names)
+
+
+def data_node_partitions(lineage: Lineage) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition([n for n in lineage.node_names if lineage.node(n).data is not None])
+
+
+def model_key(node: str) -> dg.AssetKey:
+    return dg.AssetKey(["model", node])
+
+
+def single_node_partition(node: str) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition([node])
+
+
+def same_node(node: str) -> dg.StaticPartitionMapping:
+    """Map partition `node` of a node-partitioned asset to the single partition of a per-node asset."""
+    return dg.StaticPartitionMapping({node: node})

@@ -1,0 +1,51 @@
+"""Where a lineage's artefacts and Dagster's run history live, chosen from the environment.
+
+FEATUREFLOW_LINEAGE  a shipped lineage name (micro, demo, paper) or a path; default 'demo'
+FEATUREFLOW_HOME     artefacts of that lineage; default ./.featureflow/<lineage name>
+FEATUREFLOW_DEVICE   'auto' (default), 'cpu', 'cuda' or 'cuda:N'
+DAGSTER_HOME         Dagster's instance (run history, data versions); default ./.dagster
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Kept identical to the repository's dagster.yaml (a test compares them): the CLI writes it into a
+# fresh DAGSTER_HOME so that an installed featureflow needs no checkout.
+DAGSTER_YAML = """\
+# Dagster instance settings for featureflow (copied into DAGSTER_HOME by `featureflow`).
+telemetry:
+  enabled: false
+
+storage:
+  sqlite:
+    base_dir:
+      env: DAGSTER_HOME
+
+# One GPU job at a time: model and SAE training assets declare pool="gpu".
+concurrency:
+  pools:
+    granularity: op
+    default_limit: 1
+"""
+
+
+def featureflow_home(lineage_name: str) -> Path:
+    value = os.environ.get("FEATUREFLOW_HOME")
+    return Path(value).expanduser().resolve() if value else (Path.cwd() / ".featureflow" / lineage_name).resolve()
+
+
+def device_name() -> str:
+    return os.environ.get("FEATUREFLOW_DEVICE", "auto")
+
+
+def ensure_dagster_home() -> Path:
+    """Set DAGSTER_HOME (default ./.dagster) and write featureflow's dagster.yaml there if none exists."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Path.cwd() / ".dagster").expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home

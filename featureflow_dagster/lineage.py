@@ -1,0 +1,528 @@
+"""The lineage file: a YAML declaration of models (a base, its fine-tunes, merges of those).
+
+A lineage is validated completely before any compute: the schema by pydantic, the graph by
+`validate_graph` (cycles, unknown or duplicate nodes, parent counts per kind, common ancestors of
+merge parents, architecture agreement along edges, local paths that exist). Every problem raises
+`LineageError` naming the file, the node and the field, and saying what would fix it.
+
+Shipped lineages live in `featureflow_dagster/lineages/<name>.yaml`; `resolve_lineage_path` turns
+`FEATUREFLOW_LINEAGE` (a shipped name or a path) into a file.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from functools import cached_property
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+DEFAULT_LINEAGE = "demo"
+SHIPPED_LINEAGES = ("micro", "demo", "paper")
+
+
+class LineageError(ValueError):
+    """A lineage file that cannot be run, with the file, node and field at fault."""
+
+    def __init__(self, file: str | Path, node: str | None, field: str | None, problem: str):
+        self.file, self.node, self.field, self.problem = str(file), node, field, problem
+        where = [f"{file}"]
+        if node is not None:
+            where.append(f"node '{node}'")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(f"{': '.join(where)}: {problem}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data sources
+# ---------------------------------------------------------------------------------------------
+
+
+class _SourceBase(_Strict):
+    name: str = Field(description="Domain label (e.g. 'python', 'lua'): the key of this source's validation metrics.")
+    tokens: int | None = Field(
+        default=None, gt=0, description="Training-token budget for this source (absolute)."
+    )
+    weight: float | None = Field(
+        default=None,
+        gt=0,
+        description="Share of the node's `data.tokens` budget left after absolute budgets (relative).",
+    )
+    validation_fraction: float = Field(
+        default=0.05, gt=0, lt=0.5, description="Fraction of documents held out, chosen by content hash."
+    )
+    max_documents: int | None = Field(default=None, gt=0, description="Read at most this many documents.")
+
+    @model_validator(mode="after")
+    def _budget_or_weight(self):
+        if self.tokens is not None and self.weight is not None:
+            raise ValueError("give either 'tokens' (an absolute budget) or 'weight' (a share), not both")
+        return self
+
+
+class HFSource(_SourceBase):
+    """A Hugging Face data set, read with `datasets.load_dataset` (a hub name or a local folder)."""
+
+    kind: Literal["hf"]
+    path: str = Field(description="Hub data set name (e.g. 'nilq/small-lua-stack') or a local folder.")
+    subset: str | None = Field(default=None, description="The data set's configuration name.")
+    split: str = "train"
+    text_column: str = "text"
+    streaming: bool = False
+
+    def local_path(self) -> Path | None:
+        """The folder this source names when it is local, else None (a hub name)."""
+        p = Path(os.path.expanduser(self.path))
+        if p.is_absolute() or self.path.startswith((".", "~")):
+            return p
+        return None
+
+
+class FilesSource(_SourceBase):
+    """Local text or code files, by glob (`**` recurses). Each file is a document."""
+
+    kind: Literal["files"]
+    paths: list[str] = Field(min_length=1)
+    encoding: str = "utf-8"
+
+    def matched_files(self) -> list[Path]:
+        found: set[str] = set()
+        for pattern in self.paths:
+            found.update(
+                f for f in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(f)
+            )
+        return [Path(f) for f in sorted(found)]
+
+
+class StdlibSource(_SourceBase):
+    """Text every Python installation carries.
+
+    what: 'source' (standard-library `.py` files), 'docs' (the interpreter's English
+    documentation in `pydoc_data/topics.py`, one document per topic) or 'docstrings'
+    (module, class and function docstrings of the standard library, one document each).
+    include/exclude: globs relative to the standard-library folder, for 'source' and 'docstrings'.
+    """
+
+    kind: Literal["stdlib"]
+    what: Literal["source", "docs", "docstrings"]
+    include: list[str] = Field(default_factory=lambda: ["**/*.py"])
+    exclude: list[str] = Field(default_factory=list)
+
+
+Source = Annotated[Union[HFSource, FilesSource, StdlibSource], Field(discriminator="kind")]
+
+
+class DataSpec(_Strict):
+    tokens: int | None = Field(
+        default=None, gt=0, description="Total training tokens shared by the sources that give a 'weight'."
+    )
+    validation_tokens: int = Field(default=32768, gt=0, description="Validation tokens kept per source.")
+    sources: list[Source] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _budgets(self):
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique within a node; repeated: {dupes}")
+        if any(s.weight is not None for s in self.sources) and self.tokens is None:
+            raise ValueError("sources with a 'weight' need the node's 'data.tokens' total to share")
+        return self
+
+    def source_budgets(self) -> dict[str, int | None]:
+        """Training-token budget per source name; None means 'all the source has'."""
+        absolute = sum(s.tokens for s in self.sources if s.tokens is not None)
+        weighted = [s for s in self.sources if s.weight is not None]
+        total_weight = sum(s.weight for s in weighted)
+        remaining = (self.tokens or 0) - absolute
+        budgets: dict[str, int | None] = {}
+        for s in self.sources:
+            if s.tokens is not None:
+                budgets[s.name] = s.tokens
+            elif s.weight is not None:
+                budgets[s.name] = max(1, int(remaining * s.weight / total_weight))
+            else:
+                budgets[s.name] = None
+        return budgets
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer, model and training configuration
+# ---------------------------------------------------------------------------------------------
+
+
+class TokenizerSpec(_Strict):
+    """'bpe': a byte-level BPE trained on the base node's training documents.
+    'mistral': the Mistral-7B v0.1 SentencePiece model shipped in the mistral-common wheel.
+    'pretrained': a Hugging Face tokenizer folder on local disk."""
+
+    kind: Literal["bpe", "mistral", "pretrained"] = "bpe"
+    vocab_size: int = Field(default=4096, ge=260)
+    max_training_chars: int = Field(default=20_000_000, gt=0)
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _path_for_pretrained(self):
+        if self.kind == "pretrained" and not self.path:
+            raise ValueError("tokenizer kind 'pretrained' needs 'path' (a Hugging Face tokenizer folder)")
+        return self
+
+
+class ModelSpec(_Strict):
+    """A Mistral-like decoder (RMSNorm, rotary positions, gated SiLU MLP).
+
+    Dimension names follow TransformerLens: d_model, d_mlp, n_heads, n_ctx."""
+
+    d_model: int = Field(gt=0)
+    d_mlp: int = Field(gt=0)
+    n_heads: int = Field(gt=0)
+    n_kv_heads: int | None = Field(default=None, gt=0)
+    n_layers: int = Field(default=1, gt=0)
+    n_ctx: int = Field(gt=1, description="Context length and training block length in tokens.")
+    rope_theta: float = Field(default=10000.0, gt=0)
+    rms_norm_eps: float = Field(default=1e-6, gt=0)
+    tie_word_embeddings: bool = False
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        if self.n_heads % (self.n_kv_heads or self.n_heads):
+            raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
+        return self
+
+
+class TrainingSpec(_Strict):
+    """AdamW with linear warm-up and cosine decay to `min_lr_ratio * lr`."""
+
+    batch_size: int = Field(default=16, gt=0, description="Blocks per optimizer step.")
+    lr: float = Field(default=6e-4, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    beta1: float = Field(default=0.9, gt=0, lt=1)
+    beta2: float = Field(default=0.95, gt=0, lt=1)
+    grad_clip: float = Field(default=1.0, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, gt=0)
+    checkpoint_every: int = Field(default=100, gt=0, description="Steps between resumable checkpoints.")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    eval_batch_size: int = Field(default=32, gt=0)
+
+
+class MergeSpec(_Strict):
+    method: Literal["slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"] = "slerp"
+    t: float | Literal["auto"] = "auto"
+    parameters: dict[str, float | int | bool | str | list[float]] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes and the lineage
+# ---------------------------------------------------------------------------------------------
+
+
+class NodeSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Lower-case identifier; also the partition key.")
+    kind: Literal["base", "finetune", "merge"]
+    parents: list[str] = Field(default_factory=list)
+    data: DataSpec | None = None
+    model: ModelSpec | None = None
+    training: TrainingSpec | None = None
+    merge: MergeSpec | None = None
+    seed: int | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _fields_per_kind(self):
+        if self.kind in ("base", "finetune") and self.data is None:
+            raise ValueError(f"a {self.kind} node needs 'data' (its training sources)")
+        if self.kind == "merge" and self.data is not None:
+            raise ValueError("a merge node trains on nothing; remove 'data'")
+        if self.kind != "merge" and self.merge is not None:
+            raise ValueError(f"'merge' settings belong to merge nodes, not to a {self.kind} node")
+        if "__" in self.name:
+            raise ValueError("node names may not contain '__' (it separates parent and child in edge keys)")
+        return self
+
+
+class Lineage(_Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    model: ModelSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    nodes: list[NodeSpec] = Field(min_length=1)
+
+    # -- graph queries (valid only after validate_graph) ---------------------------------------
+
+    @cached_property
+    def by_name(self) -> dict[str, NodeSpec]:
+        return {n.name: n for n in self.nodes}
+
+    @property
+    def node_names(self) -> list[str]:
+        return [n.name for n in self.topological_order()]
+
+    @property
+    def base(self) -> NodeSpec:
+        return next(n for n in self.nodes if n.kind == "base")
+
+    def node(self, name: str) -> NodeSpec:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise KeyError(f"lineage '{self.name}' has no node '{name}'; nodes: {sorted(self.by_name)}") from None
+
+    def children(self, name: str) -> list[str]:
+        return [n.name for n in self.nodes if name in n.parents]
+
+    def edges(self) -> list[tuple[str, str]]:
+        """(parent, child) pairs in topological order of the child."""
+        return [(p, n.name) for n in self.topological_order() for p in n.parents]
+
+    def ancestors(self, name: str) -> list[str]:
+        """All ancestors of a node (not the node), nearest first, each once."""
+        seen: list[str] = []
+        frontier = list(self.node(name).parents)
+        while frontier:
+            nxt = []
+            for p in frontier:
+                if p not in seen:
+                    seen.append(p)
+                    nxt.extend(self.node(p).parents)
+            frontier = nxt
+        return seen
+
+    def descendants(self, name: str) -> list[str]:
+        return [n for n in self.node_names if name in self.ancestors(n)]
+
+    def depth(self, name: str) -> int:
+        """Longest path from the base: 0 for the base, 1 + max over parents otherwise."""
+        parents = self.node(name).parents
+        return 0 if not parents else 1 + max(self.depth(p) for p in parents)
+
+    def nearest_common_ancestor(self, names: list[str]) -> str | None:
+        """The deepest node that is an ancestor-or-self of every node in `names`."""
+        common = None
+        for n in names:
+            line = {n, *self.ancestors(n)}
+            common = line if common is None else common & line
+        if not common:
+            return None
+        return max(common, key=lambda n: (self.depth(n), n))
+
+    def topological_order(self) -> list[NodeSpec]:
+        order: list[NodeSpec] = []
+        placed: set[str] = set()
+        pending = list(self.nodes)
+        while pending:
+            ready = [n for n in pending if all(p in placed for p in n.parents)]
+            if not ready:
+                raise RuntimeError("topological_order on an unvalidated lineage with a cycle")
+            for n in ready:
+                order.append(n)
+                placed.add(n.name)
+            pending = [n for n in pending if n.name not in placed]
+        return order
+
+    def model_spec(self, name: str) -> ModelSpec:
+        return self.node(name).model or self.model
+
+    def training_spec(self, name: str) -> TrainingSpec:
+        return self.node(name).training or self.training
+
+    def seed_of(self, name: str) -> int:
+        node = self.node(name)
+        return self.seed if node.seed is None else node.seed
+
+    def domains(self, name: str) -> list[str]:
+        """Data-source names a node is evaluated on: its own, or for a merge its parents' domains."""
+        node = self.node(name)
+        if node.data is not None:
+            return [s.name for s in node.data.sources]
+        out: list[str] = []
+        for p in node.parents:
+            out.extend(d for d in self.domains(p) if d not in out)
+        return out
+
+    def domain_owner(self, name: str, domain: str) -> str:
+        """The node whose data defines `domain` as seen from `name` (itself or its nearest ancestor)."""
+        for candidate in [name, *self.ancestors(name)]:
+            data = self.node(candidate).data
+            if data is not None and any(s.name == domain for s in data.sources):
+                return candidate
+        raise KeyError(f"node '{name}' has no domain '{domain}'")
+
+    def fingerprint(self, name: str) -> str:
+        """Hash of everything that determines a node's model, except its parents' weights."""
+        node = self.node(name)
+        payload = {
+            "node": node.model_dump(mode="json"),
+            "model": self.model_spec(name).model_dump(mode="json"),
+            "training": self.training_spec(name).model_dump(mode="json"),
+            "seed": self.seed_of(name),
+            "tokenizer": self.tokenizer.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_lineage_path(name_or_path: str | os.PathLike | None = None) -> Path:
+    """A shipped lineage name ('micro', 'demo', 'paper') or a path; default `FEATUREFLOW_LINEAGE` or 'demo'."""
+    value = str(name_or_path or os.environ.get("FEATUREFLOW_LINEAGE") or DEFAULT_LINEAGE)
+    if value in SHIPPED_LINEAGES:
+        return Path(str(importlib_resources.files("featureflow_dagster.lineages").joinpath(f"{value}.yaml")))
+    path = Path(os.path.expanduser(value))
+    if not path.is_file():
+        raise LineageError(
+            value, None, None,
+            f"no such lineage file; give a path to a YAML file or one of the shipped names {list(SHIPPED_LINEAGES)}",
+        )
+    return path
+
+
+def _field_path(loc: tuple) -> tuple[str | None, str]:
+    """Split a pydantic error location into (node index or None, dotted field path)."""
+    parts = [str(x) for x in loc]
+    if len(parts) >= 2 and parts[0] == "nodes" and parts[1].isdigit():
+        return parts[1], ".".join(parts[2:]) or "nodes"
+    return None, ".".join(parts) or "<root>"
+
+
+def parse_lineage(raw: dict, file: str | Path = "<lineage>") -> Lineage:
+    """Validate a lineage given as a mapping (the parsed YAML); raise LineageError on any problem."""
+    if not isinstance(raw, dict):
+        raise LineageError(file, None, None, "the file must hold a YAML mapping with 'name', 'model' and 'nodes'")
+    try:
+        lineage = Lineage.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        index, field = _field_path(err["loc"])
+        node = None
+        if index is not None:
+            nodes = raw.get("nodes") or []
+            entry = nodes[int(index)] if int(index) < len(nodes) else None
+            node = entry.get("name", f"#{index}") if isinstance(entry, dict) else f"#{index}"
+        # Drop pydantic's discriminator tags from the path: 'data.sources.0.stdlib.what' -> 'data.sources.0.what'
+        field = ".".join(p for p in field.split(".") if p not in ("hf", "files", "stdlib"))
+        raise LineageError(file, node, field, err["msg"]) from None
+    validate_graph(lineage, file)
+    return lineage
+
+
+def load_lineage(name_or_path: str | os.PathLike | None = None) -> Lineage:
+    """Read, parse and fully validate a lineage; see `resolve_lineage_path` for the argument."""
+    path = resolve_lineage_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise LineageError(path, None, None, f"not valid YAML: {e}") from None
+    return parse_lineage(raw, path)
+
+
+def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
+    """The checks pydantic cannot make: graph shape, common ancestors, architectures, paths."""
+    names = [n.name for n in lineage.nodes]
+    for n in names:
+        if names.count(n) > 1:
+            raise LineageError(file, n, "name", "duplicate node name; every node needs its own name")
+    known = set(names)
+    for node in lineage.nodes:
+        for p in node.parents:
+            if p not in known:
+                raise LineageError(file, node.name, "parents", f"unknown parent '{p}'; known nodes: {sorted(known)}")
+            if p == node.name:
+                raise LineageError(file, node.name, "parents", "a node cannot be its own parent")
+        if len(set(node.parents)) != len(node.parents):
+            raise LineageError(file, node.name, "parents", f"a parent is listed twice: {node.parents}")
+        if node.kind == "base" and node.parents:
+            raise LineageError(file, node.name, "parents", "a base node is trained from scratch and has no parents")
+        if node.kind == "finetune" and len(node.parents) != 1:
+            raise LineageError(
+                file, node.name, "parents", f"a finetune node needs exactly one parent; got {len(node.parents)}"
+            )
+        if node.kind == "merge" and len(node.parents) < 2:
+            raise LineageError(
+                file, node.name, "parents", f"a merge node needs at least two parents; got {len(node.parents)}"
+            )
+    bases = [n.name for n in lineage.nodes if n.kind == "base"]
+    if len(bases) != 1:
+        raise LineageError(
+            file, None, "nodes",
+            f"a lineage has exactly one base node (its tokenizer is trained on it); found {len(bases)}: {bases}",
+        )
+    _check_acyclic(lineage, file)
+    for node in lineage.nodes:
+        if node.kind == "merge":
+            if lineage.nearest_common_ancestor(node.parents) is None:
+                raise LineageError(file, node.name, "parents", f"parents {node.parents} share no common ancestor")
+            method = (node.merge or MergeSpec()).method
+            if method == "slerp" and len(node.parents) != 2:
+                raise LineageError(file, node.name, "merge.method", "slerp merges exactly two parents")
+        for p in node.parents:
+            if lineage.model_spec(node.name) != lineage.model_spec(p):
+                mine, theirs = lineage.model_spec(node.name).model_dump(), lineage.model_spec(p).model_dump()
+                diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+                raise LineageError(
+                    file, node.name, "model",
+                    f"architecture differs from parent '{p}' (field: (this node, parent)) {diff}; "
+                    "a child must keep its parents' architecture",
+                )
+        if node.data is not None:
+            for i, src in enumerate(node.data.sources):
+                _check_source_paths(src, file, node.name, f"data.sources.{i}")
+    if lineage.tokenizer.kind == "pretrained" and not Path(os.path.expanduser(lineage.tokenizer.path)).is_dir():
+        raise LineageError(file, None, "tokenizer.path", f"no such tokenizer folder: {lineage.tokenizer.path}")
+
+
+def _check_acyclic(lineage: Lineage, file) -> None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = path[path.index(name):] + [name]
+            raise LineageError(file, name, "parents", f"cycle in the lineage: {' -> '.join(cycle)}")
+        state[name] = 1
+        for p in lineage.by_name[name].parents:
+            visit(p, path + [name])
+        state[name] = 2
+
+    for n in lineage.nodes:
+        visit(n.name, [])
+
+
+def _check_source_paths(src, file, node: str, field: str) -> None:
+    if isinstance(src, FilesSource):
+        if not src.matched_files():
+            raise LineageError(
+                file, node, f"{field}.paths",
+                f"source '{src.name}': the globs {src.paths} match no file; fix the path or install the data",
+            )
+    elif isinstance(src, HFSource):
+        local = src.local_path()
+        if local is not None and not local.exists():
+            raise LineageError(file, node, f"{field}.path", f"source '{src.name}': no such local data set {local}")

@@ -1,0 +1,1 @@
+"""Shipped lineage files: micro (tests), demo (default), paper (Horn & Elliott 2024)."""

@@ -1,0 +1,69 @@
+"""The Mistral-like language model of every lineage node, as a Hugging Face `MistralForCausalLM`.
+
+Horn & Elliott (2024) use one self-attention block and a gated SiLU MLP with RMSNorm and rotary
+positions; `MistralForCausalLM` is exactly that family, so every saved model loads with
+`AutoModelForCausalLM.from_pretrained` and any tool built for `transformers`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
+
+from featureflow_dagster.lineage import ModelSpec
+
+
+def mistral_config(spec: ModelSpec, tokenizer) -> MistralConfig:
+    return MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.d_model,
+        intermediate_size=spec.d_mlp,
+        num_hidden_layers=spec.n_layers,
+        num_attention_heads=spec.n_heads,
+        num_key_value_heads=spec.n_kv_heads or spec.n_heads,
+        head_dim=spec.d_model // spec.n_heads,
+        max_position_embeddings=spec.n_ctx,
+        rope_theta=spec.rope_theta,
+        rms_norm_eps=spec.rms_norm_eps,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        sliding_window=None,
+        hidden_act="silu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation="sdpa",
+    )
+
+
+def init_model(spec: ModelSpec, tokenizer, seed: int) -> MistralForCausalLM:
+    """A freshly initialised model; the same seed gives the same weights."""
+    torch.manual_seed(seed)
+    return MistralForCausalLM(mistral_config(spec, tokenizer))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> MistralForCausalLM:
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    return model.to(device)
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 over parameter names and float32 bytes, in state-dict order."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def parameter_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Relative L2 distance ||a - b|| / ||b|| over all parameters (b is the reference)."""
+    num = den = 0.0
+    sb = b.state_dict()
+    for name, ta in a.state_dict().items():
+        tb = sb[name].to(ta.device, torch.float32)
+        num += float(((ta.float() - tb) ** 2).sum())
+        den += float((tb**2).sum())
+    return (num / den) ** 0.5

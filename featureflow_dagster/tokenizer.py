@@ -1,0 +1,93 @@
+"""Tokenizers, saved and loaded in the Hugging Face format (`tokenizer.json` + config).
+
+- `train_bpe`: a byte-level BPE (GPT-2 style pre-tokenization) trained on documents.
+- `mistral_tokenizer`: the Mistral-7B v0.1 SentencePiece model that the `mistral-common` wheel ships
+  (`mistral_common/data/tokenizer.model.v1`), rebuilt as a `tokenizers` BPE so that it saves as
+  `tokenizer.json` and loads with `AutoTokenizer` without protobuf or network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with `<|endoftext|>` (BOS/EOS, separates documents) and `<|pad|>`."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD, model_max_length=1_000_000
+    )
+
+
+def mistral_model_file() -> Path:
+    spec = importlib.util.find_spec("mistral_common")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the Mistral tokenizer comes with the 'mistral-common' package; install it")
+    path = Path(spec.origin).parent / "data" / "tokenizer.model.v1"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed mistral-common; reinstall mistral-common==1.13.1")
+    return path
+
+
+def mistral_tokenizer(model_file: str | Path | None = None) -> PreTrainedTokenizerFast:
+    """The Mistral-7B v0.1 tokenizer (32,000 SentencePiece BPE pieces, byte fallback) as a fast tokenizer.
+
+    SentencePiece BPE is a BPE whose merges are implied by the vocabulary: a merge (a, b) exists
+    where a, b and ab are pieces, ranked by the score of ab. This is the same reconstruction that
+    `transformers`' SentencePieceExtractor does, read through sentencepiece's own API instead of its
+    protobuf (whose generated code conflicts with the protobuf runtime this project's stack pins).
+    Equality with sentencepiece's own encoding is tested."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(model_file or mistral_model_file()))
+    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
+    scores = {sp.id_to_piece(i): sp.get_score(i) for i in range(sp.get_piece_size())}
+    merges = []
+    for piece, pid in vocab.items():
+        if sp.is_control(pid) or sp.is_unknown(pid) or sp.is_byte(pid):
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                merges.append((scores[piece], vocab[left], vocab[right], left, right))
+    merges.sort(key=lambda m: (-m[0], m[1], m[2]))
+    model = models.BPE(
+        vocab=vocab,
+        merges=[(m[3], m[4]) for m in merges],
+        unk_token="<unk>",
+        fuse_unk=True,
+        byte_fallback=True,
+    )
+    tok = Tokenizer(model)
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>",
+        model_max_length=1_000_000,
+    )
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))

@@ -1,0 +1,6 @@
+"""Dagster resources: the things with lifetimes (artefact store, compute device)."""
+
+from featureflow_dagster.resources.device import DeviceResource
+from featureflow_dagster.resources.store import ArtifactStore
+
+__all__ = ["ArtifactStore", "DeviceResource"]

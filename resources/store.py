@@ -1,0 +1,76 @@
+"""The artefact store: where every artefact of a lineage lives on disk, written atomically.
+
+Layout under `root` ($FEATUREFLOW_HOME):
+  corpus/<node>.parquet          documents per source and split
+  tokenizer/                     Hugging Face tokenizer folder
+  tokens/<node>.safetensors      token blocks per source and split
+  model/<node>/                  Hugging Face model folder (config.json, model.safetensors, tokenizer)
+  reports/<asset>/<key>/         plots (plotly HTML) and tables
+  checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import dagster as dg
+from pydantic import Field
+
+from featureflow_dagster.storage import atomic_dir, atomic_file
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    root: str = Field(description="Folder that holds one lineage's artefacts ($FEATUREFLOW_HOME).")
+    lineage_name: str = Field(description="The lineage these artefacts belong to; guards against mixing two.")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.root)
+
+    def claim(self) -> None:
+        """Record which lineage owns this folder; refuse to write another lineage's artefacts into it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        marker = self.path / "lineage.json"
+        if marker.exists():
+            owner = json.loads(marker.read_text())["lineage"]
+            if owner != self.lineage_name:
+                raise RuntimeError(
+                    f"{self.path} holds artefacts of lineage '{owner}', not '{self.lineage_name}'; "
+                    "set FEATUREFLOW_HOME to another folder for this lineage"
+                )
+        else:
+            with atomic_file(marker) as tmp:
+                tmp.write_text(json.dumps({"lineage": self.lineage_name}))
+
+    def corpus_path(self, node: str) -> Path:
+        return self.path / "corpus" / f"{node}.parquet"
+
+    def tokenizer_dir(self) -> Path:
+        return self.path / "tokenizer"
+
+    def tokens_path(self, node: str) -> Path:
+        return self.path / "tokens" / f"{node}.safetensors"
+
+    def model_dir(self, node: str) -> Path:
+        return self.path / "model" / node
+
+    def report_dir(self, asset: str, key: str) -> Path:
+        return self.path / "reports" / asset / key
+
+    def checkpoint_path(self, asset: str, key: str) -> Path:
+        return self.path / "checkpoints" / asset / f"{key}.pt"
+
+    @contextlib.contextmanager
+    def write_dir(self, final: Path) -> Iterator[Path]:
+        self.claim()
+        with atomic_dir(final) as tmp:
+            yield tmp
+
+    @contextlib.contextmanager
+    def write_file(self, final: Path) -> Iterator[Path]:
+        self.claim()
+        with atomic_file(final) as tmp:
+            yield tmp
