@@ -69,6 +69,7 @@ def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
             "path": dg.MetadataValue.path(str(out)),
             "loss_curve": dg.MetadataValue.path(str(curve_html)),
             "loss_curve_table": dg.MetadataValue.md(_curve_markdown(trained.result.loss_curve)),
+            "initial_train_loss": trained.result.loss_curve[0][1],
             "final_train_loss": trained.result.loss_curve[-1][1],
             "steps": trained.result.steps,
             "tokens_seen": trained.result.tokens_seen,

@@ -427,7 +427,10 @@ def parse_lineage(raw: dict, file: str | Path = "<lineage>") -> Lineage:
             node = entry.get("name", f"#{index}") if isinstance(entry, dict) else f"#{index}"
         # Drop pydantic's discriminator tags from the path: 'data.sources.0.stdlib.what' -> 'data.sources.0.what'
         field = ".".join(p for p in field.split(".") if p not in ("hf", "files", "stdlib"))
-        raise LineageError(file, node, field, err["msg"]) from None
+        message = err["msg"]
+        if err["type"] == "union_tag_invalid":
+            message = f"unknown source kind {err['ctx']['tag']!r}; use one of {err['ctx']['expected_tags']}"
+        raise LineageError(file, node, field, message) from None
     validate_graph(lineage, file)
     return lineage
 
@@ -467,17 +470,18 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
             raise LineageError(
                 file, node.name, "parents", f"a merge node needs at least two parents; got {len(node.parents)}"
             )
+    _check_acyclic(lineage, file)
+    for node in lineage.nodes:
+        if node.kind == "merge" and lineage.nearest_common_ancestor(node.parents) is None:
+            raise LineageError(file, node.name, "parents", f"parents {node.parents} share no common ancestor")
     bases = [n.name for n in lineage.nodes if n.kind == "base"]
     if len(bases) != 1:
         raise LineageError(
             file, None, "nodes",
             f"a lineage has exactly one base node (its tokenizer is trained on it); found {len(bases)}: {bases}",
         )
-    _check_acyclic(lineage, file)
     for node in lineage.nodes:
         if node.kind == "merge":
-            if lineage.nearest_common_ancestor(node.parents) is None:
-                raise LineageError(file, node.name, "parents", f"parents {node.parents} share no common ancestor")
             method = (node.merge or MergeSpec()).method
             if method == "slerp" and len(node.parents) != 2:
                 raise LineageError(file, node.name, "merge.method", "slerp merges exactly two parents")
