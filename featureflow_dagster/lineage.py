@@ -227,10 +227,62 @@ class TrainingSpec(_Strict):
     eval_batch_size: int = Field(default=32, gt=0)
 
 
+class SweepSpec(_Strict):
+    """The grid of a SLERP `t: auto` sweep and how much validation data each point is scored on."""
+
+    start: float = Field(default=0.0, ge=0, le=1)
+    stop: float = Field(default=1.0, ge=0, le=1)
+    step: float = Field(default=0.02, gt=0, le=1)
+    eval_tokens: int = Field(default=16384, gt=0, description="Validation tokens per domain at every t.")
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.stop <= self.start:
+            raise ValueError(f"sweep stop ({self.stop}) must be above start ({self.start})")
+        return self
+
+    def grid(self) -> list[float]:
+        n = int(round((self.stop - self.start) / self.step))
+        points = [round(self.start + i * self.step, 10) for i in range(n + 1)]
+        return [p for p in points if p <= self.stop + 1e-12]
+
+
 class MergeSpec(_Strict):
+    """How a merge node combines its parents (mergekit's methods and parameter names).
+
+    slerp: exactly two parents; t = 0 gives the first parent, t = 1 the second; `t: auto` sweeps
+    `sweep` and keeps the t where the parents' own-domain accuracies balance.
+    linear: weighted average of the parents (`weights`, default equal; `normalize`).
+    task_arithmetic / ties / dare_ties / dare_linear: base + sum_i weight_i (parent_i - base), with
+    TIES sign consensus and `density` trimming, or DARE random drops (seeded by the node's seed);
+    `base` defaults to the parents' nearest common ancestor."""
+
     method: Literal["slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"] = "slerp"
-    t: float | Literal["auto"] = "auto"
-    parameters: dict[str, float | int | bool | str | list[float]] = Field(default_factory=dict)
+    t: float | Literal["auto"] | None = None
+    weights: list[float] | None = None
+    density: float | None = Field(default=None, gt=0, le=1)
+    normalize: bool | None = None
+    base: str | None = None
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+
+    @model_validator(mode="after")
+    def _parameters_per_method(self):
+        if self.method == "slerp":
+            if self.weights is not None or self.density is not None or self.base is not None:
+                raise ValueError("slerp takes 't' (a number in [0, 1] or 'auto'), not weights, density or base")
+            if isinstance(self.t, float) and not 0 <= self.t <= 1:
+                raise ValueError(f"slerp t must lie in [0, 1]; got {self.t}")
+        elif self.t is not None:
+            raise ValueError(f"'t' belongs to slerp; {self.method} takes 'weights'")
+        if self.density is not None and self.method not in ("ties", "dare_ties", "dare_linear"):
+            raise ValueError(f"'density' belongs to ties and dare merges, not {self.method}")
+        if self.base is not None and self.method == "linear":
+            raise ValueError("a linear merge has no base")
+        return self
+
+    @property
+    def slerp_t(self) -> float | Literal["auto"]:
+        return "auto" if self.t is None else self.t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,6 +394,17 @@ class Lineage(_Strict):
                 placed.add(n.name)
             pending = [n for n in pending if n.name not in placed]
         return order
+
+    def merge_spec(self, name: str) -> MergeSpec:
+        node = self.node(name)
+        if node.kind != "merge":
+            raise ValueError(f"node '{name}' is a {node.kind} node, not a merge")
+        return node.merge or MergeSpec()
+
+    def merge_base(self, name: str) -> str:
+        """The base of a task-arithmetic-family merge: `merge.base`, else the parents' nearest common ancestor."""
+        spec = self.merge_spec(name)
+        return spec.base or self.nearest_common_ancestor(self.node(name).parents)
 
     def model_spec(self, name: str) -> ModelSpec:
         return self.node(name).model or self.model
@@ -482,9 +545,21 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
         )
     for node in lineage.nodes:
         if node.kind == "merge":
-            method = (node.merge or MergeSpec()).method
-            if method == "slerp" and len(node.parents) != 2:
+            merge = node.merge or MergeSpec()
+            if merge.method == "slerp" and len(node.parents) != 2:
                 raise LineageError(file, node.name, "merge.method", "slerp merges exactly two parents")
+            if merge.weights is not None and len(merge.weights) != len(node.parents):
+                raise LineageError(
+                    file, node.name, "merge.weights",
+                    f"{len(merge.weights)} weights for {len(node.parents)} parents; give one weight per parent",
+                )
+            if merge.base is not None:
+                if merge.base not in known:
+                    raise LineageError(file, node.name, "merge.base", f"unknown node '{merge.base}'")
+                if any(merge.base not in lineage.ancestors(p) for p in node.parents):
+                    raise LineageError(
+                        file, node.name, "merge.base", f"'{merge.base}' is not an ancestor of every parent {node.parents}"
+                    )
         for p in node.parents:
             if lineage.model_spec(node.name) != lineage.model_spec(p):
                 mine, theirs = lineage.model_spec(node.name).model_dump(), lineage.model_spec(p).model_dump()
