@@ -34,3 +34,12 @@ def single_node_partition(node: str) -> dg.StaticPartitionsDefinition:
 def same_node(node: str) -> dg.StaticPartitionMapping:
     """Map partition `node` of a node-partitioned asset to the single partition of a per-node asset."""
     return dg.StaticPartitionMapping({node: node})
+
+
+def fan_out(edges: list[tuple[str, str]]) -> dg.StaticPartitionMapping:
+    """A StaticPartitionMapping from (upstream partition, downstream partition) pairs; an upstream
+    partition may feed several downstream partitions."""
+    mapping: dict[str, set[str]] = {}
+    for up, down in edges:
+        mapping.setdefault(up, set()).add(down)
+    return dg.StaticPartitionMapping({up: sorted(downs) for up, downs in mapping.items()})

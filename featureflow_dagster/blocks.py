@@ -106,3 +106,18 @@ def blocks_hash(blocks: dict[str, SourceBlocks]) -> str:
         h.update(blocks[name].train.numpy().tobytes())
         h.update(blocks[name].validation.numpy().tobytes())
     return h.hexdigest()
+
+
+def domain_validation_blocks(lineage, node: str, tokens_path, domains: list[str] | None = None,
+                             max_tokens: int | None = None) -> dict[str, torch.Tensor]:
+    """{domain: validation blocks} for a node's domains (default `lineage.domains(node)`), each read
+    from the tokens file of the node that owns the domain; `tokens_path(owner)` gives that file.
+    max_tokens caps each domain (whole blocks, from the start)."""
+    out = {}
+    for domain in domains or lineage.domains(node):
+        owner = lineage.domain_owner(node, domain)
+        blocks = load_blocks(tokens_path(owner), "validation")[domain]
+        if max_tokens is not None:
+            blocks = blocks[: max(1, max_tokens // blocks.shape[1])]
+        out[domain] = blocks
+    return out

@@ -50,13 +50,25 @@ def materialization_plan(defs: dg.Definitions) -> list[tuple[dg.AssetKey, str | 
 
 
 def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[tuple[dg.AssetKey, str | None], str]:
-    """'MISSING', 'STALE' or 'FRESH' for every (asset, partition) of the definitions."""
+    """'MISSING', 'STALE' or 'FRESH' for every (asset, partition), in dependency order.
+
+    Dagster's own status marks a partition stale when a *direct* upstream changed (data or code
+    version). Here staleness is also passed down: a partition below a stale or missing one is stale
+    too, so re-materializing a base shows every descendant, not only its children, as out of date."""
     from dagster._core.definitions.data_version import CachingStaleStatusResolver
     from dagster._core.loader import LoadingContextForTest
 
     graph = defs.resolve_asset_graph()
     resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
-    return {(k, pk): resolver.get_status(k, pk).value for k, pk in materialization_plan(defs)}
+    out: dict[tuple[dg.AssetKey, str | None], str] = {}
+    for key, pk in materialization_plan(defs):
+        status = resolver.get_status(key, pk).value
+        if status == "FRESH":
+            parents = graph.get_parents_partitions(key, pk).parent_partitions
+            if any(out.get((p.asset_key, p.partition_key), "FRESH") != "FRESH" for p in parents):
+                status = "STALE"
+        out[(key, pk)] = status
+    return out
 
 
 def materialize_lineage(

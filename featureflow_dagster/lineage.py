@@ -254,8 +254,9 @@ class MergeSpec(_Strict):
     `sweep` and keeps the t where the parents' own-domain accuracies balance.
     linear: weighted average of the parents (`weights`, default equal; `normalize`).
     task_arithmetic / ties / dare_ties / dare_linear: base + sum_i weight_i (parent_i - base), with
-    TIES sign consensus and `density` trimming, or DARE random drops (seeded by the node's seed);
-    `base` defaults to the parents' nearest common ancestor."""
+    TIES sign consensus and `density` trimming, or DARE random drops (seeded by the node's seed).
+    `base` (default: the parents' nearest common ancestor) is the task-arithmetic base and, for
+    slerp, the ancestor whose accuracies the sweep shows as baselines."""
 
     method: Literal["slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"] = "slerp"
     t: float | Literal["auto"] | None = None
@@ -268,8 +269,8 @@ class MergeSpec(_Strict):
     @model_validator(mode="after")
     def _parameters_per_method(self):
         if self.method == "slerp":
-            if self.weights is not None or self.density is not None or self.base is not None:
-                raise ValueError("slerp takes 't' (a number in [0, 1] or 'auto'), not weights, density or base")
+            if self.weights is not None or self.density is not None:
+                raise ValueError("slerp takes 't' (a number in [0, 1] or 'auto'), not weights or density")
             if isinstance(self.t, float) and not 0 <= self.t <= 1:
                 raise ValueError(f"slerp t must lie in [0, 1]; got {self.t}")
         elif self.t is not None:
@@ -372,14 +373,21 @@ class Lineage(_Strict):
         return 0 if not parents else 1 + max(self.depth(p) for p in parents)
 
     def nearest_common_ancestor(self, names: list[str]) -> str | None:
-        """The deepest node that is an ancestor-or-self of every node in `names`."""
+        """The deepest node that is an ancestor-or-self of every node in `names`; None when there is
+        none, or when several are equally near (validation then asks for an explicit `merge.base`)."""
+        nearest = self.nearest_common_ancestors(names)
+        return nearest[0] if len(nearest) == 1 else None
+
+    def nearest_common_ancestors(self, names: list[str]) -> list[str]:
+        """All common ancestors-or-self of `names` at the greatest depth (more than one when ambiguous)."""
         common = None
         for n in names:
             line = {n, *self.ancestors(n)}
             common = line if common is None else common & line
         if not common:
-            return None
-        return max(common, key=lambda n: (self.depth(n), n))
+            return []
+        deepest = max(self.depth(n) for n in common)
+        return sorted(n for n in common if self.depth(n) == deepest)
 
     def topological_order(self) -> list[NodeSpec]:
         order: list[NodeSpec] = []
@@ -535,7 +543,7 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
             )
     _check_acyclic(lineage, file)
     for node in lineage.nodes:
-        if node.kind == "merge" and lineage.nearest_common_ancestor(node.parents) is None:
+        if node.kind == "merge" and not lineage.nearest_common_ancestors(node.parents):
             raise LineageError(file, node.name, "parents", f"parents {node.parents} share no common ancestor")
     bases = [n.name for n in lineage.nodes if n.kind == "base"]
     if len(bases) != 1:
@@ -552,6 +560,13 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
                 raise LineageError(
                     file, node.name, "merge.weights",
                     f"{len(merge.weights)} weights for {len(node.parents)} parents; give one weight per parent",
+                )
+            nearest = lineage.nearest_common_ancestors(node.parents)
+            if merge.base is None and len(nearest) > 1:
+                raise LineageError(
+                    file, node.name, "merge.base",
+                    f"the parents have {len(nearest)} equally near common ancestors {nearest}; "
+                    "name the one to use as the merge's base (and the sweep's baseline) in 'merge.base'",
                 )
             if merge.base is not None:
                 if merge.base not in known:

@@ -180,3 +180,71 @@ def balance_point(ts: list[float], acc_a: list[float], acc_b: list[float]) -> Ba
     note = (f"NO CROSSING: domain {leader} is ahead at every t of the grid; kept the grid point with the "
             f"smallest gap, t = {ts[i]:.4f} (|Δ| = {abs(d[i]):.4f})")
     return BalancePoint(ts[i], False, acc_a[i], acc_b[i], note)
+
+
+def sweep_slerp(
+    model: torch.nn.Module,
+    plan: SlerpPlan,
+    grid: list[float],
+    domains: dict[str, torch.Tensor],
+    evaluate,
+    log=None,
+) -> list[dict]:
+    """Evaluate the SLERP merge at every t of `grid`, in memory.
+
+    model: a model of the parents' architecture whose tensors are overwritten at each t.
+    domains: {label: validation blocks int [n, n_ctx]}, e.g. each parent's own domain.
+    evaluate: (model, blocks) -> {"loss", "accuracy", "tokens"}.
+    Returns one row per (t, domain): t, domain, loss, accuracy, tokens, seconds_merge, seconds_eval."""
+    import time
+
+    rows = []
+    for i, t in enumerate(grid):
+        t0 = time.perf_counter()
+        plan.load_into(model, t)
+        t1 = time.perf_counter()
+        for label, blocks in domains.items():
+            ev = evaluate(model, blocks)
+            rows.append({"t": t, "domain": label, **ev, "seconds_merge": t1 - t0, "seconds_eval": time.perf_counter() - t1})
+        if log and (i % max(1, len(grid) // 10) == 0 or i == len(grid) - 1):
+            accs = ", ".join(f"{r['domain']} {r['accuracy']:.3f}" for r in rows[-len(domains):])
+            log(f"sweep t={t:.2f} ({i + 1}/{len(grid)}): accuracy {accs}")
+    return rows
+
+
+@dataclass
+class SlerpSweep:
+    table: "pd.DataFrame"  # one row per (t, domain): t, domain, loss, accuracy, tokens, seconds_merge, seconds_eval
+    balance: BalancePoint
+    ancestor_accuracy: dict[str, float]  # the nearest common ancestor on each domain
+    linear_fallbacks: list[str]
+    seconds: float
+
+    def accuracy_at(self, t: float) -> dict[str, float]:
+        rows = self.table[self.table["t"] == t]
+        return dict(zip(rows["domain"], rows["accuracy"]))
+
+
+def run_slerp_sweep(first: torch.nn.Module, second: torch.nn.Module, ancestor: torch.nn.Module,
+                    domains: dict[str, torch.Tensor], grid: list[float], evaluate, device, log=None) -> SlerpSweep:
+    """Horn & Elliott's merge sweep: SLERP first -> second at every t of `grid`, scored on each
+    parent's own domain (`domains`: exactly two labels, the first parent's first), and the t where
+    the two accuracies balance. `first` is used as the working copy and is overwritten."""
+    import time
+
+    import pandas as pd
+
+    if len(domains) != 2:
+        raise ValueError(f"a SLERP sweep scores two domains, one per parent; got {list(domains)}")
+    # `first` becomes the working copy, so the plan keeps its own copy of the first parent's tensors
+    plan = SlerpPlan({k: v.detach().clone() for k, v in first.state_dict().items()}, second.state_dict())
+    work = first.to(device)
+    started = time.perf_counter()
+    table = pd.DataFrame(sweep_slerp(work, plan, grid, domains, lambda m, b: evaluate(m, b), log=log))
+    seconds = time.perf_counter() - started
+    label_a, label_b = domains
+    by_t = table.pivot(index="t", columns="domain", values="accuracy").sort_index()
+    balance = balance_point(list(by_t.index), by_t[label_a].tolist(), by_t[label_b].tolist())
+    ancestor = ancestor.to(device)
+    baselines = {label: evaluate(ancestor, blocks)["accuracy"] for label, blocks in domains.items()}
+    return SlerpSweep(table, balance, baselines, plan.linear_fallbacks, seconds)

@@ -20,3 +20,32 @@ def write_html(fig: go.Figure, path: Path) -> Path:
     with atomic_file(path) as tmp:
         fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
     return path
+
+
+def slerp_sweep_figure(table, domain_a: str, domain_b: str, chosen_t: float, crossed: bool,
+                       baselines: dict[str, float], title: str) -> go.Figure:
+    """Accuracy on each parent's own domain along t (Horn & Elliott's Figure 5), with the ancestor's
+    accuracies as dashed baselines and the chosen t marked."""
+    fig = go.Figure()
+    for domain, color in ((domain_a, "#1f77b4"), (domain_b, "#d62728")):
+        rows = table[table["domain"] == domain]
+        fig.add_trace(go.Scatter(x=rows["t"], y=rows["accuracy"], mode="lines+markers", name=f"accuracy on {domain}",
+                                 line={"color": color}))
+        if domain in baselines:
+            fig.add_hline(y=baselines[domain], line={"dash": "dash", "color": color},
+                          annotation_text=f"ancestor on {domain}: {baselines[domain]:.3f}")
+    fig.add_vline(x=chosen_t, line={"dash": "dot", "color": "black"},
+                  annotation_text=f"t = {chosen_t:.3f}" + ("" if crossed else " (no crossing)"))
+    fig.update_layout(title=title, xaxis_title="SLERP t (0 = first parent, 1 = second)",
+                      yaxis_title="next-token accuracy", template="plotly_white")
+    return fig
+
+
+def markdown_table(df, float_format: str = "{:.4f}") -> str:
+    """A pandas DataFrame (index included) as a GitHub markdown table, for Dagster metadata."""
+    cols = [df.index.name or ""] + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
+    for idx, row in df.iterrows():
+        cells = [idx, *row.tolist()]
+        lines.append("| " + " | ".join(float_format.format(c) if isinstance(c, float) else str(c) for c in cells) + " |")
+    return "\n".join(lines)

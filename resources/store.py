@@ -5,6 +5,7 @@ Layout under `root` ($FEATUREFLOW_HOME):
   tokenizer/                     Hugging Face tokenizer folder
   tokens/<node>.safetensors      token blocks per source and split
   model/<node>/                  Hugging Face model folder (config.json, model.safetensors, tokenizer)
+  slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
   reports/<asset>/<key>/         plots (plotly HTML) and tables
   checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
 """
@@ -56,6 +57,9 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def model_dir(self, node: str) -> Path:
         return self.path / "model" / node
+
+    def sweep_dir(self, node: str) -> Path:
+        return self.path / "slerp_sweep" / node
 
     def report_dir(self, asset: str, key: str) -> Path:
         return self.path / "reports" / asset / key

@@ -203,3 +203,40 @@ def test_validate_command_prints_verdict(tmp_path):
     res = subprocess.run([sys.executable, "-m", "featureflow_dagster.cli", "validate", str(bad)], capture_output=True, text=True)
     assert res.returncode == 1
     assert "INVALID" in res.stderr and "cycle" in res.stderr and "node 'lua'" in res.stderr
+
+
+def test_merge_of_mismatched_architectures():
+    raw = _lineage()
+    _node(raw, "luastories")["model"] = {"d_model": 32, "d_mlp": 32, "n_heads": 2, "n_ctx": 16}
+    _rejects(raw, "luastories", "model", "architecture differs from parent 'lua'")
+
+
+@pytest.mark.parametrize(
+    "merge, field, words",
+    [
+        ({"method": "linear", "weights": [1.0]}, "merge.weights", "1 weights for 2 parents"),
+        ({"method": "ties", "base": "nobody"}, "merge.base", "unknown node 'nobody'"),
+        ({"method": "ties", "base": "lua"}, "merge.base", "not an ancestor of every parent"),
+        ({"method": "slerp", "t": 1.5}, "merge", "slerp t must lie in [0, 1]"),
+        ({"method": "linear", "t": 0.5}, "merge", "'t' belongs to slerp"),
+        ({"method": "slerp", "sweep": {"start": 0.5, "stop": 0.2}}, "merge.sweep", "must be above start"),
+    ],
+)
+def test_merge_parameters(merge, field, words):
+    raw = _lineage()
+    _node(raw, "luastories")["merge"] = merge
+    _rejects(raw, "luastories", field, words)
+
+
+def test_three_parent_merge_and_merge_of_merges():
+    raw = _lineage()
+    raw["nodes"].append({"name": "third", "kind": "finetune", "parents": ["base"], "data": {"sources": [dict(STD)]}})
+    raw["nodes"].append({"name": "all3", "kind": "merge", "parents": ["lua", "stories", "third"], "merge": {"method": "ties", "density": 0.5}})
+    raw["nodes"].append({"name": "deep", "kind": "merge", "parents": ["luastories", "all3"]})
+    _rejects(raw, "deep", "merge.base", "equally near common ancestors ['lua', 'stories']")
+    _node(raw, "deep")["merge"] = {"method": "slerp", "base": "lua"}
+    lin = parse_lineage(raw)
+    assert lin.merge_base("all3") == "base" and lin.merge_base("deep") == "lua"
+    assert lin.domains("deep") == ["std"]
+    _node(raw, "all3")["merge"] = {"method": "slerp"}
+    _rejects(raw, "all3", "merge.method", "slerp merges exactly two parents")

@@ -103,7 +103,22 @@ def test_changing_one_node_marks_exactly_its_descendants_stale(micro, tmp_path):
     materialize_lineage(changed_base, instance, only={dg.AssetKey(["model", "base"])}, echo=lambda *_: None)
     status = _status(changed_base, instance)
     stale = {k for k, s in status.items() if s != "FRESH"}
-    assert stale == {("model/code", "code"), ("model/prose", "prose")}
+    assert stale == {("model/code", "code"), ("model/prose", "prose"), ("slerp_sweep", "merged"), ("model/merged", "merged")}
+
+
+def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
+    lineage, home, instance, defs, _ = micro
+    materialize_lineage(defs, instance, echo=lambda *_: None)  # back to the shipped micro lineage
+    assert set(_status(defs, instance).values()) == {"FRESH"}
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    for node in raw["nodes"]:
+        if node["name"] == "prose":
+            node["training"] = {**raw["training"], "lr": 1.0e-3}
+    changed = build_definitions(parse_lineage(raw, "micro-changed"), home=str(home), device="cpu")
+    materialize_lineage(changed, instance, only={dg.AssetKey(["model", "prose"])}, echo=lambda *_: None)
+    stale = {k for k, s in _status(changed, instance).items() if s != "FRESH"}
+    assert stale == {("slerp_sweep", "merged"), ("model/merged", "merged")}
+    materialize_lineage(defs, instance, echo=lambda *_: None)
 
 
 def test_dagster_cli_materializes_one_partition(micro, tmp_path):
@@ -132,3 +147,67 @@ def test_a_home_of_another_lineage_is_refused(micro, tmp_path):
     with pytest.raises(Exception, match="holds artefacts of lineage 'micro'"):
         materialize_lineage(wrong, dg.DagsterInstance.ephemeral(), only={dg.AssetKey("corpus")},
                             partitions={"base"}, echo=lambda *_: None)
+
+
+def test_micro_merge_is_mergekits_slerp_at_the_balance_point(micro):
+    """The saved merge (mergekit, in-process) equals featureflow's in-memory SLERP at the chosen t."""
+    import json
+
+    from featureflow_dagster.merge import SlerpPlan
+
+    lineage, home, instance, defs, _ = micro
+    sweep_dir = home / "slerp_sweep" / "merged"
+    balance = json.loads((sweep_dir / "balance.json").read_text())
+    assert (sweep_dir / "sweep.html").is_file() and (sweep_dir / "sweep.parquet").is_file()
+    assert 0.0 <= balance["t"] <= 1.0 and balance["parents"] == ["code", "prose"] and balance["ancestor"] == "base"
+    sweep_meta = _meta(instance, ["slerp_sweep"])
+    assert sweep_meta["grid_points"] == 51 and sweep_meta["chosen_t"] == balance["t"]
+    meta = _meta(instance, ["model", "merged"])
+    assert meta["method"] == "slerp" and meta["t"] == balance["t"]
+    assert set(k for k in meta if k.startswith("val_accuracy/")) == {"val_accuracy/packages", "val_accuracy/docstrings"}
+    code = AutoModelForCausalLM.from_pretrained(home / "model" / "code").state_dict()
+    prose = AutoModelForCausalLM.from_pretrained(home / "model" / "prose").state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(home / "model" / "merged").state_dict()
+    ours = SlerpPlan(code, prose).state_at(balance["t"])
+    for name, tensor in merged.items():
+        assert float((tensor - ours[name]).abs().max() / ours[name].abs().max()) < 1e-6, name
+
+
+def _with_merge(merge: dict):
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    for node in raw["nodes"]:
+        if node["name"] == "merged":
+            node["merge"] = merge
+    return parse_lineage(raw, "micro-merge")
+
+
+@pytest.mark.parametrize(
+    "merge, expected",
+    [
+        ({"method": "linear", "weights": [0.25, 0.75]}, lambda a, b, base: 0.25 * a + 0.75 * b),
+        ({"method": "task_arithmetic", "weights": [1.0, 0.5]}, lambda a, b, base: base + (a - base) + 0.5 * (b - base)),
+        ({"method": "slerp", "t": 0.0}, lambda a, b, base: a),
+        ({"method": "ties", "weights": [1.0, 1.0], "density": 0.5}, None),
+        ({"method": "dare_ties", "weights": [1.0, 1.0], "density": 0.5}, None),
+        ({"method": "dare_linear", "weights": [0.5, 0.5], "density": 0.5}, None),
+    ],
+)
+def test_every_merge_method_materializes_through_mergekit(micro, merge, expected, tmp_path):
+    lineage, home, instance, defs, _ = micro
+    changed = build_definitions(_with_merge(merge), home=str(home), device="cpu")
+    materialize_lineage(changed, instance, only={dg.AssetKey(["model", "merged"])}, force=True, echo=lambda *_: None)
+    merged = AutoModelForCausalLM.from_pretrained(home / "model" / "merged").state_dict()
+    code, prose, base = (AutoModelForCausalLM.from_pretrained(home / "model" / n).state_dict() for n in ("code", "prose", "base"))
+    meta = _meta(instance, ["model", "merged"])
+    assert meta["method"] == merge["method"]
+    if merge["method"] != "slerp":
+        assert meta.get("base") == (None if merge["method"] == "linear" else "base")
+    for name, tensor in merged.items():
+        if expected is not None:
+            assert torch.allclose(tensor, expected(code[name], prose[name], base[name]), atol=1e-5), name
+    if expected is None:  # trimmed or dropped merges: different from every input, same again with the same seed
+        assert any(not torch.equal(merged[n], code[n]) and not torch.equal(merged[n], prose[n]) for n in merged)
+        first = meta["weights_hash"]
+        materialize_lineage(changed, instance, only={dg.AssetKey(["model", "merged"])}, force=True, echo=lambda *_: None)
+        assert _meta(instance, ["model", "merged"])["weights_hash"] == first
+    materialize_lineage(defs, instance, only={dg.AssetKey(["model", "merged"])}, force=True, echo=lambda *_: None)
