@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from featureflow_dagster.lineage import TrainingSpec
+from featureflow_dagster.storage import atomic_file
 
 
 @dataclass
@@ -63,10 +63,8 @@ def _autocast(device: torch.device, dtype: str):
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def run_fingerprint(spec: TrainingSpec, seed: int, data_hash: str, init_hash: str) -> str:
