@@ -286,6 +286,53 @@ class MergeSpec(_Strict):
         return "auto" if self.t is None else self.t
 
 
+class SAEChecks(_Strict):
+    """Quality bars for a node's SAE, run as Dagster asset checks (paper: 25 <= L0 <= 35,
+    MSE < 0.0067, explained variance > 0.88)."""
+
+    l0_min: float | None = Field(default=None, ge=0)
+    l0_max: float | None = Field(default=None, gt=0)
+    mse_max: float | None = Field(default=None, gt=0)
+    explained_variance_min: float | None = Field(default=None, le=1)
+    dead_fraction_max: float | None = Field(default=None, ge=0, le=1)
+    loss_recovered_min: float | None = Field(default=None, le=1)
+
+
+class SAESpec(_Strict):
+    """Activation store and sparse autoencoder of a node (Horn & Elliott 2024, Bricken et al. 2023).
+
+    The store holds `blocks.0.mlp.hook_post` over `context`-token windows sampled uniformly from the
+    training data of the node and all its ancestors: `tokens` for training, `eval_tokens` (from
+    validation data) for the evaluations."""
+
+    architecture: Literal["relu", "topk", "batchtopk"] = "relu"
+    expansion: int = Field(default=16, gt=0, description="d_sae = expansion * d_mlp")
+    k: int | None = Field(default=None, gt=0, description="topk/batchtopk: active features per token")
+    l1_coefficient: float = Field(default=3e-4, ge=0)
+    lr: float = Field(default=1e-4, gt=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.9999, ge=0, lt=1)
+    batch_windows: int = Field(default=128, gt=0, description="Shuffled context-token windows per step.")
+    context: int = Field(default=24, gt=1)
+    tokens: int = Field(default=15_000_000, gt=0, description="Training tokens in the store.")
+    eval_tokens: int = Field(default=98_304, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    store_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    shard_tokens: int = Field(default=262_144, gt=0)
+    subtract_data_mean: bool = True
+    resample_dead_every: int | None = Field(default=None, gt=0, description="Steps between dead-feature resamplings.")
+    dead_window_tokens: int = Field(default=1_000_000, gt=0, description="Unfired for this many tokens = dead.")
+    ultra_low_density: float = Field(default=1e-5, gt=0, lt=1)
+    checkpoint_every: int = Field(default=500, gt=0)
+    checks: SAEChecks = Field(default_factory=SAEChecks)
+
+    @model_validator(mode="after")
+    def _k_for_topk(self):
+        if self.architecture in ("topk", "batchtopk") and self.k is None:
+            raise ValueError(f"a {self.architecture} SAE needs 'k' (active features per token)")
+        return self
+
+
 # ---------------------------------------------------------------------------------------------
 # Nodes and the lineage
 # ---------------------------------------------------------------------------------------------
@@ -299,6 +346,7 @@ class NodeSpec(_Strict):
     model: ModelSpec | None = None
     training: TrainingSpec | None = None
     merge: MergeSpec | None = None
+    sae: SAESpec | None = None
     seed: int | None = None
     description: str = ""
 
@@ -322,6 +370,7 @@ class Lineage(_Strict):
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
     model: ModelSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
+    sae: SAESpec = Field(default_factory=SAESpec)
     nodes: list[NodeSpec] = Field(min_length=1)
 
     # -- graph queries (valid only after validate_graph) ---------------------------------------
@@ -416,6 +465,15 @@ class Lineage(_Strict):
 
     def model_spec(self, name: str) -> ModelSpec:
         return self.node(name).model or self.model
+
+    def sae_spec(self, name: str) -> SAESpec:
+        return self.node(name).sae or self.sae
+
+    def data_ancestry(self, name: str) -> list[str]:
+        """The node and its ancestors that carry training data (a merge: the union of its parents'
+        ancestries), in topological order: the data an activation store samples from."""
+        members = {name, *self.ancestors(name)}
+        return [n for n in self.node_names if n in members and self.node(n).data is not None]
 
     def training_spec(self, name: str) -> TrainingSpec:
         return self.node(name).training or self.training

@@ -1,0 +1,242 @@
+"""MLP activations (`blocks.0.mlp.hook_post`) of a Hugging Face Mistral model, and the on-disk store.
+
+`hook_post` in TransformerLens is act(gate(x)) * up(x), the input of the MLP's output projection;
+in `MistralForCausalLM` that is the input of `model.layers[0].mlp.down_proj`. A forward pre-hook on
+`down_proj` captures it and, for collection, stops the forward pass there (nothing after the hook
+runs: no output projection, no unembedding). The same hook can replace it (a spliced SAE
+reconstruction, zero-ablation) for loss evaluation. Equality with TransformerLens's
+`run_with_cache` is tested.
+
+Store layout (one folder per node and split):
+  manifest.json                 hook, d_in, context, dtype, sources, shards with sha256, seed
+  <split>/shard_00000.safetensors
+      activations [n_windows * context, d_in]  (dtype from the lineage)
+      tokens      [n_windows, context] int32
+      origin      [n_windows, 3] int32: (source index, block row, offset) into the tokens files
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from featureflow_dagster.storage import file_sha256
+
+HOOK_NAME = "blocks.0.mlp.hook_post"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class _StopForward(Exception):
+    pass
+
+
+def _mlp_out_projection(model, layer: int = 0) -> torch.nn.Module:
+    return model.model.layers[layer].mlp.down_proj
+
+
+@contextlib.contextmanager
+def capture_mlp_post(model, stop: bool = False, replace: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """Within the block, each forward of `model` records hook_post [batch, pos, d_mlp] into the
+    yielded list; with `stop` the forward ends right after (call through `run_to_hook`); with
+    `replace` the MLP uses replace(hook_post) instead."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module, args):
+        (acts,) = args
+        captured.append(acts.detach())
+        if stop:
+            raise _StopForward
+        if replace is not None:
+            return (replace(acts),)
+        return None
+
+    handle = _mlp_out_projection(model).register_forward_pre_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def run_to_hook(model, tokens: torch.Tensor) -> torch.Tensor:
+    """hook_post activations [batch, pos, d_mlp] of `tokens` [batch, pos]; runs the model only up to the hook."""
+    with capture_mlp_post(model, stop=True) as captured:
+        try:
+            model(input_ids=tokens)
+        except _StopForward:
+            pass
+    return captured[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling windows from a node's combined data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    node: str  # the node whose tokens file holds the source
+    source: str
+
+
+def sample_windows(block_counts: list[int], n_ctx: int, context: int, n_windows: int, seed: int) -> torch.Tensor:
+    """Uniform sample without replacement of `context`-token windows from several sources.
+
+    block_counts[i]: rows of source i (each n_ctx tokens). Every row is cut into n_ctx // context
+    non-overlapping windows; each window of every source is equally likely, so sources are drawn
+    in proportion to their size. Returns int [n_windows, 3]: (source index, row, offset)."""
+    per_row = n_ctx // context
+    if per_row == 0:
+        raise ValueError(f"context {context} is longer than the blocks ({n_ctx} tokens)")
+    total = sum(block_counts) * per_row
+    if n_windows > total:
+        raise ValueError(
+            f"asked for {n_windows * context:,} tokens of {context}-token windows but the combined data "
+            f"holds {total * context:,}; lower the store's token budget or give the nodes more data"
+        )
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(total, generator=g)[:n_windows]
+    starts = torch.tensor([0, *torch.tensor(block_counts).cumsum(0).tolist()]) * per_row
+    source = torch.searchsorted(starts, picks, right=True) - 1
+    local = picks - starts[source]
+    return torch.stack([source, local // per_row, (local % per_row) * context], dim=1).to(torch.int32)
+
+
+def gather_windows(blocks: list[torch.Tensor], windows: torch.Tensor, context: int) -> torch.Tensor:
+    """Token ids [n, context] of the windows from `sample_windows` over source blocks [rows, n_ctx]."""
+    out = torch.empty(windows.shape[0], context, dtype=torch.int32)
+    for i, b in enumerate(blocks):
+        mask = windows[:, 0] == i
+        if mask.any():
+            rows, offs = windows[mask, 1].long(), windows[mask, 2].long()
+            idx = offs[:, None] + torch.arange(context)[None, :]
+            out[mask] = b[rows][torch.arange(rows.shape[0])[:, None], idx].to(torch.int32)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
+
+
+def write_store(
+    model,
+    tokens: torch.Tensor,
+    origin: torch.Tensor,
+    folder: Path,
+    split: str,
+    dtype: str,
+    shard_windows: int,
+    batch_windows: int,
+    device: torch.device,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Run `model` up to hook_post over token windows [n, context] and write shards of at most
+    `shard_windows` windows to folder/split/. Only one shard is ever held in memory. Returns the
+    shard records (file, windows, sha256) for the manifest."""
+    (folder / split).mkdir(parents=True, exist_ok=True)
+    model.to(device).eval()
+    records = []
+    n = tokens.shape[0]
+    bar = tqdm(total=n, desc=f"activations ({split})", unit="window", disable=None)
+    for shard_index, start in enumerate(range(0, n, shard_windows)):
+        stop = min(n, start + shard_windows)
+        parts = []
+        for b in range(start, stop, batch_windows):
+            x = tokens[b : min(stop, b + batch_windows)].to(device, torch.long)
+            acts = run_to_hook(model, x)
+            parts.append(acts.reshape(-1, acts.shape[-1]).to("cpu", DTYPES[dtype]))
+            bar.update(x.shape[0])
+        name = f"{split}/shard_{shard_index:05d}.safetensors"
+        save_file(
+            {"activations": torch.cat(parts), "tokens": tokens[start:stop].contiguous(), "origin": origin[start:stop].contiguous()},
+            str(folder / name),
+        )
+        records.append({"file": name, "windows": stop - start, "sha256": file_sha256(folder / name)})
+        if log:
+            log(f"{split}: shard {shard_index} written ({stop:,}/{n:,} windows)")
+    bar.close()
+    return records
+
+
+class ActivationStore:
+    """Read side of a store folder: manifest, shard-by-shard iteration, streaming statistics."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.manifest = json.loads((self.folder / "manifest.json").read_text())
+
+    @property
+    def d_in(self) -> int:
+        return self.manifest["d_in"]
+
+    @property
+    def context(self) -> int:
+        return self.manifest["context"]
+
+    def shards(self, split: str) -> list[dict]:
+        return self.manifest["splits"][split]["shards"]
+
+    def n_windows(self, split: str) -> int:
+        return sum(s["windows"] for s in self.shards(split))
+
+    def load_shard(self, split: str, index: int, keys=("activations", "tokens", "origin")) -> dict[str, torch.Tensor]:
+        with safe_open(str(self.folder / self.shards(split)[index]["file"]), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in keys}
+
+    def iter_shards(self, split: str, keys=("activations", "tokens", "origin")) -> Iterator[dict[str, torch.Tensor]]:
+        for i in range(len(self.shards(split))):
+            yield self.load_shard(split, i, keys)
+
+    def mean(self, split: str = "train") -> torch.Tensor:
+        """Mean activation [d_in], accumulated in float64 one shard at a time."""
+        total = torch.zeros(self.d_in, dtype=torch.float64)
+        count = 0
+        for shard in self.iter_shards(split, ("activations",)):
+            total += shard["activations"].to(torch.float64).sum(0)
+            count += shard["activations"].shape[0]
+        return (total / count).to(torch.float32)
+
+    def batches(self, split: str, batch_windows: int, seed: int, epochs: float = 1.0, start_step: int = 0) -> Iterator[torch.Tensor]:
+        """Shuffled batches of `batch_windows` windows, as activations [batch_windows * context, d_in]
+        (float32). Order: per epoch a seeded permutation of shards, and of windows within each shard;
+        only the shards a batch touches are loaded. `start_step` skips batches without loading them."""
+        counts = [s["windows"] for s in self.shards(split)]
+        total_windows = sum(counts)
+        n_batches = int(epochs * total_windows) // batch_windows
+        epoch_plans: dict[int, list[tuple[int, int]]] = {}
+
+        def plan(epoch: int) -> list[tuple[int, int]]:
+            if epoch not in epoch_plans:
+                g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+                order = []
+                for shard in torch.randperm(len(counts), generator=g).tolist():
+                    order.extend((shard, w) for w in torch.randperm(counts[shard], generator=g).tolist())
+                epoch_plans.clear()
+                epoch_plans[epoch] = order
+            return epoch_plans[epoch]
+
+        cache: dict[int, torch.Tensor] = {}
+        for b in range(start_step, n_batches):
+            picks = []
+            for pos in range(b * batch_windows, (b + 1) * batch_windows):
+                picks.append(plan(pos // total_windows)[pos % total_windows])
+            rows = []
+            for shard, w in picks:
+                if shard not in cache:
+                    cache.clear()
+                    acts = self.load_shard(split, shard, ("activations",))["activations"]
+                    cache[shard] = acts.reshape(counts[shard], self.context, self.d_in)
+                rows.append(cache[shard][w])
+            yield torch.stack(rows).reshape(-1, self.d_in).to(torch.float32)
+
+    def steps(self, split: str, batch_windows: int, epochs: float = 1.0) -> int:
+        return int(epochs * self.n_windows(split)) // batch_windows
