@@ -43,3 +43,12 @@ def fan_out(edges: list[tuple[str, str]]) -> dg.StaticPartitionMapping:
     for up, down in edges:
         mapping.setdefault(up, set()).add(down)
     return dg.StaticPartitionMapping({up: sorted(downs) for up, downs in mapping.items()})
+
+
+def edge_key(parent: str, child: str) -> str:
+    return f"{parent}__{child}"
+
+
+def edge_partitions(lineage: Lineage) -> dg.StaticPartitionsDefinition:
+    """One key per parent -> child edge, `parent__child` (node names never contain '__')."""
+    return dg.StaticPartitionsDefinition([edge_key(p, c) for p, c in lineage.edges()])

@@ -240,3 +240,52 @@ class ActivationStore:
 
     def steps(self, split: str, batch_windows: int, epochs: float = 1.0) -> int:
         return int(epochs * self.n_windows(split)) // batch_windows
+
+
+def build_activation_store(
+    model,
+    train_blocks: list[torch.Tensor],
+    validation_blocks: list[torch.Tensor],
+    sources: list[SourceRef],
+    context: int,
+    train_tokens: int,
+    eval_tokens: int,
+    dtype: str,
+    shard_tokens: int,
+    seed: int,
+    folder: Path,
+    device: torch.device,
+    batch_windows: int = 64,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Sample windows uniformly from every source's blocks (training blocks for 'train',
+    validation blocks for 'eval'), collect hook_post for them and write the store and its manifest
+    into `folder`. Returns the manifest."""
+    n_ctx = train_blocks[0].shape[1]
+    splits = {}
+    for split, blocks, budget, split_seed in (
+        ("train", train_blocks, train_tokens, seed),
+        ("eval", validation_blocks, eval_tokens, seed + 1),
+    ):
+        windows = sample_windows([b.shape[0] for b in blocks], n_ctx, context, max(1, budget // context), split_seed)
+        tokens = gather_windows(blocks, windows, context)
+        shards = write_store(model, tokens, windows, folder, split, dtype, max(1, shard_tokens // context), batch_windows, device, log)
+        per_source = torch.bincount(windows[:, 0].long(), minlength=len(sources)).tolist()
+        splits[split] = {
+            "shards": shards,
+            "windows": int(windows.shape[0]),
+            "tokens": int(windows.shape[0]) * context,
+            "windows_per_source": {f"{s.node}/{s.source}": n for s, n in zip(sources, per_source)},
+        }
+    manifest = {
+        "hook_name": HOOK_NAME,
+        "d_in": int(model.config.intermediate_size),
+        "context": context,
+        "dtype": dtype,
+        "seed": seed,
+        "sources": [{"node": s.node, "source": s.source} for s in sources],
+        "origin_columns": ["source index", "block row in the node's tokens file", "token offset"],
+        "splits": splits,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest

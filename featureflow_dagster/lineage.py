@@ -501,10 +501,11 @@ class Lineage(_Strict):
         raise KeyError(f"node '{name}' has no domain '{domain}'")
 
     def fingerprint(self, name: str) -> str:
-        """Hash of everything that determines a node's model, except its parents' weights."""
+        """Hash of everything that determines a node's model, except its parents' weights (and its
+        SAE settings, which do not touch the model)."""
         node = self.node(name)
         payload = {
-            "node": node.model_dump(mode="json"),
+            "node": node.model_dump(mode="json", exclude={"sae"}),
             "model": self.model_spec(name).model_dump(mode="json"),
             "training": self.training_spec(name).model_dump(mode="json"),
             "seed": self.seed_of(name),

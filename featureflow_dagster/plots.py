@@ -49,3 +49,17 @@ def markdown_table(df, float_format: str = "{:.4f}") -> str:
         cells = [idx, *row.tolist()]
         lines.append("| " + " | ".join(float_format.format(c) if isinstance(c, float) else str(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def density_histogram(density, title: str, bins: int = 40) -> go.Figure:
+    """Histogram of log10 feature firing frequency; dead features (never fired) counted apart."""
+    import torch
+
+    alive = density[density > 0]
+    dead = int((density == 0).sum())
+    fig = go.Figure(go.Histogram(x=torch.log10(alive).tolist(), nbinsx=bins, name="alive features"))
+    fig.update_layout(
+        title=f"{title} ({dead} of {density.numel()} features never fired)",
+        xaxis_title="log10 firing frequency (fraction of tokens)", yaxis_title="features", template="plotly_white",
+    )
+    return fig

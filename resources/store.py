@@ -5,6 +5,9 @@ Layout under `root` ($FEATUREFLOW_HOME):
   tokenizer/                     Hugging Face tokenizer folder
   tokens/<node>.safetensors      token blocks per source and split
   model/<node>/                  Hugging Face model folder (config.json, model.safetensors, tokenizer)
+  activation_store/<node>/       manifest.json, train/ and eval/ safetensors shards of hook_post
+  sae/<node>/                    cfg.json + sae_weights.safetensors (SAELens layout), feature_density.safetensors
+  sae_transfer/<parent>__<child>.parquet   each SAE on each model's activations
   slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
   reports/<asset>/<key>/         plots (plotly HTML) and tables
   checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
@@ -57,6 +60,15 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def model_dir(self, node: str) -> Path:
         return self.path / "model" / node
+
+    def activation_dir(self, node: str) -> Path:
+        return self.path / "activation_store" / node
+
+    def sae_dir(self, node: str) -> Path:
+        return self.path / "sae" / node
+
+    def transfer_path(self, edge: str) -> Path:
+        return self.path / "sae_transfer" / f"{edge}.parquet"
 
     def sweep_dir(self, node: str) -> Path:
         return self.path / "slerp_sweep" / node

@@ -103,7 +103,9 @@ def test_changing_one_node_marks_exactly_its_descendants_stale(micro, tmp_path):
     materialize_lineage(changed_base, instance, only={dg.AssetKey(["model", "base"])}, echo=lambda *_: None)
     status = _status(changed_base, instance)
     stale = {k for k, s in status.items() if s != "FRESH"}
-    assert stale == {("model/code", "code"), ("model/prose", "prose"), ("slerp_sweep", "merged"), ("model/merged", "merged")}
+    nodes, edges = ["base", "code", "prose", "merged"], ["base__code", "base__prose", "code__merged", "prose__merged"]
+    assert stale == {("model/code", "code"), ("model/prose", "prose"), ("slerp_sweep", "merged"), ("model/merged", "merged")} | {
+        (a, n) for a in ("activation_store", "sae") for n in nodes} | {("sae_transfer", e) for e in edges}
 
 
 def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
@@ -117,7 +119,9 @@ def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
     changed = build_definitions(parse_lineage(raw, "micro-changed"), home=str(home), device="cpu")
     materialize_lineage(changed, instance, only={dg.AssetKey(["model", "prose"])}, echo=lambda *_: None)
     stale = {k for k, s in _status(changed, instance).items() if s != "FRESH"}
-    assert stale == {("slerp_sweep", "merged"), ("model/merged", "merged")}
+    assert stale == {("slerp_sweep", "merged"), ("model/merged", "merged")} | {
+        (a, n) for a in ("activation_store", "sae") for n in ("prose", "merged")} | {
+        ("sae_transfer", e) for e in ("base__prose", "prose__merged", "code__merged")}
     materialize_lineage(defs, instance, echo=lambda *_: None)
 
 
@@ -211,3 +215,59 @@ def test_every_merge_method_materializes_through_mergekit(micro, merge, expected
         materialize_lineage(changed, instance, only={dg.AssetKey(["model", "merged"])}, force=True, echo=lambda *_: None)
         assert _meta(instance, ["model", "merged"])["weights_hash"] == first
     materialize_lineage(defs, instance, only={dg.AssetKey(["model", "merged"])}, force=True, echo=lambda *_: None)
+
+
+def _check_results(instance, name):
+    from dagster._core.definitions.asset_checks.asset_check_spec import AssetCheckKey
+
+    records = instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(dg.AssetKey("sae"), name), limit=50)
+    return [r.event.dagster_event.event_specific_data for r in records if r.event and r.event.dagster_event]
+
+
+def test_micro_activation_stores_saes_and_transfer(micro):
+    import json
+
+    from sae_lens import SAE as LensSAE
+
+    from featureflow_dagster.activations import ActivationStore
+
+    lineage, home, instance, defs, _ = micro
+    merged_store = ActivationStore(home / "activation_store" / "merged")
+    sources = merged_store.manifest["splits"]["train"]["windows_per_source"]
+    assert set(sources) == {"base/english", "base/python", "code/packages", "prose/docstrings"}
+    assert all(n > 0 for n in sources.values())  # the merge's store samples its whole ancestry
+    assert merged_store.manifest["hook_name"] == "blocks.0.mlp.hook_post" and merged_store.context == 24
+    for node in lineage.node_names:
+        meta = _meta_partition(instance, "sae", node)
+        assert 0 < meta["l0"] < meta["d_sae"] and meta["mse"] > 0
+        assert meta["explained_variance"] > 0.3 and meta["tokens_seen"] > 0
+        sae = LensSAE.load_from_disk(home / "sae" / node)
+        assert sae.cfg.d_sae == 16 * 64 and json.loads((home / "sae" / node / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.0.mlp.hook_post"
+    for name in ("l0_in_range", "explained_variance_above", "loss_recovered_above"):
+        results = _check_results(instance, name)
+        assert results and all(r.passed for r in results), name
+    import pandas as pd
+
+    table = pd.read_parquet(home / "sae_transfer" / "base__code.parquet")
+    assert set(zip(table["sae"], table["activations"])) == {("base", "base"), ("base", "code"), ("code", "base"), ("code", "code")}
+    meta = _meta_partition(instance, "sae_transfer", "base__code")
+    assert meta["parent_sae_on_parent/explained_variance"] == pytest.approx(_meta_partition(instance, "sae", "base")["explained_variance"])
+
+
+def _meta_partition(instance, key, partition):
+    records = instance.fetch_materializations(dg.AssetKey(key), limit=100).records
+    event = next(r for r in records if r.partition_key == partition)
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def test_an_asset_check_fails_on_a_deliberately_broken_sae(micro):
+    lineage, home, instance, defs, _ = micro
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    raw["sae"] = {**raw["sae"], "lr": 1.0e-9, "epochs": 1}  # an SAE that never leaves its random init
+    broken = build_definitions(parse_lineage(raw, "micro-broken"), home=str(home), device="cpu")
+    materialize_lineage(broken, instance, only={dg.AssetKey("sae")}, partitions={"base"}, echo=lambda *_: None)
+    latest = _check_results(instance, "explained_variance_above")[0]
+    assert latest.passed is False
+    assert latest.metadata["value"].value < 0.3
+    materialize_lineage(defs, instance, only={dg.AssetKey("sae")}, partitions={"base"}, echo=lambda *_: None)
+    assert _check_results(instance, "explained_variance_above")[0].passed is True
