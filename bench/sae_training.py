@@ -6,7 +6,7 @@ gets l1_coefficient × d_in (the same loss up to a constant factor, which Adam i
 SAE, d_sae = expansion × d_in, Adam (β1, β2) and lr from the lineage, constant schedule, no
 activation normalization, the same batches in the same order, from memory.
 
-  python bench/sae_training.py [--home .featureflow/demo] [--lineage demo] [--node base] [--steps 300]
+  python bench/sae_training.py [--home .featureflow/demo] [--lineage demo] [--node base] [--steps 300] [--ours-l1-scale 1]
 """
 
 import argparse
@@ -34,6 +34,8 @@ def main() -> int:
     ap.add_argument("--home", default=None)
     ap.add_argument("--node", default=None)
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--ours-l1-scale", type=float, default=1.0,
+                    help="multiply featureflow's l1_coefficient (to compare MSE at a matched L0)")
     args = ap.parse_args()
     lineage = load_lineage(args.lineage)
     home = Path(args.home or f".featureflow/{lineage.name}")
@@ -52,7 +54,7 @@ def main() -> int:
     d_in, d_sae = store.d_in, spec.expansion * store.d_in
     tokens = sum(b.shape[0] for b in batches)
 
-    ours = ReLUSAE(SAEConfig("relu", d_in, d_sae), seed=0, l1_coefficient=spec.l1_coefficient)
+    ours = ReLUSAE(SAEConfig("relu", d_in, d_sae), seed=0, l1_coefficient=spec.l1_coefficient * args.ours_l1_scale)
     t0 = time.perf_counter()
     train_sae(ours, lambda start: iter(batches[start:]), len(batches), spec.lr, (spec.beta1, spec.beta2), torch.device("cpu"))
     ours_s = time.perf_counter() - t0
@@ -79,8 +81,8 @@ def main() -> int:
     lens_mse, lens_l0 = _mse_l0(lens.encode, lens.decode, held_out)
     print(f"lineage {lineage.name}, node {node}: d_in {d_in}, d_sae {d_sae}, {len(batches)} steps x {batches[0].shape[0]} tokens "
           f"= {tokens:,} tokens, {torch.get_num_threads()} threads; held-out {held_out.shape[0]:,} tokens")
-    print(f"featureflow train_sae   {tokens / ours_s:10,.0f} tokens/s   MSE {ours_mse:.3e}   L0 {ours_l0:7.1f}")
-    print(f"SAELens SAETrainer      {tokens / lens_s:10,.0f} tokens/s   MSE {lens_mse:.3e}   L0 {lens_l0:7.1f}")
+    print(f"featureflow train_sae (l1 x {args.ours_l1_scale:g}) {tokens / ours_s:10,.0f} tokens/s   MSE {ours_mse:.3e}   L0 {ours_l0:7.1f}")
+    print(f"SAELens SAETrainer             {tokens / lens_s:10,.0f} tokens/s   MSE {lens_mse:.3e}   L0 {lens_l0:7.1f}")
     print(f"ratio (featureflow / SAELens tokens/s): {lens_s / ours_s:.2f}x")
     return 0
 

@@ -55,8 +55,12 @@ class SAE(nn.Module):
     # -- the function ------------------------------------------------------------------------
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """[batch, d_in] -> [batch, d_sae]"""
-        return (x - self.data_mean - self.b_dec) @ self.W_enc + self.b_enc
+        """[batch, d_in] -> [batch, d_sae]: (x − data_mean − b_dec) W_enc + b_enc.
+
+        Written as (x − data_mean) W_enc + (b_enc − b_dec W_enc): the same number, but b_dec's
+        gradient then costs a vector-matrix product instead of a [batch, d_sae] x [d_sae, d_in]
+        matrix product (x itself needs no gradient)."""
+        return torch.addmm(self.b_enc - self.b_dec @ self.W_enc, x - self.data_mean, self.W_enc)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -22,7 +22,7 @@ class ReLUSAE(SAE):
 
     def loss(self, x, f, x_hat):
         out = super().loss(x, f, x_hat)
-        l1 = f.abs().sum(dim=-1).mean()
+        l1 = f.sum(dim=-1).mean()  # f >= 0 after the ReLU, so this is ‖f‖₁ without abs()
         out["l1"] = l1
         out["loss"] = out["mse"] + self.l1_coefficient * l1
         return out

@@ -24,7 +24,7 @@ class SAETrainResult:
     steps: int
     tokens_seen: int
     seconds: float
-    curve: list[dict] = field(default_factory=list)  # step, loss, mse, l0 (means over the log window)
+    curve: list[dict] = field(default_factory=list)  # step; loss, mse: means over the log window; l0: that step's batch
     dead_fraction: float = 0.0  # features unfired for the last dead_window_tokens at the end
     resampled: int = 0
     resumed_from_step: int = 0
@@ -75,7 +75,7 @@ def train_sae(
     """Train `sae` in place. `batches(start_step)` yields activation batches [tokens, d_in] from
     that step on (so a resumed run sees exactly the batches it would have)."""
     sae.to(device).train()
-    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=betas)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=betas, fused=True)
     last_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
     start, curve, tokens_seen, resampled = 0, [], 0, 0
     if checkpoint_path is not None and checkpoint_path.exists():
@@ -104,8 +104,9 @@ def train_sae(
         sae.normalize_decoder()
         tokens_seen += x.shape[0]
         with torch.no_grad():
-            last_fired[(f > 0).any(0)] = tokens_seen
-            window.append((float(losses["loss"]), float(losses["mse"]), float((f > 0).sum(-1).float().mean())))
+            fired = f.detach().amax(0) > 0  # f >= 0 for every architecture here
+            last_fired.masked_fill_(fired, tokens_seen)
+            window.append((float(losses["loss"]), float(losses["mse"])))
         done = step + 1
         if resample_dead_every and done % resample_dead_every == 0 and done < total_steps:
             dead = (tokens_seen - last_fired) >= dead_window_tokens
@@ -116,6 +117,8 @@ def train_sae(
                 log(f"step {done}: resampled {n} dead features")
         if done % log_every == 0 or done == total_steps:
             means = [sum(v) / len(v) for v in zip(*window)]
+            with torch.no_grad():  # L0 of this step's batch only: counting every step costs more than Adam
+                means.append(float((f > 0).sum()) / f.shape[0])
             curve.append({"step": done, "loss": means[0], "mse": means[1], "l0": means[2]})
             window = []
             bar.set_postfix(mse=f"{means[1]:.2e}", l0=f"{means[2]:.1f}")
