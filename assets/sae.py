@@ -16,7 +16,7 @@ from featureflow_dagster.plots import density_histogram, markdown_table, write_h
 from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import SAE_REGISTRY, SAEConfig, load_sae
-from featureflow_dagster.sae.evaluate import check_evaluation, evaluate_sae
+from featureflow_dagster.sae.evaluate import check_evaluation, configured_checks, evaluate_sae
 from featureflow_dagster.sae.train import train_sae
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.assets.partitions import edge_key, edge_partitions, fan_out, model_key, node_partitions
@@ -93,17 +93,10 @@ def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
 
 
 def _check_names(lineage: Lineage) -> list[str]:
+    """Every check some node's SAE settings configure (asset check specs are per asset, not per partition)."""
     names: list[str] = []
     for n in lineage.node_names:
-        checks = lineage.sae_spec(n).checks.model_dump()
-        mapping = {
-            "l0_in_range": checks["l0_min"] is not None or checks["l0_max"] is not None,
-            "mse_below": checks["mse_max"] is not None,
-            "explained_variance_above": checks["explained_variance_min"] is not None,
-            "dead_fraction_below": checks["dead_fraction_max"] is not None,
-            "loss_recovered_above": checks["loss_recovered_min"] is not None,
-        }
-        names.extend(k for k, on in mapping.items() if on and k not in names)
+        names.extend(c for c in configured_checks(lineage.sae_spec(n).checks) if c not in names)
     return names
 
 
