@@ -1,0 +1,66 @@
+"""Sparse exact Pearson correlation against numpy.corrcoef; dead features; planted pairs."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from featureflow_dagster.correlation import correlate_features
+
+
+def _codes(T, m, density, seed):
+    rng = np.random.default_rng(seed)
+    dense = rng.random((T, m)) * (rng.random((T, m)) < density)
+    return dense
+
+
+def _chunked(a, b, size):
+    def gen():
+        for s in range(0, a.shape[0], size):
+            yield sp.csr_matrix(a[s : s + size]), sp.csr_matrix(b[s : s + size])
+    return gen
+
+
+def test_equals_numpy_corrcoef_on_random_sparse_codes():
+    a, b = _codes(500, 12, 0.2, 0), _codes(500, 9, 0.3, 1)
+    b[:, 0] = a[:, 3] * 2 + 0.1 * b[:, 0]  # one strongly correlated pair
+    res = correlate_features(_chunked(a, b, 64), 12, 9, top_k=3, row_block=5, keep_full=True)
+    ref = np.corrcoef(a.T, b.T)[:12, 12:]
+    assert np.allclose(res.full, ref, atol=1e-12)
+    assert (res.parent_top.index[:, 0] == np.nanargmax(ref, axis=1)).all()
+    assert (res.child_top.index[:, 0] == np.nanargmax(ref, axis=0)).all()
+    assert res.parent_top.r[3, 0] == pytest.approx(ref[3, 0]) and res.parent_top.index[3, 0] == 0
+    assert np.allclose(res.child_top.r[:, 0], np.nanmax(ref, axis=0))
+
+
+def test_dead_features_are_flagged_and_never_matched():
+    a, b = _codes(300, 6, 0.3, 2), _codes(300, 5, 0.3, 3)
+    a[:, 2] = 0.0  # never fires
+    b[:, 4] = 0.7  # fires on every token with the same value: no variance either
+    res = correlate_features(_chunked(a, b, 50), 6, 5, top_k=5, keep_full=True)
+    assert res.parent_moments.dead.tolist() == [False, False, True, False, False, False]
+    assert res.child_moments.dead.tolist() == [False, False, False, False, True]
+    assert np.isnan(res.full[2]).all() and np.isnan(res.full[:, 4]).all()
+    assert (res.parent_top.index[2] == -1).all() and np.isnan(res.parent_top.r[2]).all()
+    assert 4 not in res.parent_top.index and 2 not in res.child_top.index
+    assert not np.isnan(res.full[np.ix_([0, 1, 3], [0, 1, 2, 3])]).any()
+
+
+def test_planted_pairs_are_recovered_as_best_matches():
+    rng = np.random.default_rng(5)
+    T, m, n = 4000, 64, 80
+    a = _codes(T, m, 0.05, 6)
+    b = _codes(T, n, 0.05, 7)
+    pairs = {i: (i * 7) % n for i in range(0, m, 4)}
+    for i, j in pairs.items():
+        b[:, j] = a[:, i] * rng.uniform(0.5, 2) + 0.02 * rng.random(T) * (a[:, i] > 0)
+    res = correlate_features(_chunked(a, b, 512), m, n, top_k=2, row_block=16)
+    for i, j in pairs.items():
+        assert res.parent_top.index[i, 0] == j and res.parent_top.r[i, 0] > 0.95
+        assert res.child_top.index[j, 0] == i
+
+
+def test_float64_accumulation_holds_on_many_chunks():
+    a, b = _codes(20000, 4, 0.9, 8) + 100.0, _codes(20000, 3, 0.9, 9)  # large mean, small variance
+    b[:, 1] = a[:, 0] - 100.0 + 0.5 * b[:, 1]
+    res = correlate_features(_chunked(a, b, 97), 4, 3, keep_full=True)
+    assert np.allclose(res.full, np.corrcoef(a.T, b.T)[:4, 4:], atol=1e-9)
