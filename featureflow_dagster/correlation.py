@@ -44,8 +44,10 @@ class FeatureMoments:
 
     @property
     def dead(self) -> np.ndarray:
-        # relative test: a variance at float64 round-off of the mean square is no variance
-        return self.std <= 1e-12 * np.maximum(1.0, np.sqrt(self.sum_sq / self.tokens))
+        """No variance: never fires, or always the same value. Relative test, because the variance
+        of a constant computed as E[x²] − E[x]² is float64 round-off (~1e-16 E[x²]), not 0."""
+        var = self.sum_sq / self.tokens - self.mean**2
+        return var <= 1e-10 * (self.sum_sq / self.tokens) + 1e-300
 
 
 def moments(chunks: Iterable[sp.csr_matrix], n_features: int) -> FeatureMoments:
@@ -74,26 +76,109 @@ class Correlation:
     child_moments: FeatureMoments
     parent_top: TopMatches  # each parent feature's best child features
     child_top: TopMatches  # each child feature's best parent features
-    full: np.ndarray | None = None  # [m, n] when asked for
 
 
-def _merge_top(best_idx, best_r, cand_idx, cand_r, k):
-    idx = np.concatenate([best_idx, cand_idx], axis=1)
-    r = np.concatenate([best_r, cand_r], axis=1)
-    order = np.argsort(-np.nan_to_num(r, nan=-np.inf), axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(idx, order, 1), np.take_along_axis(r, order, 1)
+def _top_from_csr(indptr: np.ndarray, cols: np.ndarray, r: np.ndarray, k: int):
+    """Per row of a CSR pattern with values r, the k largest r and their columns, in O(k × nnz):
+    k rounds of a segmented arg-max (rows without entries, or with fewer than k, keep -1 / NaN)."""
+    n_rows = indptr.size - 1
+    idx = np.full((n_rows, k), -1)
+    val = np.full((n_rows, k), np.nan)
+    counts = np.diff(indptr)
+    nonempty = np.flatnonzero(counts)
+    if nonempty.size == 0:
+        return idx, val
+    work = np.where(np.isnan(r), -np.inf, r)
+    starts = indptr[nonempty]
+    positions = np.arange(work.size)
+    for rank in range(k):
+        seg_max = np.maximum.reduceat(work, starts)
+        is_max = work == np.repeat(seg_max, counts[nonempty])
+        first = np.minimum.reduceat(np.where(is_max, positions, work.size), starts)
+        found = np.isfinite(seg_max)
+        rows = nonempty[found]
+        idx[rows, rank] = cols[first[found]]
+        val[rows, rank] = seg_max[found]
+        work[first[found]] = -np.inf
+    return idx, val
 
 
-def _top_k_rows(r: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    k = min(k, r.shape[1])
-    filled = np.nan_to_num(r, nan=-np.inf)
-    part = np.argpartition(-filled, k - 1, axis=1)[:, :k]
-    vals = np.take_along_axis(filled, part, 1)
-    order = np.argsort(-vals, axis=1, kind="stable")
-    idx = np.take_along_axis(part, order, 1)
-    vals = np.take_along_axis(vals, order, 1)
-    idx = np.where(np.isfinite(vals), idx, -1)
-    return idx, np.where(np.isfinite(vals), vals, np.nan)
+def _row_side_top(chunks, mom_rows: FeatureMoments, mom_cols: FeatureMoments, transpose: bool, k: int,
+                  row_block: int, log, label: str) -> TopMatches:
+    """Top-k partners of every row feature. Pairs that co-fire somewhere come from the sparse
+    cross-moment; for all other pairs the cross-moment is 0 and r_ij = −(μ_i/σ_i)(ν_j/τ_j), so a
+    row's best non-co-firing partners are the live columns with the smallest ν/τ it never meets."""
+    m, n = mom_rows.sum.size, mom_cols.sum.size
+    T = mom_rows.tokens
+    mu_a, sd_a, dead_a = mom_rows.mean, mom_rows.std, mom_rows.dead
+    mu_b, sd_b, dead_b = mom_cols.mean, mom_cols.std, mom_cols.dead
+    k = min(k, int((~dead_b).sum())) or 1
+    live_cols = np.flatnonzero(~dead_b)
+    ratio_b = np.full(n, np.inf)
+    ratio_b[live_cols] = mu_b[live_cols] / sd_b[live_cols]
+    by_ratio = live_cols[np.argsort(ratio_b[live_cols], kind="stable")]
+    out_idx = np.full((m, k), -1)
+    out_r = np.full((m, k), np.nan)
+    for start in range(0, m, row_block):
+        stop = min(m, start + row_block)
+        cross = sp.csr_matrix((stop - start, n), dtype=np.float64)
+        for a, b in chunks():
+            if transpose:
+                a, b = b, a
+            a_block = a[:, start:stop].astype(np.float64)
+            if a_block.nnz:
+                cross = cross + (a_block.T.tocsr() @ b.astype(np.float64))
+        if not cross.has_canonical_format:  # _top_from_csr needs one entry per (row, column)
+            cross.sum_duplicates()
+        local = np.repeat(np.arange(stop - start), np.diff(cross.indptr))
+        rows, cols = local + start, cross.indices
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = (cross.data - T * mu_a[rows] * mu_b[cols]) / (T * sd_a[rows] * sd_b[cols])
+        r[dead_a[rows] | dead_b[cols]] = np.nan
+        co_idx, co_r = _top_from_csr(cross.indptr, cols, np.clip(r, -1.0, 1.0), k)
+        # best partners among the columns each row never co-fires with: the first k of `by_ratio`
+        # that the row does not meet; checked against the first `probe` candidates at once, and
+        # row by row only for the rare rows that meet all of them
+        probe = by_ratio[: k + 64]
+        met = cross[:, probe].toarray() != 0  # [rows, probe]
+        zero_idx = np.full((stop - start, k), -1)
+        zero_r = np.full((stop - start, k), np.nan)
+        free_rank = np.cumsum(~met, axis=1)
+        for rank in range(k):
+            hit = (~met) & (free_rank == rank + 1)
+            has = hit.any(axis=1)
+            zero_idx[has, rank] = probe[hit[has].argmax(axis=1)]
+        for i in np.flatnonzero((zero_idx < 0).any(axis=1) & (free_rank[:, -1] < min(k, len(by_ratio)))):
+            row_met = cross.indices[cross.indptr[i] : cross.indptr[i + 1]]
+            take = by_ratio[~np.isin(by_ratio, row_met)][:k]
+            zero_idx[i] = -1
+            zero_idx[i, : take.size] = take
+        live_rows = ~dead_a[start:stop]
+        zero_idx[~live_rows] = -1
+        has_zero = zero_idx >= 0
+        scale = -(mu_a[start:stop] / np.where(live_rows, sd_a[start:stop], 1.0))[:, None]
+        zero_r[has_zero] = np.clip((scale * ratio_b[np.where(has_zero, zero_idx, 0)])[has_zero], -1.0, 1.0)
+        both_idx = np.concatenate([co_idx, zero_idx], axis=1)
+        both_r = np.concatenate([co_r, zero_r], axis=1)
+        order = np.argsort(-np.nan_to_num(both_r, nan=-np.inf), axis=1, kind="stable")[:, :k]
+        out_idx[start:stop] = np.take_along_axis(both_idx, order, 1)
+        out_r[start:stop] = np.take_along_axis(both_r, order, 1)
+        out_idx[start:stop][np.isnan(out_r[start:stop])] = -1
+        if log:
+            log(f"{label}: features {start}-{stop - 1} of {m}")
+    return TopMatches(out_idx, out_r)
+
+
+def pearson_dense(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Reference: full [m, n] Pearson matrix of dense codes a [T, m], b [T, n], dead features NaN."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    T = a.shape[0]
+    ma, mb = moments([sp.csr_matrix(a)], a.shape[1]), moments([sp.csr_matrix(b)], b.shape[1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = (a.T @ b - T * np.outer(ma.mean, mb.mean)) / (T * np.outer(ma.std, mb.std))
+    r[ma.dead, :] = np.nan
+    r[:, mb.dead] = np.nan
+    return np.clip(r, -1.0, 1.0)
 
 
 def correlate_features(
@@ -101,48 +186,19 @@ def correlate_features(
     m: int,
     n: int,
     top_k: int = 5,
-    row_block: int = 2048,
-    keep_full: bool = False,
+    row_block: int = 4096,
     log: Callable[[str], None] | None = None,
 ) -> Correlation:
-    """Pearson r between every parent feature (m) and child feature (n) over the tokens of `chunks`.
+    """Pearson r between every parent feature (m) and child feature (n) over the tokens of `chunks`,
+    reduced to each side's top-k partners, exactly.
 
     chunks(): yields (parent codes [t, m], child codes [t, n]) as CSR for consecutive token chunks;
-    called once for the moments and once per block of `row_block` parent features.
-    Returns each side's top-k partners (and the full [m, n] matrix with keep_full)."""
+    it is called once per side for the moments and once per block of `row_block` features per side.
+    Cost: O(T × L0(parent) × L0(child)) for the cross-moments plus O(features × k) for the rest."""
     pa = moments((a for a, _ in chunks()), m)
     pb = moments((b for _, b in chunks()), n)
     if pa.tokens != pb.tokens:
         raise ValueError(f"the two codes cover {pa.tokens} and {pb.tokens} tokens; they must encode the same tokens")
-    T = pa.tokens
-    mu_a, sd_a, dead_a = pa.mean, pa.std, pa.dead
-    mu_b, sd_b, dead_b = pb.mean, pb.std, pb.dead
-    k_child = min(top_k, n)
-    parent_idx = np.full((m, k_child), -1)
-    parent_r = np.full((m, k_child), np.nan)
-    k_parent = min(top_k, m)
-    child_idx = np.full((n, k_parent), -1)
-    child_r = np.full((n, k_parent), np.nan)
-    full = np.full((m, n), np.nan) if keep_full else None
-    for start in range(0, m, row_block):
-        stop = min(m, start + row_block)
-        cross = sp.csr_matrix((stop - start, n), dtype=np.float64)
-        for a, b in chunks():
-            a_block = a[:, start:stop].astype(np.float64).tocsc()
-            if a_block.nnz:
-                cross = cross + (a_block.T.tocsr() @ b.astype(np.float64))
-        cov = cross.toarray() - T * np.outer(mu_a[start:stop], mu_b)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = cov / (T * np.outer(sd_a[start:stop], sd_b))
-        r[dead_a[start:stop], :] = np.nan
-        r[:, dead_b] = np.nan
-        np.clip(r, -1.0, 1.0, out=r)
-        if full is not None:
-            full[start:stop] = r
-        parent_idx[start:stop], parent_r[start:stop] = _top_k_rows(r, k_child)
-        cand_idx, cand_r = _top_k_rows(r.T, min(k_parent, stop - start))
-        cand_idx = np.where(cand_idx >= 0, cand_idx + start, -1)
-        child_idx, child_r = _merge_top(child_idx, child_r, cand_idx, cand_r, k_parent)
-        if log:
-            log(f"correlated parent features {start}-{stop - 1} of {m}")
-    return Correlation(pa, pb, TopMatches(parent_idx, parent_r), TopMatches(child_idx, child_r), full)
+    parent_top = _row_side_top(chunks, pa, pb, False, top_k, row_block, log, "parent features")
+    child_top = _row_side_top(chunks, pb, pa, True, top_k, row_block, log, "child features")
+    return Correlation(pa, pb, parent_top, child_top)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from featureflow_dagster.correlation import correlate_features
+from featureflow_dagster.correlation import correlate_features, pearson_dense
 
 
 def _codes(T, m, density, seed):
@@ -23,9 +23,12 @@ def _chunked(a, b, size):
 def test_equals_numpy_corrcoef_on_random_sparse_codes():
     a, b = _codes(500, 12, 0.2, 0), _codes(500, 9, 0.3, 1)
     b[:, 0] = a[:, 3] * 2 + 0.1 * b[:, 0]  # one strongly correlated pair
-    res = correlate_features(_chunked(a, b, 64), 12, 9, top_k=3, row_block=5, keep_full=True)
+    res = correlate_features(_chunked(a, b, 64), 12, 9, top_k=3, row_block=5)
     ref = np.corrcoef(a.T, b.T)[:12, 12:]
-    assert np.allclose(res.full, ref, atol=1e-12)
+    assert np.allclose(pearson_dense(a, b), ref, atol=1e-12)
+    # every row's top 3 equal numpy's three largest r, in order
+    assert np.allclose(res.parent_top.r, -np.sort(-ref, axis=1)[:, :3], atol=1e-12)
+    assert np.allclose(res.child_top.r, -np.sort(-ref.T, axis=1)[:, :3], atol=1e-12)
     assert (res.parent_top.index[:, 0] == np.nanargmax(ref, axis=1)).all()
     assert (res.child_top.index[:, 0] == np.nanargmax(ref, axis=0)).all()
     assert res.parent_top.r[3, 0] == pytest.approx(ref[3, 0]) and res.parent_top.index[3, 0] == 0
@@ -36,13 +39,15 @@ def test_dead_features_are_flagged_and_never_matched():
     a, b = _codes(300, 6, 0.3, 2), _codes(300, 5, 0.3, 3)
     a[:, 2] = 0.0  # never fires
     b[:, 4] = 0.7  # fires on every token with the same value: no variance either
-    res = correlate_features(_chunked(a, b, 50), 6, 5, top_k=5, keep_full=True)
+    res = correlate_features(_chunked(a, b, 50), 6, 5, top_k=5)
     assert res.parent_moments.dead.tolist() == [False, False, True, False, False, False]
     assert res.child_moments.dead.tolist() == [False, False, False, False, True]
-    assert np.isnan(res.full[2]).all() and np.isnan(res.full[:, 4]).all()
+    full = pearson_dense(a, b)
+    assert np.isnan(full[2]).all() and np.isnan(full[:, 4]).all()
     assert (res.parent_top.index[2] == -1).all() and np.isnan(res.parent_top.r[2]).all()
     assert 4 not in res.parent_top.index and 2 not in res.child_top.index
-    assert not np.isnan(res.full[np.ix_([0, 1, 3], [0, 1, 2, 3])]).any()
+    assert (res.parent_top.index[[0, 1, 3, 4, 5], :4] >= 0).all()  # four live partners each, no NaN
+    assert not np.isnan(res.parent_top.r[[0, 1, 3, 4, 5], :4]).any()
 
 
 def test_planted_pairs_are_recovered_as_best_matches():
@@ -62,5 +67,18 @@ def test_planted_pairs_are_recovered_as_best_matches():
 def test_float64_accumulation_holds_on_many_chunks():
     a, b = _codes(20000, 4, 0.9, 8) + 100.0, _codes(20000, 3, 0.9, 9)  # large mean, small variance
     b[:, 1] = a[:, 0] - 100.0 + 0.5 * b[:, 1]
-    res = correlate_features(_chunked(a, b, 97), 4, 3, keep_full=True)
-    assert np.allclose(res.full, np.corrcoef(a.T, b.T)[:4, 4:], atol=1e-9)
+    res = correlate_features(_chunked(a, b, 97), 4, 3, top_k=3)
+    ref = np.corrcoef(a.T, b.T)[:4, 4:]
+    assert np.allclose(res.parent_top.r, -np.sort(-ref, axis=1), atol=1e-9)
+
+
+def test_best_match_among_features_that_never_co_fire():
+    """When a feature co-fires with nothing, its best partner is the least negative r: exact too."""
+    a = np.zeros((60, 3)); b = np.zeros((60, 4))
+    a[0:10, 0] = 1.0; a[10:20, 1] = 2.0; a[20:25, 2] = 1.0
+    b[30:40, 0] = 1.0; b[40:55, 1] = 1.0; b[55:57, 2] = 3.0; b[0:10, 3] = 1.0
+    res = correlate_features(_chunked(a, b, 7), 3, 4, top_k=4)
+    ref = pearson_dense(a, b)
+    assert np.allclose(res.parent_top.r, -np.sort(-ref, axis=1), atol=1e-12)
+    assert np.allclose(np.take_along_axis(ref, res.parent_top.index, 1), res.parent_top.r, atol=1e-12)
+    assert np.allclose(res.child_top.r, -np.sort(-ref.T, axis=1)[:, :3], atol=1e-12)
