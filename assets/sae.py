@@ -210,11 +210,12 @@ def _sae_transfer(lineage: Lineage) -> dg.AssetsDefinition:
         parent, child = context.partition_key.split("__")
         dev = device.torch_device()
         rows = []
+        models = {n: load_model(store.model_dir(n), dev) for n in (parent, child)}
+        windows = {n: _eval_windows(ActivationStore(store.activation_dir(n))) for n in (parent, child)}
         for sae_node in (parent, child):
             autoencoder = load_sae(store.sae_dir(sae_node), dev)
             for model_node in (parent, child):
-                acts = ActivationStore(store.activation_dir(model_node))
-                ev = evaluate_sae(autoencoder, load_model(store.model_dir(model_node), dev), _eval_windows(acts), dev,
+                ev = evaluate_sae(autoencoder, models[model_node], windows[model_node], dev,
                                   ultra_low_density=lineage.sae_spec(model_node).ultra_low_density)
                 rows.append({"sae": sae_node, "activations": model_node, **ev.scalars()})
                 context.log.info(f"SAE of {sae_node} on {model_node}: explained {ev.explained_variance:.3f}, L0 {ev.l0:.1f}, "

@@ -85,12 +85,13 @@ def materialize_lineage(
     assets = list(defs.assets)
     resources = defs.resources
     done = []
+    statuses = stale_statuses(defs, instance)
     for key, pk in materialization_plan(defs):
         if only is not None and key not in only:
             continue
         if partitions is not None and pk is not None and pk not in partitions:
             continue
-        status = stale_statuses(defs, instance)[(key, pk)]
+        status = statuses[(key, pk)]
         label = key.to_user_string() + (f"[{pk}]" if pk else "")
         if status == "FRESH" and not force:
             echo(f"fresh    {label}")
@@ -102,4 +103,5 @@ def materialize_lineage(
         if not result.success:
             raise RuntimeError(f"materializing {label} failed; see the run logs (featureflow ui)")
         done.append((key, pk))
+        statuses = stale_statuses(defs, instance)  # what this run changed decides what is stale below
     return done

@@ -36,9 +36,6 @@ class BatchTopKSAE(SAE):
                 self.threshold.mul_(1 - self.threshold_momentum).add_(self.threshold_momentum * smallest)
         return f
 
-    def saelens_config(self) -> dict:
-        return super().saelens_config()
-
     def saelens_state(self) -> dict[str, torch.Tensor]:
         return {**super().saelens_state(), "threshold": self.threshold.detach().expand(self.cfg.d_sae).clone()}
 

@@ -128,9 +128,6 @@ def check_evaluation(ev: SAEEvaluation, checks) -> list[CheckOutcome]:
     return out
 
 
-CHECK_NAMES = ("l0_in_range", "mse_below", "explained_variance_above", "dead_fraction_below", "loss_recovered_above")
-
-
 def configured_checks(checks) -> list[str]:
     """Names of the checks an SAEChecks sets a bound for (the ones `check_evaluation` reports)."""
     blank = SAEEvaluation(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, torch.zeros(1))
