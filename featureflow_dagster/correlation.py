@@ -202,3 +202,28 @@ def correlate_features(
     parent_top = _row_side_top(chunks, pa, pb, False, top_k, row_block, log, "parent features")
     child_top = _row_side_top(chunks, pb, pa, True, top_k, row_block, log, "child features")
     return Correlation(pa, pb, parent_top, child_top)
+
+
+def correlation_matrix(
+    chunks: Callable[[], Iterable[tuple[sp.csr_matrix, sp.csr_matrix]]],
+    parent: FeatureMoments,
+    child: FeatureMoments,
+    row_block: int = 4096,
+) -> np.ndarray:
+    """The full [m, n] Pearson matrix (float32, dead rows and columns NaN) from the sparse
+    cross-moment, block by block of parent features: on request only (m × n floats)."""
+    m, n, T = parent.sum.size, child.sum.size, parent.tokens
+    out = np.empty((m, n), dtype=np.float32)
+    for start in range(0, m, row_block):
+        stop = min(m, start + row_block)
+        cross = np.zeros((stop - start, n))
+        for a, b in chunks():
+            block = a[:, start:stop].astype(np.float64)
+            if block.nnz:
+                cross += (block.T.tocsr() @ b.astype(np.float64)).toarray()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = (cross - T * np.outer(parent.mean[start:stop], child.mean)) / (T * np.outer(parent.std[start:stop], child.std))
+        r[parent.dead[start:stop], :] = np.nan
+        r[:, child.dead] = np.nan
+        out[start:stop] = np.clip(r, -1.0, 1.0)
+    return out

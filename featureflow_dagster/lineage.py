@@ -333,6 +333,22 @@ class SAESpec(_Strict):
         return self
 
 
+class FlowSpec(_Strict):
+    """Feature flow between every parent and child (Horn & Elliott 2024, §3): both SAEs encode the
+    same `tokens` tokens, `context`-token windows drawn uniformly from the training data the two
+    models share (the parent's data ancestry); Pearson r over token positions decides persistence."""
+
+    tokens: int = Field(default=3_000_000, gt=0, description="Tokens both SAEs encode per edge (paper: 3M).")
+    context: int | None = Field(default=None, gt=1, description="Window length; default: the parent SAE's context.")
+    threshold: float = Field(default=0.8, gt=0, lt=1, description="A feature persists when some partner's r exceeds this.")
+    top_k: int = Field(default=5, gt=0, description="Best partners kept per feature, each way, per method.")
+    chunk_tokens: int = Field(default=262_144, gt=0, description="Tokens per code chunk file (and correlation chunk).")
+    batch_windows: int = Field(default=64, gt=0, description="Windows per forward pass while encoding.")
+    row_block: int = Field(default=4096, gt=0, description="Features per block of the cross-moment (memory: block x d_sae float64).")
+    full_matrix: bool = Field(default=False, description="Also write the full [parent, child] r matrix (float32; 1 GiB at 16384^2).")
+    seed_offset: int = Field(default=1, description="Window sampling seed = child seed + this (differs from the stores' draw).")
+
+
 # ---------------------------------------------------------------------------------------------
 # Nodes and the lineage
 # ---------------------------------------------------------------------------------------------
@@ -371,6 +387,7 @@ class Lineage(_Strict):
     model: ModelSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sae: SAESpec = Field(default_factory=SAESpec)
+    flow: FlowSpec = Field(default_factory=FlowSpec)
     nodes: list[NodeSpec] = Field(min_length=1)
 
     # -- graph queries (valid only after validate_graph) ---------------------------------------
@@ -474,6 +491,15 @@ class Lineage(_Strict):
         ancestries), in topological order: the data an activation store samples from."""
         members = {name, *self.ancestors(name)}
         return [n for n in self.node_names if n in members and self.node(n).data is not None]
+
+    def flow_context(self, parent: str) -> int:
+        return self.flow.context or self.sae_spec(parent).context
+
+    def shared_data(self, parent: str, child: str) -> list[str]:
+        """Data-carrying nodes both models were trained on (their ancestries' intersection, in
+        topological order): where an edge's feature activations are drawn from."""
+        theirs = set(self.data_ancestry(child))
+        return [n for n in self.data_ancestry(parent) if n in theirs]
 
     def training_spec(self, name: str) -> TrainingSpec:
         return self.node(name).training or self.training
@@ -646,6 +672,12 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
         if node.data is not None:
             for i, src in enumerate(node.data.sources):
                 _check_source_paths(src, file, node.name, f"data.sources.{i}")
+    for node in lineage.nodes:
+        n_ctx, context = lineage.model_spec(node.name).n_ctx, lineage.sae_spec(node.name).context
+        if context > n_ctx:
+            raise LineageError(file, node.name, "sae.context", f"{context}-token windows exceed the model's n_ctx {n_ctx}")
+    if lineage.flow.context is not None and lineage.flow.context > lineage.model.n_ctx:
+        raise LineageError(file, None, "flow.context", f"{lineage.flow.context}-token windows exceed the models' n_ctx {lineage.model.n_ctx}")
     if lineage.tokenizer.kind == "pretrained" and not Path(os.path.expanduser(lineage.tokenizer.path)).is_dir():
         raise LineageError(file, None, "tokenizer.path", f"no such tokenizer folder: {lineage.tokenizer.path}")
 

@@ -63,3 +63,38 @@ def density_histogram(density, title: str, bins: int = 40) -> go.Figure:
         xaxis_title="log10 firing frequency (fraction of tokens)", yaxis_title="features", template="plotly_white",
     )
     return fig
+
+
+def flow_sankey_figure(volumes: dict, threshold: float, title: str) -> go.Figure:
+    """Sankey of feature volumes along the lineage (Horn & Elliott's Figure 2) from
+    `flow.flow_volumes`, with the share of each parent's features persisting into each child
+    written on the diagram."""
+    live, shares = volumes["live_features"], volumes["shares"]
+    labels: list[str] = []
+    names: list[str] = []
+
+    def node(name: str, value: int | None = None) -> int:
+        if name not in names:
+            names.append(name)
+            labels.append(f"{name} ({live[name]:,} live)" if name in live else f"{name}: {value:,}")
+        return names.index(name)
+
+    colors = {"traced": "rgba(31,119,180,0.45)", "disappeared": "rgba(214,39,40,0.35)", "emerged": "rgba(44,160,44,0.45)"}
+    src, dst, val, col, hover = [], [], [], [], []
+    for link in volumes["links"]:
+        s, t = node(link["source"], link["value"]), node(link["target"], link["value"])
+        src.append(s), dst.append(t), val.append(link["value"]), col.append(colors[link["kind"]])
+        if link["kind"] == "traced":
+            share = shares[f"{link['source']}->{link['target']}"]
+            hover.append(f"{link['value']:,} features of {link['target']} trace to {link['source']}; "
+                         f"{share:.0%} of {link['source']}'s features persist (r > {threshold})")
+        else:
+            hover.append(f"{link['value']:,} features {link['kind']}")
+    fig = go.Figure(go.Sankey(
+        node={"label": labels, "pad": 18, "thickness": 16},
+        link={"source": src, "target": dst, "value": val, "color": col, "customdata": hover,
+              "hovertemplate": "%{customdata}<extra></extra>"},
+    ))
+    note = " · ".join(f"{edge.replace('->', ' → ')}: {share:.0%} persist" for edge, share in shares.items())
+    fig.update_layout(title=f"{title}<br><sup>{note} (r > {threshold})</sup>", font_size=12, template="plotly_white")
+    return fig

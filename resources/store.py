@@ -8,6 +8,9 @@ Layout under `root` ($FEATUREFLOW_HOME):
   activation_store/<node>/       manifest.json, train/ and eval/ safetensors shards of hook_post
   sae/<node>/                    cfg.json + sae_weights.safetensors (SAELens layout), feature_density.safetensors
   sae_transfer/<parent>__<child>.parquet   each SAE on each model's activations
+  feature_activations/<parent>__<child>/  manifest.json + chunk_*.safetensors: both SAEs' CSR codes, token ids, origin
+  feature_correlation/<parent>__<child>/  matches.parquet (top-k partners, both methods), features.parquet (moments, dead)
+  feature_flow/                  classification, trajectories, agreement, edge counts (parquet), headline_counts.json, sankey.html
   slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
   reports/<asset>/<key>/         plots (plotly HTML) and tables
   checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
@@ -69,6 +72,15 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def transfer_path(self, edge: str) -> Path:
         return self.path / "sae_transfer" / f"{edge}.parquet"
+
+    def feature_activations_dir(self, edge: str) -> Path:
+        return self.path / "feature_activations" / edge
+
+    def feature_correlation_dir(self, edge: str) -> Path:
+        return self.path / "feature_correlation" / edge
+
+    def feature_flow_dir(self) -> Path:
+        return self.path / "feature_flow"
 
     def sweep_dir(self, node: str) -> Path:
         return self.path / "slerp_sweep" / node

@@ -82,3 +82,16 @@ def test_best_match_among_features_that_never_co_fire():
     assert np.allclose(res.parent_top.r, -np.sort(-ref, axis=1), atol=1e-12)
     assert np.allclose(np.take_along_axis(ref, res.parent_top.index, 1), res.parent_top.r, atol=1e-12)
     assert np.allclose(res.child_top.r, -np.sort(-ref.T, axis=1)[:, :3], atol=1e-12)
+
+
+def test_full_matrix_on_request_equals_numpy():
+    from featureflow_dagster.correlation import correlation_matrix
+
+    a, b = _codes(400, 10, 0.25, 5), _codes(400, 7, 0.3, 6)
+    a[:, 4] = 0.0  # dead rows come back NaN
+    res = correlate_features(_chunked(a, b, 50), 10, 7, top_k=2)
+    full = correlation_matrix(_chunked(a, b, 50), res.parent_moments, res.child_moments, row_block=3)
+    ref = pearson_dense(a, b)
+    assert full.dtype == np.float32 and full.shape == (10, 7)
+    assert np.isnan(full[4]).all() and np.isnan(ref[4]).all()
+    assert np.allclose(full[~np.isnan(ref)], ref[~np.isnan(ref)], atol=1e-6)

@@ -1,9 +1,29 @@
 """Persist / disappear / emerge, splits, merges, trajectories and headline counts on hand-built matrices."""
 
 import numpy as np
+import pandas as pd
+import pytest
+import torch
 
 from featureflow_dagster.correlation import Correlation, FeatureMoments, TopMatches
-from featureflow_dagster.flow import classify_edge, edge_counts, headline_counts, matches_table, trajectories
+from featureflow_dagster.flow import (
+    add_cosines,
+    agreement,
+    classify_edge,
+    decoder_matches,
+    decoder_table,
+    edge_counts,
+    edge_windows,
+    flow_volumes,
+    headline_counts,
+    lineage_paths,
+    matches_table,
+    read_code_chunks,
+    trajectories,
+    trajectory_summary,
+    write_codes,
+)
+from featureflow_dagster.plots import flow_sankey_figure
 from featureflow_dagster.lineage import parse_lineage
 
 
@@ -53,7 +73,7 @@ def test_threshold_is_a_parameter_and_dead_features_are_their_own_class():
 
 
 LINEAGE = {
-    "name": "t", "model": {"d_model": 16, "d_mlp": 32, "n_heads": 2, "n_ctx": 16},
+    "name": "t", "model": {"d_model": 16, "d_mlp": 32, "n_heads": 2, "n_ctx": 32},
     "nodes": [
         {"name": "base", "kind": "base", "data": {"sources": [{"name": "s", "kind": "stdlib", "what": "docs"}]}},
         {"name": "lua", "kind": "finetune", "parents": ["base"], "data": {"sources": [{"name": "l", "kind": "stdlib", "what": "docs"}]}},
@@ -81,8 +101,97 @@ def test_trajectories_and_headline_counts_through_a_merge():
     assert merge["per_parent"]["lua"] == {"traceable": 2, "emerged_in_finetuning": 1, "persisted_from_ancestor": 1}
     assert merge["per_parent"]["stories"] == {"traceable": 1, "emerged_in_finetuning": 0, "persisted_from_ancestor": 1}
     traj = trajectories(lin, tables)
-    via_lua = traj[traj["path"] == "base>lua>luastories"].set_index("start")
-    assert via_lua.loc[0, ["middle", "end"]].tolist() == [0, 0]  # persists all the way
-    assert via_lua.loc[1, ["middle", "end"]].tolist() == [1, -1]  # persists into lua, then disappears
-    assert via_lua.loc[2, ["middle", "end"]].tolist() == [-1, -1]  # gone at the first hop
-    assert (traj["path"] == "base>stories>luastories").sum() == 3
+    via_lua = traj[(traj["path"] == "base>lua>luastories") & (traj["start_node"] == "base")].set_index("start_feature")
+    assert via_lua.loc[0, "features"] == [0, 0, 0] and via_lua.loc[0, "reaches_end"]  # persists all the way
+    assert via_lua.loc[1, "features"] == [1, 1] and via_lua.loc[1, "end_node"] == "lua"  # then disappears
+    assert via_lua.loc[2, "features"] == [2] and via_lua.loc[2, "hops"] == 0  # gone at the first hop
+    assert via_lua.loc[0, "r"] == [0.9, 0.9] and via_lua.loc[0, "min_r"] == 0.9
+    # lua 2 emerged in fine-tuning and persists into the merge (as luastories 1)
+    emerged = traj[(traj["path"] == "base>lua>luastories") & (traj["start_node"] == "lua")]
+    assert emerged["start_feature"].tolist() == [2] and emerged.iloc[0]["features"] == [2, 1]
+    via_stories = traj[(traj["path"] == "base>stories>luastories") & (traj["start_node"] == "base")]
+    assert len(via_stories) == 3 and via_stories.set_index("start_feature").loc[2, "features"] == [2, 2, 2]
+    summary = trajectory_summary(traj)
+    row = summary[(summary["path"] == "base>stories>luastories") & (summary["end_node"] == "luastories")]
+    assert row["features"].tolist() == [1]
+
+    vol = flow_volumes(lin, tables)
+    links = {(l["source"], l["target"]): l["value"] for l in vol["links"]}
+    # every child's inflow is its live features: traced (once, to the best parent) + emerged
+    assert links[("lua", "luastories")] == 2 and links[("stories", "luastories")] == 1
+    assert links[("emerged in luastories", "luastories")] == 0
+    assert links[("base", "lua")] + links[("emerged in lua", "lua")] == 3
+    assert links[("base", "lost base → lua")] == 1 and links[("base", "lost base → stories")] == 2
+    assert vol["shares"]["base->lua"] == pytest.approx(2 / 3) and vol["shares"]["base->stories"] == pytest.approx(1 / 3)
+    fig = flow_sankey_figure(vol, 0.8, "t")
+    assert "67% persist" in fig.layout.title.text and len(fig.data[0].link.value) == len(vol["links"])
+
+
+def test_lineage_paths_go_through_both_parents_of_a_merge():
+    assert lineage_paths(parse_lineage(LINEAGE)) == [["base", "lua", "luastories"], ["base", "stories", "luastories"]]
+
+
+def test_decoder_matches_equal_brute_force_both_ways():
+    g = torch.Generator().manual_seed(0)
+    wp, wc = torch.randn(37, 8, generator=g), torch.randn(29, 8, generator=g)
+    wc[5] = wp[11] * 3  # the same direction, another scale: cosine 1
+    top_p, top_c = decoder_matches(wp, wc, k=4, block=10)
+    cos = (torch.nn.functional.normalize(wp, dim=1) @ torch.nn.functional.normalize(wc, dim=1).T).numpy()
+    assert np.array_equal(top_p.index, np.argsort(-cos, axis=1)[:, :4])
+    assert np.array_equal(top_c.index, np.argsort(-cos.T, axis=1)[:, :4])
+    assert np.allclose(top_p.r, -np.sort(-cos, axis=1)[:, :4], atol=1e-6)
+    assert top_p.index[11, 0] == 5 and top_c.index[5, 0] == 11 and top_p.r[11, 0] == pytest.approx(1.0)
+
+
+def test_agreement_counts_same_best_partners_and_cosines():
+    act = matches_table(_corr(R))
+    wp = torch.eye(4)[:, :4]
+    wc = torch.eye(4)[[0, 2, 1, 3]]  # child 0 ~ parent 0, child 1 ~ parent 2, child 2 ~ parent 1, child 3 ~ parent 3
+    top_p, top_c = decoder_matches(wp, wc, k=3)
+    matches = add_cosines(pd.concat([act, decoder_table(top_p, top_c)], ignore_index=True), wp, wc)
+    agree = agreement(matches, 0.8).set_index("side")
+    # activation best partners: parent 0->0, 1->3, 2->1, 3->1; decoder: 0->0, 1->2, 2->1, 3->3
+    assert agree.loc["parent", "same_best_partner"] == 2 and agree.loc["parent", "agreement"] == 0.5
+    assert agree.loc["parent", "matched_by_activation"] == 3 and agree.loc["parent", "same_best_partner_when_matched"] == 2
+    assert agree.loc["parent", "median_cosine_of_decoder_best"] == pytest.approx(1.0)
+    best = matches[(matches["method"] == "activation") & (matches["rank"] == 0) & (matches["direction"] == "parent_to_child")]
+    assert best["cosine"].tolist() == [1.0, 0.0, 1.0, 0.0]
+    # the decoder method classifies on its own scores
+    parent, _ = classify_edge(matches, 0.8, method="decoder")
+    assert parent["status"].tolist() == ["persists"] * 4 and parent["best_partner"].tolist() == [0, 2, 1, 3]
+
+
+def test_edge_windows_draw_without_replacement_and_refuse_too_large_budgets():
+    blocks = [torch.arange(40).reshape(5, 8), 100 + torch.arange(24).reshape(3, 8)]
+    tokens, origin = edge_windows(blocks, context=4, tokens=64, seed=0)
+    assert tokens.shape == (16, 4) and len({tuple(o) for o in origin.tolist()}) == 16  # all 16 windows, once each
+    src, row, off = origin[3].tolist()
+    assert tokens[3].tolist() == blocks[src][row, off : off + 4].tolist()
+    with pytest.raises(ValueError, match="flow.tokens"):
+        edge_windows(blocks, context=4, tokens=68, seed=0)
+
+
+def test_codes_on_disk_equal_the_dense_encoding(tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from featureflow_dagster.activations import run_to_hook
+    from featureflow_dagster.sae import SAEConfig
+    from featureflow_dagster.sae.relu import ReLUSAE
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+                        num_key_value_heads=2, head_dim=8, max_position_embeddings=16, sliding_window=None)
+    models = [MistralForCausalLM(cfg).eval() for _ in range(2)]
+    saes = [ReLUSAE(SAEConfig(architecture="relu", d_in=24, d_sae=96), seed=s) for s in (1, 2)]
+    tokens = torch.randint(0, 50, (11, 6), dtype=torch.int32)
+    origin = torch.zeros(11, 3, dtype=torch.int32)
+    files = write_codes(*models, *saes, tokens, origin, tmp_path, chunk_windows=4, device=torch.device("cpu"), batch_windows=3)
+    assert len(files) == 3
+    chunks = list(read_code_chunks(tmp_path, files, 96, 96))
+    for side, (model, sae) in enumerate(zip(models, saes)):
+        with torch.no_grad():
+            acts = run_to_hook(model, tokens.long())
+            dense = sae.encode(acts.reshape(-1, 24)).numpy()
+        ours = np.concatenate([c[side].toarray() for c in chunks])
+        assert ours.shape == (66, 96) and (dense > 0).any()
+        assert np.allclose(ours, dense, atol=1e-6)

@@ -15,7 +15,7 @@ STD = {"name": "std", "kind": "stdlib", "what": "docs", "max_documents": 5}
 def _lineage(**changes):
     raw = {
         "name": "t",
-        "model": {"d_model": 16, "d_mlp": 32, "n_heads": 2, "n_ctx": 16},
+        "model": {"d_model": 16, "d_mlp": 32, "n_heads": 2, "n_ctx": 32},
         "nodes": [
             {"name": "base", "kind": "base", "data": {"sources": [dict(STD)]}},
             {"name": "lua", "kind": "finetune", "parents": ["base"], "data": {"sources": [dict(STD)]}},
@@ -106,7 +106,7 @@ def test_two_bases_rejected():
 
 def test_architecture_mismatch():
     raw = _lineage()
-    _node(raw, "lua")["model"] = {"d_model": 16, "d_mlp": 64, "n_heads": 2, "n_ctx": 16}
+    _node(raw, "lua")["model"] = {"d_model": 16, "d_mlp": 64, "n_heads": 2, "n_ctx": 32}
     err = _rejects(raw, "lua", "model", "architecture differs from parent 'base'")
     assert "d_mlp" in str(err)
 
@@ -207,7 +207,7 @@ def test_validate_command_prints_verdict(tmp_path):
 
 def test_merge_of_mismatched_architectures():
     raw = _lineage()
-    _node(raw, "luastories")["model"] = {"d_model": 32, "d_mlp": 32, "n_heads": 2, "n_ctx": 16}
+    _node(raw, "luastories")["model"] = {"d_model": 32, "d_mlp": 32, "n_heads": 2, "n_ctx": 32}
     _rejects(raw, "luastories", "model", "architecture differs from parent 'lua'")
 
 
@@ -240,3 +240,24 @@ def test_three_parent_merge_and_merge_of_merges():
     assert lin.domains("deep") == ["std"]
     _node(raw, "all3")["merge"] = {"method": "slerp"}
     _rejects(raw, "all3", "merge.method", "slerp merges exactly two parents")
+
+
+def test_windows_longer_than_the_models_context_are_rejected():
+    raw = _lineage(sae={"context": 40})
+    _rejects(raw, "base", "sae.context", "exceed the model's n_ctx 32")
+    _rejects(_lineage(flow={"context": 33}), None, "flow.context", "exceed the models' n_ctx 32")
+
+
+@pytest.mark.parametrize("flow, field", [({"threshold": 1.0}, "flow.threshold"), ({"top_k": 0}, "flow.top_k"),
+                                         ({"tokens": 0}, "flow.tokens"), ({"bogus": 1}, "flow.bogus")])
+def test_flow_settings_are_checked(flow, field):
+    with pytest.raises(LineageError) as e:
+        parse_lineage(_lineage(flow=flow), "lineage.yaml")
+    assert e.value.field == field, str(e.value)
+
+
+def test_an_edge_draws_from_the_data_both_models_share():
+    lin = parse_lineage(_lineage(flow={"context": 8}))
+    assert lin.shared_data("base", "lua") == ["base"]
+    assert lin.shared_data("lua", "luastories") == ["base", "lua"]
+    assert lin.flow_context("base") == 8 and parse_lineage(_lineage()).flow_context("base") == 24

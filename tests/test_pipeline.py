@@ -105,7 +105,8 @@ def test_changing_one_node_marks_exactly_its_descendants_stale(micro, tmp_path):
     stale = {k for k, s in status.items() if s != "FRESH"}
     nodes, edges = ["base", "code", "prose", "merged"], ["base__code", "base__prose", "code__merged", "prose__merged"]
     assert stale == {("model/code", "code"), ("model/prose", "prose"), ("slerp_sweep", "merged"), ("model/merged", "merged")} | {
-        (a, n) for a in ("activation_store", "sae") for n in nodes} | {("sae_transfer", e) for e in edges}
+        (a, n) for a in ("activation_store", "sae") for n in nodes} | {
+        (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation") for e in edges} | {("feature_flow", None)}
 
 
 def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
@@ -121,7 +122,8 @@ def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
     stale = {k for k, s in _status(changed, instance).items() if s != "FRESH"}
     assert stale == {("slerp_sweep", "merged"), ("model/merged", "merged")} | {
         (a, n) for a in ("activation_store", "sae") for n in ("prose", "merged")} | {
-        ("sae_transfer", e) for e in ("base__prose", "prose__merged", "code__merged")}
+        (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation")
+        for e in ("base__prose", "prose__merged", "code__merged")} | {("feature_flow", None)}
     materialize_lineage(defs, instance, echo=lambda *_: None)
 
 
@@ -271,3 +273,58 @@ def test_an_asset_check_fails_on_a_deliberately_broken_sae(micro):
     assert latest.metadata["value"].value < 0.3
     materialize_lineage(defs, instance, only={dg.AssetKey("sae")}, partitions={"base"}, echo=lambda *_: None)
     assert _check_results(instance, "explained_variance_above")[0].passed is True
+
+
+def test_micro_feature_flow_end_to_end(micro):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from featureflow_dagster.correlation import pearson_dense
+    from featureflow_dagster.flow import classify_edge, edge_counts, headline_counts, read_code_chunks
+
+    lineage, home, instance, defs, _ = micro
+    tables = {}
+    for parent, child in lineage.edges():
+        edge = f"{parent}__{child}"
+        codes = home / "feature_activations" / edge
+        manifest = json.loads((codes / "manifest.json").read_text())
+        assert manifest["tokens"] == 4800 and manifest["context"] == 24
+        # drawn only from the data both models were trained on
+        assert {s.split("/")[0] for s, n in manifest["windows_per_source"].items() if n} == set(lineage.shared_data(parent, child))
+        chunks = list(read_code_chunks(codes, [f["name"] for f in manifest["files"]], 1024, 1024))
+        a = np.concatenate([c[0].toarray() for c in chunks])
+        b = np.concatenate([c[1].toarray() for c in chunks])
+        assert a.shape == (4800, 1024)
+        # the asset's best partners are those of the dense float64 Pearson matrix of the stored codes
+        ref = pearson_dense(a, b)
+        matches = pd.read_parquet(home / "feature_correlation" / edge / "matches.parquet")
+        best = matches[(matches["method"] == "activation") & (matches["rank"] == 0)]
+        to_child = best[best["direction"] == "parent_to_child"].set_index("feature")
+        live = ~np.isnan(ref).all(axis=1)
+        assert np.allclose(to_child["r"].to_numpy()[live], np.nanmax(ref[live], axis=1), atol=1e-9)
+        assert np.isnan(to_child["r"].to_numpy()[~live]).all() and to_child["dead"].to_numpy()[~live].all()
+        to_parent = best[best["direction"] == "child_to_parent"].set_index("feature")
+        live_c = ~np.isnan(ref).all(axis=0)
+        assert np.allclose(to_parent["r"].to_numpy()[live_c], np.nanmax(ref[:, live_c], axis=0), atol=1e-9)
+        assert set(matches["method"]) == {"activation", "decoder"}
+        tables[(parent, child)] = classify_edge(matches, lineage.flow.threshold)
+        meta = _meta_partition(instance, "feature_correlation", edge)
+        assert meta["at_threshold/parent_persisting"] == int((np.nanmax(ref[live], axis=1) > 0.8).sum())
+
+    flow = home / "feature_flow"
+    assert json.loads((flow / "headline_counts.json").read_text()) == json.loads(json.dumps(headline_counts(lineage, tables)))
+    counts = pd.read_parquet(flow / "edge_counts.parquet").set_index("edge")
+    for (p, c), (pt, ct) in tables.items():
+        assert counts.loc[f"{p}->{c}"].to_dict() == edge_counts(pt, ct)
+    traj = pd.read_parquet(flow / "trajectories.parquet")
+    assert set(traj["path"]) == {"base>code>merged", "base>prose>merged"}
+    live_base = int((tables[("base", "code")][0]["status"] != "dead").sum())
+    assert (traj[traj["path"] == "base>code>merged"]["start_node"] == "base").sum() == live_base
+    assert (flow / "sankey.html").stat().st_size > 100_000  # plotly.js inlined: opens offline
+    meta = _meta(instance, "feature_flow")
+    assert meta["threshold"] == 0.8 and meta["headline_counts"]["base"] == "base"
+    assert set(meta["persisting_share"]) == {"base->code", "base->prose", "code->merged", "prose->merged"}
+    agree = pd.read_parquet(flow / "agreement.parquet")
+    assert len(agree) == 8 and agree["agreement"].between(0, 1).all()
