@@ -105,7 +105,7 @@ def _new_sae(lineage: Lineage, node: str, d_in: int, context: int):
     cfg = SAEConfig(architecture=spec.architecture, d_in=d_in, d_sae=spec.expansion * d_in, k=spec.k,
                     context_size=context, model_name=f"{lineage.name}/{node}")
     extra = {"l1_coefficient": spec.l1_coefficient} if spec.architecture == "relu" else {}
-    return SAE_REGISTRY[spec.architecture](cfg, seed=lineage.seed_of(node), **extra)
+    return SAE_REGISTRY[spec.architecture](cfg, seed=lineage.sae_seed(node), **extra)
 
 
 def _eval_windows(acts: ActivationStore) -> torch.Tensor:
@@ -136,7 +136,7 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
         autoencoder = _new_sae(lineage, node, acts.d_in, acts.context)
         if spec.subtract_data_mean:
             autoencoder.data_mean.copy_(acts.mean("train"))
-        seed = lineage.seed_of(node)
+        seed = lineage.sae_seed(node)
         steps = acts.steps("train", spec.batch_windows, spec.epochs)
         if steps == 0:
             raise ValueError(f"node '{node}': the store holds fewer windows than one batch of {spec.batch_windows}")

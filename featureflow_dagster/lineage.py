@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+import zlib
 from functools import cached_property
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -325,6 +326,12 @@ class SAESpec(_Strict):
     ultra_low_density: float = Field(default=1e-5, gt=0, lt=1)
     checkpoint_every: int = Field(default=500, gt=0)
     checks: SAEChecks = Field(default_factory=SAEChecks)
+    init: Literal["shared", "independent"] = Field(
+        default="shared",
+        description="'shared': each SAE is initialised (and its batches shuffled) with its node's seed, so nodes "
+        "with the same seed start from the same random dictionary, which lines features up by index across "
+        "models; 'independent': the node's name is mixed into that seed, so every SAE starts from its own.",
+    )
 
     @model_validator(mode="after")
     def _k_for_topk(self):
@@ -485,6 +492,13 @@ class Lineage(_Strict):
 
     def sae_spec(self, name: str) -> SAESpec:
         return self.node(name).sae or self.sae
+
+    def sae_seed(self, name: str) -> int:
+        """Seed of a node's SAE initialisation and batch order (see SAESpec.init)."""
+        seed = self.seed_of(name)
+        if self.sae_spec(name).init == "independent":
+            seed = (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
+        return seed
 
     def data_ancestry(self, name: str) -> list[str]:
         """The node and its ancestors that carry training data (a merge: the union of its parents'

@@ -261,3 +261,11 @@ def test_an_edge_draws_from_the_data_both_models_share():
     assert lin.shared_data("base", "lua") == ["base"]
     assert lin.shared_data("lua", "luastories") == ["base", "lua"]
     assert lin.flow_context("base") == 8 and parse_lineage(_lineage()).flow_context("base") == 24
+
+
+def test_sae_initialisation_shared_or_independent():
+    shared = parse_lineage(_lineage())
+    assert {shared.sae_seed(n) for n in shared.node_names} == {0}
+    independent = parse_lineage(_lineage(sae={"init": "independent"}))
+    seeds = [independent.sae_seed(n) for n in independent.node_names]
+    assert len(set(seeds)) == 4 and seeds == [parse_lineage(_lineage(sae={"init": "independent"})).sae_seed(n) for n in independent.node_names]
