@@ -326,11 +326,11 @@ class SAESpec(_Strict):
     ultra_low_density: float = Field(default=1e-5, gt=0, lt=1)
     checkpoint_every: int = Field(default=500, gt=0)
     checks: SAEChecks = Field(default_factory=SAEChecks)
-    init: Literal["shared", "independent"] = Field(
-        default="shared",
-        description="'shared': each SAE is initialised (and its batches shuffled) with its node's seed, so nodes "
-        "with the same seed start from the same random dictionary, which lines features up by index across "
-        "models; 'independent': the node's name is mixed into that seed, so every SAE starts from its own.",
+    init: Literal["independent", "shared"] = Field(
+        default="independent",
+        description="'independent': the node's name is mixed into its seed, so every SAE starts from its own random "
+        "dictionary (and batch order); 'shared': the node's seed alone, so nodes with the same seed start from the "
+        "same dictionary, which lines features up by index across models and flatters matching.",
     )
 
     @model_validator(mode="after")

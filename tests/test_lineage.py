@@ -264,8 +264,8 @@ def test_an_edge_draws_from_the_data_both_models_share():
 
 
 def test_sae_initialisation_shared_or_independent():
-    shared = parse_lineage(_lineage())
+    shared = parse_lineage(_lineage(sae={"init": "shared"}))
     assert {shared.sae_seed(n) for n in shared.node_names} == {0}
-    independent = parse_lineage(_lineage(sae={"init": "independent"}))
+    independent = parse_lineage(_lineage())  # the default
     seeds = [independent.sae_seed(n) for n in independent.node_names]
-    assert len(set(seeds)) == 4 and seeds == [parse_lineage(_lineage(sae={"init": "independent"})).sae_seed(n) for n in independent.node_names]
+    assert len(set(seeds)) == 4 and seeds == [parse_lineage(_lineage()).sae_seed(n) for n in independent.node_names]
