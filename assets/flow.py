@@ -193,6 +193,7 @@ def _feature_correlation(lineage: Lineage) -> dg.AssetsDefinition:
                 "threshold": f.threshold,
                 "top_k": f.top_k,
                 "correlation_seconds": round(corr_seconds, 2),
+                "cross_moment": corr.method,
                 "decoder_matching_seconds": round(dec_seconds, 2),
                 "matching_agreement": dg.MetadataValue.md(markdown_table(agree.set_index("side"))),
                 "full_matrix": f.full_matrix,

@@ -20,10 +20,12 @@ def _chunked(a, b, size):
     return gen
 
 
-def test_equals_numpy_corrcoef_on_random_sparse_codes():
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+def test_equals_numpy_corrcoef_on_random_sparse_codes(method):
     a, b = _codes(500, 12, 0.2, 0), _codes(500, 9, 0.3, 1)
     b[:, 0] = a[:, 3] * 2 + 0.1 * b[:, 0]  # one strongly correlated pair
-    res = correlate_features(_chunked(a, b, 64), 12, 9, top_k=3, row_block=5)
+    res = correlate_features(_chunked(a, b, 64), 12, 9, top_k=3, row_block=5, method=method)
+    assert res.method == method
     ref = np.corrcoef(a.T, b.T)[:12, 12:]
     assert np.allclose(pearson_dense(a, b), ref, atol=1e-12)
     # every row's top 3 equal numpy's three largest r, in order
@@ -35,11 +37,12 @@ def test_equals_numpy_corrcoef_on_random_sparse_codes():
     assert np.allclose(res.child_top.r[:, 0], np.nanmax(ref, axis=0))
 
 
-def test_dead_features_are_flagged_and_never_matched():
+@pytest.mark.parametrize("method", ["sparse", "dense"])
+def test_dead_features_are_flagged_and_never_matched(method):
     a, b = _codes(300, 6, 0.3, 2), _codes(300, 5, 0.3, 3)
     a[:, 2] = 0.0  # never fires
     b[:, 4] = 0.7  # fires on every token with the same value: no variance either
-    res = correlate_features(_chunked(a, b, 50), 6, 5, top_k=5)
+    res = correlate_features(_chunked(a, b, 50), 6, 5, top_k=5, method=method)
     assert res.parent_moments.dead.tolist() == [False, False, True, False, False, False]
     assert res.child_moments.dead.tolist() == [False, False, False, False, True]
     full = pearson_dense(a, b)
@@ -95,3 +98,15 @@ def test_full_matrix_on_request_equals_numpy():
     assert full.dtype == np.float32 and full.shape == (10, 7)
     assert np.isnan(full[4]).all() and np.isnan(ref[4]).all()
     assert np.allclose(full[~np.isnan(ref)], ref[~np.isnan(ref)], atol=1e-6)
+
+
+def test_auto_picks_dense_for_dense_codes_and_sparse_for_sparse_ones():
+    dense_a, dense_b = _codes(300, 20, 0.3, 7), _codes(300, 20, 0.3, 8)
+    assert correlate_features(_chunked(dense_a, dense_b, 100), 20, 20).method == "dense"
+    sparse_a, sparse_b = _codes(3000, 400, 0.005, 9), _codes(3000, 400, 0.005, 10)
+    res = correlate_features(_chunked(sparse_a, sparse_b, 1000), 400, 400, top_k=2)
+    assert res.method == "sparse"
+    other = correlate_features(_chunked(sparse_a, sparse_b, 1000), 400, 400, top_k=2, method="dense")
+    live = ~res.parent_moments.dead
+    assert np.allclose(res.parent_top.r[live, 0], other.parent_top.r[live, 0], atol=1e-12)
+    assert np.allclose(res.child_top.r[~res.child_moments.dead, 0], other.child_top.r[~res.child_moments.dead, 0], atol=1e-12)
