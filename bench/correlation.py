@@ -89,7 +89,8 @@ def main() -> int:
     ap.add_argument("--features", type=int, default=16384)
     ap.add_argument("--l0", type=float, default=30.0)
     ap.add_argument("--dense-rows", type=int, default=256)
-    ap.add_argument("--chunk", type=int, default=20_000)
+    ap.add_argument("--chunk", type=int, default=20_000, help="tokens per dense reference product")
+    ap.add_argument("--sparse-chunk", type=int, default=262_144, help="tokens per chunk featureflow reads (flow.chunk_tokens)")
     ap.add_argument("--home", type=Path, help="a lineage's artefact folder (FEATUREFLOW_HOME) with feature_activations")
     ap.add_argument("--edge", help="parent__child, with --home")
     args = ap.parse_args()
@@ -114,8 +115,8 @@ def main() -> int:
     print(f"T = {T:,} tokens, m = {m:,}, n = {n:,}, mean L0 parent {a.getnnz(axis=1).mean():.1f}, child {b.getnnz(axis=1).mean():.1f}")
 
     def chunks():
-        for s in range(0, T, args.chunk):
-            yield a[s : s + args.chunk], b[s : s + args.chunk]
+        for s in range(0, T, args.sparse_chunk):
+            yield a[s : s + args.sparse_chunk], b[s : s + args.sparse_chunk]
 
     t0 = time.perf_counter()
     res = correlate_features(chunks, m, n, top_k=1)
