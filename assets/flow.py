@@ -36,18 +36,13 @@ from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
-from featureflow_dagster.assets.partitions import edge_key, edge_partitions, fan_out, model_key
+from featureflow_dagster.assets.partitions import edge_ends, edge_key, edge_partitions, fan_out, per_node_models
 
 
 def build_flow_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     if not lineage.edges():
         return []
     return [_feature_activations(lineage), _feature_correlation(lineage), _feature_flow(lineage)]
-
-
-def _edge_pairs(lineage: Lineage) -> list[tuple[str, str]]:
-    """(node, edge key) for both ends of every edge: how node-level assets feed edge partitions."""
-    return [(n, edge_key(p, c)) for p, c in lineage.edges() for n in (p, c)]
 
 
 def _activation_settings(lineage: Lineage) -> dict:
@@ -58,12 +53,12 @@ def _activation_settings(lineage: Lineage) -> dict:
 
 
 def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
-    pairs = _edge_pairs(lineage)
+    pairs = edge_ends(lineage)
     token_edges = [(d, edge_key(p, c)) for p, c in lineage.edges() for d in lineage.shared_data(p, c)]
     deps = [
         dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)),
         dg.AssetDep("sae", partition_mapping=fan_out(pairs)),
-        *[dg.AssetDep(model_key(n), partition_mapping=fan_out([e for e in pairs if e[0] == n])) for n in sorted({n for n, _ in pairs})],
+        *per_node_models(pairs),
     ]
 
     @dg.asset(
@@ -95,13 +90,9 @@ def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
         chunk_windows = -(-windows.shape[0] // n_chunks)  # equal chunks, none nearly empty
         started = time.perf_counter()
         with store.write_dir(out) as tmp:
-            files = write_codes(models[parent], models[child], saes[parent], saes[child], windows, origin, tmp,
-                                chunk_windows, dev, batch_windows=lineage.flow.batch_windows, log=context.log.info)
+            files, nnz = write_codes(models[parent], models[child], saes[parent], saes[child], windows, origin, tmp,
+                                     chunk_windows, dev, batch_windows=lineage.flow.batch_windows, log=context.log.info)
             seconds = time.perf_counter() - started
-            nnz = {side: 0 for side in ("parent", "child")}
-            for a, b in read_code_chunks(tmp, files, saes[parent].cfg.d_sae, saes[child].cfg.d_sae):
-                nnz["parent"] += a.nnz
-                nnz["child"] += b.nnz
             n_tokens = windows.numel()
             counts = torch.bincount(origin[:, 0].long(), minlength=len(refs)).tolist()
             manifest = {
@@ -145,7 +136,7 @@ def _feature_correlation(lineage: Lineage) -> dg.AssetsDefinition:
 
     @dg.asset(
         partitions_def=edge_partitions(lineage),
-        deps=[dg.AssetDep("feature_activations"), dg.AssetDep("sae", partition_mapping=fan_out(_edge_pairs(lineage)))],
+        deps=[dg.AssetDep("feature_activations"), dg.AssetDep("sae", partition_mapping=fan_out(edge_ends(lineage)))],
         group_name="flow",
         kinds={"scipy", "parquet"},
         code_version=json.dumps({"top_k": f.top_k, "full_matrix": f.full_matrix}),

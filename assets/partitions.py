@@ -52,3 +52,17 @@ def edge_key(parent: str, child: str) -> str:
 def edge_partitions(lineage: Lineage) -> dg.StaticPartitionsDefinition:
     """One key per parent -> child edge, `parent__child` (node names never contain '__')."""
     return dg.StaticPartitionsDefinition([edge_key(p, c) for p, c in lineage.edges()])
+
+
+def edge_ends(lineage: Lineage) -> list[tuple[str, str]]:
+    """(node, edge key) for both ends of every edge: how node-partitioned assets feed edge partitions."""
+    return [(n, edge_key(p, c)) for p, c in lineage.edges() for n in (p, c)]
+
+
+def per_node_models(edges: list[tuple[str, str]]) -> list[dg.AssetDep]:
+    """One dep per model/<n>, mapping its single partition to the downstream partitions in `edges`
+    ((node, downstream partition) pairs)."""
+    return [
+        dg.AssetDep(model_key(n), partition_mapping=fan_out([e for e in edges if e[0] == n]))
+        for n in sorted({e[0] for e in edges})
+    ]

@@ -19,25 +19,17 @@ from featureflow_dagster.sae import SAE_REGISTRY, SAEConfig, load_sae
 from featureflow_dagster.sae.evaluate import check_evaluation, configured_checks, evaluate_sae
 from featureflow_dagster.sae.train import train_sae
 from featureflow_dagster.storage import file_sha256
-from featureflow_dagster.assets.partitions import edge_key, edge_partitions, fan_out, model_key, node_partitions
+from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, node_partitions, per_node_models
 
 
 def build_sae_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     return [_activation_store(lineage), _sae(lineage), _sae_transfer(lineage)]
 
 
-def _per_node_models(lineage: Lineage, edges: list[tuple[str, str]]) -> list[dg.AssetDep]:
-    """One dep per model/<n>, mapping its single partition to the downstream partitions in `edges`."""
-    return [
-        dg.AssetDep(model_key(n), partition_mapping=fan_out([e for e in edges if e[0] == n]))
-        for n in sorted({e[0] for e in edges})
-    ]
-
-
 def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
     nodes = lineage.node_names
     token_edges = [(a, n) for n in nodes for a in lineage.data_ancestry(n)]
-    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)), *_per_node_models(lineage, [(n, n) for n in nodes])]
+    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)), *per_node_models([(n, n) for n in nodes])]
 
     @dg.asset(
         partitions_def=node_partitions(lineage),
@@ -114,7 +106,7 @@ def _eval_windows(acts: ActivationStore) -> torch.Tensor:
 
 def _sae(lineage: Lineage) -> dg.AssetsDefinition:
     nodes = lineage.node_names
-    deps = [dg.AssetDep("activation_store"), *_per_node_models(lineage, [(n, n) for n in nodes])]
+    deps = [dg.AssetDep("activation_store"), *per_node_models([(n, n) for n in nodes])]
     check_names = _check_names(lineage)
 
     @dg.asset(
@@ -189,12 +181,11 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
 
 
 def _sae_transfer(lineage: Lineage) -> dg.AssetsDefinition:
-    edges = lineage.edges()
-    pairs = [(p, edge_key(p, c)) for p, c in edges] + [(c, edge_key(p, c)) for p, c in edges]
+    pairs = edge_ends(lineage)
     deps = [
         dg.AssetDep("sae", partition_mapping=fan_out(pairs)),
         dg.AssetDep("activation_store", partition_mapping=fan_out(pairs)),
-        *_per_node_models(lineage, pairs),
+        *per_node_models(pairs),
     ]
 
     @dg.asset(

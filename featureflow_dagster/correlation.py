@@ -31,6 +31,7 @@ class FeatureMoments:
     tokens: int
     sum: np.ndarray  # [features]
     sum_sq: np.ndarray  # [features]
+    nnz: int = 0  # non-zero codes over all tokens and features
 
     @property
     def mean(self) -> np.ndarray:
@@ -53,13 +54,14 @@ class FeatureMoments:
 def moments(chunks: Iterable[sp.csr_matrix], n_features: int) -> FeatureMoments:
     total = np.zeros(n_features)
     total_sq = np.zeros(n_features)
-    tokens = 0
+    tokens = nnz = 0
     for c in chunks:
         c = c.astype(np.float64)
         total += np.asarray(c.sum(axis=0)).ravel()
         total_sq += np.asarray(c.multiply(c).sum(axis=0)).ravel()
         tokens += c.shape[0]
-    return FeatureMoments(tokens, total, total_sq)
+        nnz += c.nnz
+    return FeatureMoments(tokens, total, total_sq, nnz)
 
 
 @dataclass
@@ -204,12 +206,12 @@ def _dense_top(chunks, pa: FeatureMoments, pb: FeatureMoments, k: int, row_block
     return TopMatches(p_idx, p_r), TopMatches(c_idx, c_r)
 
 
-def choose_method(pa: FeatureMoments, pb: FeatureMoments, nnz_a: int, nnz_b: int, dense_above: float = 5e-4) -> str:
+def choose_method(pa: FeatureMoments, pb: FeatureMoments, dense_above: float = 5e-4) -> str:
     """'sparse' or 'dense' for the cross-moment: the sparse product costs ~T·L0(a)·L0(b) scattered
     multiply-adds, the dense one T·m·n in BLAS, which on CPU runs ~1000-2000x more of them per second
     (measured by bench/correlation.py); dense wins once the two densities' product exceeds ~1/2000."""
     T, m, n = pa.tokens, pa.sum.size, pb.sum.size
-    return "dense" if (nnz_a / (T * m)) * (nnz_b / (T * n)) > dense_above else "sparse"
+    return "dense" if (pa.nnz / (T * m)) * (pb.nnz / (T * n)) > dense_above else "sparse"
 
 
 def pearson_dense(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -246,10 +248,7 @@ def correlate_features(
     if pa.tokens != pb.tokens:
         raise ValueError(f"the two codes cover {pa.tokens} and {pb.tokens} tokens; they must encode the same tokens")
     if method == "auto":
-        nnz_a = nnz_b = 0
-        for a, b in chunks():
-            nnz_a, nnz_b = nnz_a + a.nnz, nnz_b + b.nnz
-        method = choose_method(pa, pb, nnz_a, nnz_b)
+        method = choose_method(pa, pb)
     if log:
         log(f"cross-moment: {method} product")
     if method == "dense":

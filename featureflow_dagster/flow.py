@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from featureflow_dagster.activations import run_to_hook
+from featureflow_dagster.activations import gather_windows, run_to_hook, sample_windows
 from featureflow_dagster.correlation import Correlation, TopMatches
 
 # ---------------------------------------------------------------------------------------------
@@ -45,13 +45,16 @@ def _to_csr(f: torch.Tensor) -> sp.csr_matrix:
 
 @torch.no_grad()
 def write_codes(parent_model, child_model, parent_sae, child_sae, tokens: torch.Tensor, origin: torch.Tensor,
-                folder: Path, chunk_windows: int, device: torch.device, batch_windows: int = 64, log=None) -> list[str]:
+                folder: Path, chunk_windows: int, device: torch.device, batch_windows: int = 64, log=None
+                ) -> tuple[list[str], dict[str, int]]:
     """Encode token windows [n, context] with each model's own SAE on its own activations and write
     chunk files of CSR codes (`parent.*`, `child.*`: indptr, indices, values; row = window × context
     + position) with the windows' token ids and origin (source, row, offset). Each batch is made
-    sparse at once, so memory stays at one batch of dense codes."""
+    sparse at once, so memory stays at one batch of dense codes. Returns the chunk file names and
+    each side's count of non-zero codes."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
+    nnz = {"parent": 0, "child": 0}
     n_chunks = -(-tokens.shape[0] // chunk_windows)
     for ci, start in enumerate(range(0, tokens.shape[0], chunk_windows)):
         part = tokens[start : start + chunk_windows]
@@ -63,13 +66,15 @@ def write_codes(parent_model, child_model, parent_sae, child_sae, tokens: torch.
                 codes[side].append(_to_csr(sae.encode(acts.reshape(-1, acts.shape[-1]).float())))
         out = {"tokens": part.contiguous(), "origin": origin[start : start + chunk_windows].contiguous()}
         for side in ("parent", "child"):
-            out.update(_csr_tensors(sp.vstack(codes[side], format="csr"), side))
+            csr = sp.vstack(codes[side], format="csr")
+            nnz[side] += csr.nnz
+            out.update(_csr_tensors(csr, side))
         name = f"chunk_{ci:05d}.safetensors"
         save_file(out, str(folder / name))
         files.append(name)
         if log:
             log(f"codes: chunk {ci + 1}/{n_chunks} ({min(tokens.shape[0], start + chunk_windows):,}/{tokens.shape[0]:,} windows)")
-    return files
+    return files, nnz
 
 
 def read_code_chunks(folder: Path, files: list[str], m: int, n: int) -> Iterator[tuple[sp.csr_matrix, sp.csr_matrix]]:
@@ -378,8 +383,6 @@ def flow_volumes(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.D
 def edge_windows(blocks: list[torch.Tensor], context: int, tokens: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`tokens // context` windows drawn uniformly without replacement from the shared sources'
     blocks [rows, n_ctx]: (token ids int32 [n, context], origin int32 [n, 3] = source, row, offset)."""
-    from featureflow_dagster.activations import gather_windows, sample_windows
-
     n_ctx = blocks[0].shape[1]
     n_windows = tokens // context
     available = sum(b.shape[0] for b in blocks) * (n_ctx // context) * context

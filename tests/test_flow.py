@@ -185,9 +185,10 @@ def test_codes_on_disk_equal_the_dense_encoding(tmp_path):
     saes = [ReLUSAE(SAEConfig(architecture="relu", d_in=24, d_sae=96), seed=s) for s in (1, 2)]
     tokens = torch.randint(0, 50, (11, 6), dtype=torch.int32)
     origin = torch.zeros(11, 3, dtype=torch.int32)
-    files = write_codes(*models, *saes, tokens, origin, tmp_path, chunk_windows=4, device=torch.device("cpu"), batch_windows=3)
+    files, nnz = write_codes(*models, *saes, tokens, origin, tmp_path, chunk_windows=4, device=torch.device("cpu"), batch_windows=3)
     assert len(files) == 3
     chunks = list(read_code_chunks(tmp_path, files, 96, 96))
+    assert nnz == {"parent": sum(c[0].nnz for c in chunks), "child": sum(c[1].nnz for c in chunks)}
     for side, (model, sae) in enumerate(zip(models, saes)):
         with torch.no_grad():
             acts = run_to_hook(model, tokens.long())
