@@ -16,7 +16,7 @@ from featureflow_dagster.plots import density_histogram, markdown_table, write_h
 from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import SAE_REGISTRY, SAEConfig, load_sae
-from featureflow_dagster.sae.evaluate import check_evaluation, configured_checks, evaluate_sae
+from featureflow_dagster.sae.evaluate import check_evaluation, configured_checks, evaluate_sae, quality_against_null
 from featureflow_dagster.sae.train import train_sae
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, node_partitions, per_node_models
@@ -96,7 +96,10 @@ def _new_sae(lineage: Lineage, node: str, d_in: int, context: int):
     spec = lineage.sae_spec(node)
     cfg = SAEConfig(architecture=spec.architecture, d_in=d_in, d_sae=spec.expansion * d_in, k=spec.k,
                     context_size=context, model_name=f"{lineage.name}/{node}")
-    extra = {"l1_coefficient": spec.l1_coefficient} if spec.architecture == "relu" else {}
+    if spec.architecture == "relu":
+        extra = {"l1_coefficient": spec.l1_coefficient, "decoder_constraint": spec.decoder_constraint}
+    else:
+        extra = {"aux_k_coefficient": spec.aux_k_coefficient}
     return SAE_REGISTRY[spec.architecture](cfg, seed=lineage.sae_seed(node), **extra)
 
 
@@ -128,6 +131,9 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
         autoencoder = _new_sae(lineage, node, acts.d_in, acts.context)
         if spec.subtract_data_mean:
             autoencoder.data_mean.copy_(acts.mean("train"))
+        if spec.normalize_activations == "expected_average_only_in":
+            autoencoder.input_scale.fill_(acts.d_in**0.5 / acts.mean_norm("train", autoencoder.data_mean))
+        w_dec_init = autoencoder.W_dec.detach().clone()
         seed = lineage.sae_seed(node)
         steps = acts.steps("train", spec.batch_windows, spec.epochs)
         if steps == 0:
@@ -138,15 +144,20 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
             spec.lr, (spec.beta1, spec.beta2), dev, seed=seed, dead_window_tokens=spec.dead_window_tokens,
             resample_dead_every=spec.resample_dead_every, checkpoint_path=store.checkpoint_path("sae", node),
             checkpoint_every=spec.checkpoint_every, fingerprint=fingerprint, log=context.log.info,
+            lr_warmup_steps=round(spec.lr_warmup_fraction * steps), lr_decay_steps=round(spec.lr_decay_fraction * steps),
+            sparsity_warmup_steps=round(spec.l1_warmup_fraction * steps),
         )
+        autoencoder.eval()
         ev = evaluate_sae(autoencoder, model, _eval_windows(acts), dev, ultra_low_density=spec.ultra_low_density)
+        baseline = quality_against_null(autoencoder, w_dec_init, acts, ev.l0, seed, dev)
+        values = {**ev.scalars(), **baseline}
         out = store.sae_dir(node)
         with store.write_dir(out) as tmp:
             autoencoder.to("cpu").save(tmp)
             save_file({"density": ev.density}, str(tmp / "feature_density.safetensors"))
         store.checkpoint_path("sae", node).unlink(missing_ok=True)
         hist = write_html(density_histogram(ev.density, f"{node}: feature density"), store.report_dir("sae", node) / "density.html")
-        outcomes = {c.name: c for c in check_evaluation(ev, spec.checks)}
+        outcomes = {c.name: c for c in check_evaluation(values, spec.checks)}
         for name in check_names:
             c = outcomes.get(name)
             yield dg.AssetCheckResult(
@@ -159,7 +170,8 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
             data_version=dg.DataVersion(file_sha256(out / "sae_weights.safetensors")),
             metadata={
                 "path": dg.MetadataValue.path(str(out)),
-                **{k: v for k, v in ev.scalars().items()},
+                **values,
+                "input_scale": float(autoencoder.input_scale),
                 "architecture": spec.architecture,
                 "d_sae": autoencoder.cfg.d_sae,
                 "steps": result.steps,

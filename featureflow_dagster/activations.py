@@ -205,6 +205,24 @@ class ActivationStore:
             count += shard["activations"].shape[0]
         return (total / count).to(torch.float32)
 
+    def mean_norm(self, split: str = "train", center: torch.Tensor | None = None) -> float:
+        """Mean Euclidean norm of (activation − center) over a split, one shard at a time (float64)."""
+        total, count = 0.0, 0
+        for shard in self.iter_shards(split, ("activations",)):
+            x = shard["activations"].to(torch.float64)
+            if center is not None:
+                x = x - center.to(torch.float64)
+            total += float(x.norm(dim=1).sum())
+            count += x.shape[0]
+        return total / count
+
+    def positions(self, split: str, rows: int = 4096) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(activations [n, d_in] float32, token at each position [n]) in chunks of `rows` positions."""
+        for shard in self.iter_shards(split, ("activations", "tokens")):
+            acts, toks = shard["activations"], shard["tokens"].reshape(-1)
+            for start in range(0, acts.shape[0], rows):
+                yield acts[start : start + rows].to(torch.float32), toks[start : start + rows]
+
     def batches(self, split: str, batch_windows: int, seed: int, epochs: float = 1.0, start_step: int = 0) -> Iterator[torch.Tensor]:
         """Shuffled batches of `batch_windows` windows, as activations [batch_windows * context, d_in]
         (float32). Order: per epoch a seeded permutation of shards, and of windows within each shard;

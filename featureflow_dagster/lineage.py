@@ -297,6 +297,12 @@ class SAEChecks(_Strict):
     explained_variance_min: float | None = Field(default=None, le=1)
     dead_fraction_max: float | None = Field(default=None, ge=0, le=1)
     loss_recovered_min: float | None = Field(default=None, le=1)
+    decoder_init_cosine_max: float | None = Field(
+        default=None, ge=-1, le=1, description="Median cosine of trained decoder rows to their random initialisation.")
+    top_token_share_margin_min: float | None = Field(
+        default=None, ge=-1, le=1,
+        description="Median share of a feature's top-20 held-out activations on its most common token, minus the same "
+        "for a random dictionary encoded at the SAE's L0 (features, not random directions).")
 
 
 class SAESpec(_Strict):
@@ -309,8 +315,20 @@ class SAESpec(_Strict):
     architecture: Literal["relu", "topk", "batchtopk"] = "relu"
     expansion: int = Field(default=16, gt=0, description="d_sae = expansion * d_mlp")
     k: int | None = Field(default=None, gt=0, description="topk/batchtopk: active features per token")
-    l1_coefficient: float = Field(default=3e-4, ge=0)
+    l1_coefficient: float = Field(default=3e-4, ge=0, description="relu: λ, in the units of the (normalised) activations.")
+    decoder_constraint: Literal["unit_norm", "free"] = Field(
+        default="unit_norm",
+        description="relu: 'unit_norm' (the paper's: decoder rows held at norm 1) or 'free' (Anthropic's April 2024 "
+        "update, SAELens's standard trainer: rows start at norm 0.1, move freely, L1 weighted by row norm).")
+    aux_k_coefficient: float = Field(default=1 / 32, ge=0, description="topk/batchtopk: weight of the AuxK dead-latent loss (Gao et al. 2024).")
+    normalize_activations: Literal["none", "expected_average_only_in"] = Field(
+        default="none",
+        description="'expected_average_only_in': scale the centred activations to mean norm sqrt(d_in) (SAELens's "
+        "name), so that λ means the same for every model; folded into the saved weights.")
     lr: float = Field(default=1e-4, gt=0)
+    lr_warmup_fraction: float = Field(default=0.0, ge=0, lt=1, description="Linear lr warm-up over this share of the steps.")
+    lr_decay_fraction: float = Field(default=0.0, ge=0, le=1, description="Linear lr decay to 0 over this final share of the steps.")
+    l1_warmup_fraction: float = Field(default=0.0, ge=0, le=1, description="relu: λ rises linearly from 0 over this share of the steps.")
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.9999, ge=0, lt=1)
     batch_windows: int = Field(default=128, gt=0, description="Shuffled context-token windows per step.")
@@ -337,6 +355,10 @@ class SAESpec(_Strict):
     def _k_for_topk(self):
         if self.architecture in ("topk", "batchtopk") and self.k is None:
             raise ValueError(f"a {self.architecture} SAE needs 'k' (active features per token)")
+        if self.architecture != "relu" and self.decoder_constraint != "unit_norm":
+            raise ValueError(f"decoder_constraint '{self.decoder_constraint}' is a relu setting; a {self.architecture} SAE keeps unit-norm decoder rows")
+        if self.lr_warmup_fraction + self.lr_decay_fraction > 1:
+            raise ValueError("lr_warmup_fraction + lr_decay_fraction must not exceed 1")
         return self
 
 

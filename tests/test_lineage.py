@@ -269,3 +269,15 @@ def test_sae_initialisation_shared_or_independent():
     independent = parse_lineage(_lineage())  # the default
     seeds = [independent.sae_seed(n) for n in independent.node_names]
     assert len(set(seeds)) == 4 and seeds == [parse_lineage(_lineage()).sae_seed(n) for n in independent.node_names]
+
+
+@pytest.mark.parametrize("sae, words", [
+    ({"architecture": "topk", "k": 8, "decoder_constraint": "free"}, "decoder_constraint 'free' is a relu setting"),
+    ({"lr_warmup_fraction": 0.6, "lr_decay_fraction": 0.6}, "must not exceed 1"),
+    ({"normalize_activations": "layer_norm"}, "normalize_activations"),
+    ({"checks": {"top_token_share_margin_min": 2}}, "less than or equal to 1"),
+])
+def test_sae_recipe_settings_are_checked(sae, words):
+    with pytest.raises(LineageError) as e:
+        parse_lineage(_lineage(sae=sae), "lineage.yaml")
+    assert words in str(e.value), str(e.value)

@@ -10,16 +10,22 @@ On token windows [n, context] run through a model:
   on a fraction of tokens in (0, ultra_low_density).
 - density: per-feature firing frequency [d_sae] (for the histogram).
 All sums are accumulated in float64.
+
+Beside them, two checks against a null baseline: `decoder_init_cosine` (did the dictionary leave its
+random start?) and `token_specificity` (are a feature's top activations on one token more often than
+those of a random dictionary encoded at the same L0?).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
 
 import torch
 
-from featureflow_dagster.activations import capture_mlp_post
-from featureflow_dagster.sae.base import SAE
+from featureflow_dagster.activations import ActivationStore, capture_mlp_post
+from featureflow_dagster.sae.base import SAE, SAEConfig
 
 
 @dataclass
@@ -99,6 +105,88 @@ def evaluate_sae(sae: SAE, model, windows: torch.Tensor, device: torch.device, b
     )
 
 
+@torch.no_grad()
+def decoder_init_cosine(w_dec: torch.Tensor, w_dec_init: torch.Tensor) -> float:
+    """Median over features of the cosine between each trained decoder row and the same row at
+    initialisation, both [d_sae, d_in]. Near 1: the dictionary never left its random start."""
+    cos = torch.nn.functional.cosine_similarity(w_dec.float(), w_dec_init.float().to(w_dec.device), dim=1)
+    return float(cos.median())
+
+
+@dataclass
+class TokenSpecificity:
+    share: float  # median over counted features of the share of their top activations on their most common token
+    features: int  # features counted: those firing at least `top` times
+    top: int
+
+
+@torch.no_grad()
+def token_specificity(encode: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                      d_sae: int, top: int = 20) -> TokenSpecificity:
+    """How token-specific a dictionary's features are, in one streaming pass.
+
+    `batches` yields (x [n, d_in] activations, tokens [n] the token at each position); `encode` maps x
+    to feature activations [n, d_sae] (>= 0). For every feature that fires at least `top` times, the
+    `top` largest activations are kept with their positions; the feature's share is the fraction of
+    them that sit on its most common token. Returns the median share (NaN when no feature qualifies).
+    Features firing fewer than `top` times are left out: a feature seen once has share 1 trivially."""
+    top_vals = top_pos = None
+    fires = torch.zeros(d_sae, dtype=torch.long)
+    token_list, offset = [], 0
+    for x, tok in batches:
+        f = encode(x)
+        dev = f.device
+        if top_vals is None:
+            top_vals = torch.zeros(top, d_sae, device=dev)
+            top_pos = torch.zeros(top, d_sae, dtype=torch.long, device=dev)
+        fires += (f > 0).sum(0).cpu()
+        vals, idx = torch.cat([top_vals, f]).topk(top, dim=0)
+        old = top_pos.gather(0, idx.clamp(max=top - 1))
+        top_pos = torch.where(idx < top, old, offset + idx - top)
+        top_vals = vals
+        token_list.append(tok.reshape(-1).to(torch.long).cpu())
+        offset += f.shape[0]
+    if top_vals is None:
+        raise ValueError("token_specificity got no batches")
+    tokens = torch.cat(token_list)
+    counted = fires >= top
+    if not counted.any():
+        return TokenSpecificity(float("nan"), 0, top)
+    top_tokens = tokens[top_pos.cpu()[:, counted]]  # [top, counted]
+    mode = top_tokens.mode(dim=0).values
+    share = (top_tokens == mode).float().mean(0)
+    return TokenSpecificity(float(share.median()), int(counted.sum()), top)
+
+
+def random_dictionary(d_in: int, d_sae: int, l0: float, center: torch.Tensor, seed: int) -> SAE:
+    """The null baseline for `token_specificity`: an untrained TopK SAE (d_sae random unit directions,
+    encoder = decoder transposed) on activations centred at `center` [d_in], keeping round(l0)
+    features per token, so it fires as often as the SAE it is compared with."""
+    from featureflow_dagster.sae.topk import TopKSAE
+
+    rand = TopKSAE(SAEConfig("topk", d_in, d_sae, k=max(1, round(l0))), seed=seed)
+    rand.data_mean.copy_(center)
+    return rand.eval()
+
+
+def quality_against_null(sae, w_dec_init: torch.Tensor, acts: ActivationStore, l0: float, seed: int, dev: torch.device) -> dict[str, float]:
+    """The SAE beside its null baselines on the store's held-out positions: decoder cosine to its
+    random start, and top-20 token specificity against a random dictionary at the same L0."""
+    center = acts.mean("eval").to(dev)
+    rand = random_dictionary(sae.cfg.d_in, sae.cfg.d_sae, l0, center, seed + 1).to(dev)
+    positions = lambda: ((x.to(dev), t) for x, t in acts.positions("eval"))  # noqa: E731
+    ours = token_specificity(sae.encode, positions(), sae.cfg.d_sae)
+    null = token_specificity(rand.encode, positions(), sae.cfg.d_sae)
+    return {
+        "decoder_init_cosine": decoder_init_cosine(sae.W_dec.detach(), w_dec_init),
+        "top_token_share": ours.share,
+        "top_token_share_features": ours.features,
+        "random_top_token_share": null.share,
+        "random_top_token_share_features": null.features,
+        "top_token_share_margin": ours.share - null.share,
+    }
+
+
 @dataclass(frozen=True)
 class CheckOutcome:
     name: str
@@ -107,28 +195,34 @@ class CheckOutcome:
     bound: str
 
 
-def check_evaluation(ev: SAEEvaluation, checks) -> list[CheckOutcome]:
-    """Compare an evaluation with the lineage's SAEChecks; a bound left unset is not checked."""
+def check_evaluation(values: Mapping[str, float], checks) -> list[CheckOutcome]:
+    """Compare evaluation values (keys: l0, mse, explained_variance, dead_fraction, loss_recovered,
+    decoder_init_cosine, top_token_share_margin) with the lineage's SAEChecks; a bound left unset
+    is not checked. NaN fails every bound."""
     out = []
     if checks.l0_min is not None or checks.l0_max is not None:
         lo = checks.l0_min if checks.l0_min is not None else 0.0
         hi = checks.l0_max if checks.l0_max is not None else float("inf")
-        out.append(CheckOutcome("l0_in_range", lo <= ev.l0 <= hi, ev.l0, f"[{lo}, {hi}]"))
-    if checks.mse_max is not None:
-        out.append(CheckOutcome("mse_below", ev.mse < checks.mse_max, ev.mse, f"< {checks.mse_max}"))
-    if checks.explained_variance_min is not None:
-        out.append(CheckOutcome("explained_variance_above", ev.explained_variance > checks.explained_variance_min,
-                                ev.explained_variance, f"> {checks.explained_variance_min}"))
-    if checks.dead_fraction_max is not None:
-        out.append(CheckOutcome("dead_fraction_below", ev.dead_fraction <= checks.dead_fraction_max,
-                                ev.dead_fraction, f"<= {checks.dead_fraction_max}"))
-    if checks.loss_recovered_min is not None:
-        out.append(CheckOutcome("loss_recovered_above", ev.loss_recovered > checks.loss_recovered_min,
-                                ev.loss_recovered, f"> {checks.loss_recovered_min}"))
+        out.append(CheckOutcome("l0_in_range", lo <= values["l0"] <= hi, values["l0"], f"[{lo}, {hi}]"))
+
+    def at_least(name: str, key: str, bound: float | None) -> None:
+        if bound is not None:
+            out.append(CheckOutcome(name, values[key] >= bound, values[key], f">= {bound}"))
+
+    def at_most(name: str, key: str, bound: float | None, strict: bool = False) -> None:
+        if bound is not None:
+            ok = values[key] < bound if strict else values[key] <= bound
+            out.append(CheckOutcome(name, ok, values[key], f"{'<' if strict else '<='} {bound}"))
+
+    at_most("mse_below", "mse", checks.mse_max, strict=True)
+    at_least("explained_variance_above", "explained_variance", checks.explained_variance_min)
+    at_most("dead_fraction_below", "dead_fraction", checks.dead_fraction_max)
+    at_least("loss_recovered_above", "loss_recovered", checks.loss_recovered_min)
+    at_most("decoder_left_init", "decoder_init_cosine", checks.decoder_init_cosine_max)
+    at_least("features_beat_random", "top_token_share_margin", checks.top_token_share_margin_min)
     return out
 
 
 def configured_checks(checks) -> list[str]:
     """Names of the checks an SAEChecks sets a bound for (the ones `check_evaluation` reports)."""
-    blank = SAEEvaluation(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, torch.zeros(1))
-    return [c.name for c in check_evaluation(blank, checks)]
+    return [c.name for c in check_evaluation(defaultdict(float), checks)]

@@ -1,8 +1,10 @@
-"""SAE training: Adam (β = 0.9, 0.9999), constant lr, unit-norm decoder rows, dead-feature tracking,
-optional resampling (Bricken et al. 2023), resumable checkpoints.
+"""SAE training: Adam, a learning rate with optional linear warm-up and linear decay to zero, an
+optional linear warm-up of the sparsity penalty, unit-norm decoder rows (where the architecture keeps
+them), dead-feature tracking (fed to AuxK), optional resampling (Bricken et al. 2023), resumable
+checkpoints.
 
-Per step: f = encode(x), x̂ = decode(f), loss (see the architecture), backward, remove the gradient
-component parallel to each decoder row, Adam step, renormalize decoder rows.
+Per step, in the SAE's normalised space x_n = (x − data_mean)·s: f, losses = training_losses(x_n),
+backward, remove the gradient component parallel to each decoder row, Adam step, renormalize rows.
 """
 
 from __future__ import annotations
@@ -31,17 +33,17 @@ class SAETrainResult:
 
 
 @torch.no_grad()
-def resample_dead(sae: SAE, optimizer: torch.optim.Adam, dead: torch.Tensor, x: torch.Tensor, seed: int) -> int:
-    """Anthropic's resampling (Bricken et al. 2023): each dead feature is re-pointed at an input
-    drawn with probability ∝ its squared reconstruction error; encoder rows get 0.2 × the mean alive
-    encoder norm, encoder bias 0, and their Adam state is reset."""
+def resample_dead(sae: SAE, optimizer: torch.optim.Adam, dead: torch.Tensor, xn: torch.Tensor, seed: int) -> int:
+    """Anthropic's resampling (Bricken et al. 2023): each dead feature is re-pointed at a normalised
+    input x_n [batch, d_in] drawn with probability ∝ its squared reconstruction error; encoder rows
+    get 0.2 × the mean alive encoder norm, encoder bias 0, and their Adam state is reset."""
     idx = dead.nonzero().flatten()
     if idx.numel() == 0:
         return 0
-    err = ((sae(x) - x) ** 2).sum(-1)
+    err = ((sae.decode_normalized(sae.activate(sae.pre_activations_normalized(xn))) - xn) ** 2).sum(-1)
     g = torch.Generator(device="cpu").manual_seed(seed)
-    picks = torch.multinomial(err.cpu() + 1e-12, idx.numel(), replacement=True, generator=g).to(x.device)
-    directions = x[picks] - sae.data_mean - sae.b_dec
+    picks = torch.multinomial(err.cpu() + 1e-12, idx.numel(), replacement=True, generator=g).to(xn.device)
+    directions = xn[picks] - sae.b_dec
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-8)
     alive = ~dead
     scale = 0.2 * (sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else 1.0)
@@ -54,6 +56,18 @@ def resample_dead(sae: SAE, optimizer: torch.optim.Adam, dead: torch.Tensor, x: 
             for key in ("exp_avg", "exp_avg_sq"):
                 state[key].index_fill_(index_dim, idx, 0.0)
     return int(idx.numel())
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int = 0, decay_steps: int = 0) -> float:
+    """Learning-rate factor at 0-based `step`: linear from 1/warmup to 1 over the first `warmup_steps`,
+    1, then linear to 0 over the last `decay_steps` (Anthropic's April 2024 update decays over the
+    final 20%)."""
+    factor = 1.0
+    if warmup_steps and step < warmup_steps:
+        factor = (step + 1) / warmup_steps
+    if decay_steps and step >= total_steps - decay_steps:
+        factor = min(factor, (total_steps - step) / decay_steps)
+    return factor
 
 
 def train_sae(
@@ -71,9 +85,13 @@ def train_sae(
     fingerprint: str = "",
     log: Callable[[str], None] | None = None,
     stop_after_step: int | None = None,
+    lr_warmup_steps: int = 0,
+    lr_decay_steps: int = 0,
+    sparsity_warmup_steps: int = 0,
 ) -> SAETrainResult:
-    """Train `sae` in place. `batches(start_step)` yields activation batches [tokens, d_in] from
-    that step on (so a resumed run sees exactly the batches it would have)."""
+    """Train `sae` in place. `batches(start_step)` yields raw activation batches [tokens, d_in] from
+    that step on (so a resumed run sees exactly the batches it would have); the SAE's own
+    `normalize` maps them to its training space."""
     sae.to(device).train()
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=betas, fused=True)
     last_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
@@ -94,15 +112,18 @@ def train_sae(
     t0 = time.perf_counter()
     bar = tqdm(total=total_steps, initial=start, desc="sae", unit="step", disable=None)
     for step, x in zip(range(start, total_steps), batches(start)):
-        x = x.to(device)
-        f = sae.encode(x)
-        losses = sae.loss(x, f, sae.decode(f))
+        for group in opt.param_groups:
+            group["lr"] = lr * lr_multiplier(step, total_steps, lr_warmup_steps, lr_decay_steps)
+        sparsity_scale = min(1.0, (step + 1) / sparsity_warmup_steps) if sparsity_warmup_steps else 1.0
+        dead_now = (tokens_seen - last_fired) >= dead_window_tokens
+        xn = sae.normalize(x.to(device))
+        f, losses = sae.training_losses(xn, dead_now, sparsity_scale)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         sae.remove_parallel_gradient()
         opt.step()
         sae.normalize_decoder()
-        tokens_seen += x.shape[0]
+        tokens_seen += xn.shape[0]
         with torch.no_grad():
             fired = f.detach().amax(0) > 0  # f >= 0 for every architecture here
             last_fired.masked_fill_(fired, tokens_seen)
@@ -110,7 +131,7 @@ def train_sae(
         done = step + 1
         if resample_dead_every and done % resample_dead_every == 0 and done < total_steps:
             dead = (tokens_seen - last_fired) >= dead_window_tokens
-            n = resample_dead(sae, opt, dead, x, seed + done)
+            n = resample_dead(sae, opt, dead, xn, seed + done)
             last_fired[dead] = tokens_seen
             resampled += n
             if log and n:
