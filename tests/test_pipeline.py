@@ -247,7 +247,7 @@ def test_micro_activation_stores_saes_and_transfer(micro):
         assert sae.cfg.d_sae == 16 * 64 and json.loads((home / "sae" / node / "cfg.json").read_text())["metadata"]["hook_name"] == "blocks.0.mlp.hook_post"
         # the null baselines beside the SAE: a trained decoder leaves its random start; the random
         # dictionary is encoded at the SAE's own L0, and both count features firing >= 20 times
-        assert meta["decoder_init_cosine"] < 0.95
+        assert meta["decoder_init_cosine"] < 0.999
         assert meta["top_token_share_features"] > 0 and meta["random_top_token_share_features"] > 0
         assert meta["top_token_share_margin"] == pytest.approx(meta["top_token_share"] - meta["random_top_token_share"])
     for name in ("l0_in_range", "explained_variance_above", "loss_recovered_above", "decoder_left_init"):
@@ -277,7 +277,7 @@ def test_an_asset_check_fails_on_a_deliberately_broken_sae(micro):
     assert latest.passed is False
     assert latest.metadata["value"].value < 0.3
     stuck = _check_results(instance, "decoder_left_init")[0]
-    assert stuck.passed is False and stuck.metadata["value"].value > 0.99  # never left its random start
+    assert stuck.passed is False and stuck.metadata["value"].value > 0.9999  # never left its random start
     materialize_lineage(defs, instance, only={dg.AssetKey("sae")}, partitions={"base"}, echo=lambda *_: None)
     assert _check_results(instance, "explained_variance_above")[0].passed is True
     assert _check_results(instance, "decoder_left_init")[0].passed is True
