@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from featureflow_dagster.sae.base import SAE, SAEConfig
-from featureflow_dagster.sae.topk import auxk_loss
+from featureflow_dagster.sae.topk import TopKSAE
 
 
 class BatchTopKSAE(SAE):
@@ -39,10 +39,7 @@ class BatchTopKSAE(SAE):
                 self.threshold.mul_(1 - self.threshold_momentum).add_(self.threshold_momentum * smallest)
         return f
 
-    def sparsity_loss(self, out, xn, pre, f, xn_hat, dead, sparsity_scale):
-        aux = auxk_loss(self, xn, xn_hat, pre, dead, self.aux_k_coefficient)
-        out["auxk"] = torch.as_tensor(aux)
-        return aux
+    sparsity_loss = TopKSAE.sparsity_loss  # the same AuxK term
 
     def saelens_state(self) -> dict[str, torch.Tensor]:
         return {**super().saelens_state(), "threshold": self.threshold.detach().expand(self.cfg.d_sae).clone()}
