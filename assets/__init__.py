@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from featureflow_dagster.lineage import Lineage
+from featureflow_dagster.assets.config import build_config_asset
 from featureflow_dagster.assets.data import build_data_assets
 from featureflow_dagster.assets.flow import build_flow_assets
 from featureflow_dagster.assets.merges import build_merge_assets
@@ -12,5 +13,40 @@ from featureflow_dagster.assets.models import build_model_assets
 from featureflow_dagster.assets.sae import build_sae_assets
 
 
+def automation_condition(schedule: str | None) -> dg.AutomationCondition:
+    """Every derived asset: recompute a partition when an upstream partition gets a new data version
+    (a re-materialized model, an observed edit of its settings), once nothing it needs is missing or
+    running and every blocking check upstream (the SAE quality bars) passed. With a lineage `schedule:`,
+    also materialize missing partitions on each cron tick."""
+    # Dagster's all_deps_blocking_checks_passed() needs every dep to map a partition onto this one, which
+    # per-node and fan-out mappings do not: block instead when any SAE read has a failed check
+    blocked = dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.any_checks_match(dg.AutomationCondition.check_failed(), blocking_only=True)
+    ).allow(dg.AssetSelection.assets("sae")).with_label("reads an SAE that failed a blocking check")
+    # wait while something upstream (up to three hops) still has an update to make, so that a partition
+    # fed by two branches of different length is recomputed once, after both, not once per branch
+    pending = (dg.AutomationCondition.any_deps_updated() | dg.AutomationCondition.newly_missing()).since_last_handled()
+    upstream_pending = pending
+    for _ in range(3):
+        upstream_pending = pending | dg.AutomationCondition.any_deps_match(upstream_pending)
+    waiting = dg.AutomationCondition.any_deps_match(upstream_pending).with_label("something upstream will still change")
+    cond = dg.AutomationCondition.eager() & ~blocked & ~waiting
+    if schedule:
+        cond = cond | (
+            dg.AutomationCondition.cron_tick_passed(schedule).since_last_handled()
+            & dg.AutomationCondition.missing()
+            & ~dg.AutomationCondition.any_deps_missing()
+            & ~dg.AutomationCondition.any_deps_in_progress()
+            & ~dg.AutomationCondition.in_progress()
+            & ~blocked
+        ).with_label(f"missing, on {schedule}")
+    return cond.with_label("eager, after passing checks" + (f"; missing on {schedule}" if schedule else ""))
+
+
 def build_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
-    return [*build_data_assets(lineage), *build_model_assets(lineage), *build_merge_assets(lineage), *build_sae_assets(lineage), *build_flow_assets(lineage)]
+    derived = [*build_data_assets(lineage), *build_model_assets(lineage), *build_merge_assets(lineage),
+               *build_sae_assets(lineage), *build_flow_assets(lineage)]
+    cond = automation_condition(lineage.schedule)
+    derived = [a.with_attributes(automation_condition=cond) for a in derived]
+    observe = dg.AutomationCondition.cron_tick_passed(lineage.schedule).since_last_handled() if lineage.schedule else None
+    return [build_config_asset(lineage, observe), *derived]

@@ -1,8 +1,6 @@
 """Data assets: documents per node (`corpus`), the lineage's `tokenizer`, token blocks (`tokens`)."""
 
 
-import json
-
 import dagster as dg
 import pandas as pd
 
@@ -13,21 +11,28 @@ from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore
 from featureflow_dagster.tokenizer import load_tokenizer, mistral_tokenizer, train_bpe
 from featureflow_dagster.assets.partitions import data_node_partitions
+from featureflow_dagster.assets.guard import locked, step_log
+from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
 
 
 def build_data_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     partitions = data_node_partitions(lineage)
     base = lineage.base.name
 
+    data_nodes = partitions.get_partition_keys()
+
     @dg.asset(
         partitions_def=partitions,
+        deps=[config_dep("corpus", data_nodes)],
         group_name="data",
         kinds={"parquet"},
+        code_version=CODE_VERSIONS["corpus"],
         description="Documents of each data node's sources, split train/validation by content hash.",
     )
+    @locked
     def corpus(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         node = lineage.node(context.partition_key)
-        table, stats = build_corpus(node.data.sources, log=context.log.info)
+        table, stats = build_corpus(node.data.sources, log=step_log(context))
         path = store.corpus_path(node.name)
         with store.write_file(path) as tmp:
             table.to_parquet(tmp, index=False)
@@ -44,12 +49,13 @@ def build_data_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        deps=[dg.AssetDep(corpus, partition_mapping=dg.SpecificPartitionsPartitionMapping([base]))],
+        deps=[dg.AssetDep(corpus, partition_mapping=dg.SpecificPartitionsPartitionMapping([base])), config_dep("tokenizer")],
         group_name="data",
         kinds={"huggingface"},
-        code_version=json.dumps(lineage.tokenizer.model_dump(mode="json"), sort_keys=True),
+        code_version=CODE_VERSIONS["tokenizer"],
         description="The lineage's tokenizer: a BPE trained on the base node's training documents, or a named one.",
     )
+    @locked
     def tokenizer(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         spec = lineage.tokenizer
         if spec.kind == "bpe":
@@ -72,17 +78,19 @@ def build_data_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         partitions_def=partitions,
-        deps=[corpus, tokenizer],
+        deps=[corpus, tokenizer, config_dep("tokens", data_nodes)],
         group_name="data",
         kinds={"safetensors"},
+        code_version=CODE_VERSIONS["tokens"],
         description="n_ctx-token blocks per source and split, within the node's token budgets.",
     )
+    @locked
     def tokens(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         node = lineage.node(context.partition_key)
         tok = load_tokenizer(store.tokenizer_dir())
         table = pd.read_parquet(store.corpus_path(node.name))
         n_ctx = lineage.model_spec(node.name).n_ctx
-        blocks, stats = build_blocks(tok, table, node.data, n_ctx, log=context.log.info)
+        blocks, stats = build_blocks(tok, table, node.data, n_ctx, log=step_log(context))
         digest = blocks_hash(blocks)
         path = store.tokens_path(node.name)
         with store.write_file(path) as tmp:

@@ -36,6 +36,8 @@ from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
+from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
+from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
 from featureflow_dagster.assets.partitions import edge_ends, edge_key, edge_partitions, fan_out, per_node_models
 
 
@@ -45,13 +47,6 @@ def build_flow_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     return [_feature_activations(lineage), _feature_correlation(lineage), _feature_flow(lineage)]
 
 
-def _activation_settings(lineage: Lineage) -> dict:
-    f = lineage.flow
-    return {edge_key(p, c): {"tokens": f.tokens, "context": lineage.flow_context(p), "chunk_tokens": f.chunk_tokens,
-                             "seed": lineage.seed_of(c) + f.seed_offset, "shared_data": lineage.shared_data(p, c)}
-            for p, c in lineage.edges()}
-
-
 def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
     pairs = edge_ends(lineage)
     token_edges = [(d, edge_key(p, c)) for p, c in lineage.edges() for d in lineage.shared_data(p, c)]
@@ -59,6 +54,7 @@ def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
         dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)),
         dg.AssetDep("sae", partition_mapping=fan_out(pairs)),
         *per_node_models(pairs),
+        config_dep("feature_activations", edge_partitions(lineage).get_partition_keys()),
     ]
 
     @dg.asset(
@@ -67,13 +63,15 @@ def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
         group_name="flow",
         kinds={"pytorch", "safetensors"},
         pool="gpu",
-        code_version=json.dumps(_activation_settings(lineage), sort_keys=True),
+        code_version=CODE_VERSIONS["feature_activations"],
         description="Parent and child SAE codes (sparse: indices and values per token) on the same tokens, drawn "
         "uniformly from the data both models were trained on, with token ids and their origin.",
     )
+    @locked
     def feature_activations(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         parent, child = context.partition_key.split("__")
-        settings = _activation_settings(lineage)[context.partition_key]
+        require_passing_saes(store, (parent, child))
+        settings = lineage.edge_activation_settings(parent, child)
         refs, blocks, data_hashes = [], [], {}
         for owner in settings["shared_data"]:
             path = store.tokens_path(owner)
@@ -91,7 +89,7 @@ def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
         started = time.perf_counter()
         with store.write_dir(out) as tmp:
             files, nnz = write_codes(models[parent], models[child], saes[parent], saes[child], windows, origin, tmp,
-                                     chunk_windows, dev, batch_windows=lineage.flow.batch_windows, log=context.log.info)
+                                     chunk_windows, dev, batch_windows=lineage.flow.batch_windows, log=step_log(context))
             seconds = time.perf_counter() - started
             n_tokens = windows.numel()
             counts = torch.bincount(origin[:, 0].long(), minlength=len(refs)).tolist()
@@ -136,22 +134,25 @@ def _feature_correlation(lineage: Lineage) -> dg.AssetsDefinition:
 
     @dg.asset(
         partitions_def=edge_partitions(lineage),
-        deps=[dg.AssetDep("feature_activations"), dg.AssetDep("sae", partition_mapping=fan_out(edge_ends(lineage)))],
+        deps=[dg.AssetDep("feature_activations"), dg.AssetDep("sae", partition_mapping=fan_out(edge_ends(lineage))),
+              config_dep("feature_correlation", edge_partitions(lineage).get_partition_keys())],
         group_name="flow",
         kinds={"scipy", "parquet"},
-        code_version=json.dumps({"top_k": f.top_k, "full_matrix": f.full_matrix}),
+        code_version=CODE_VERSIONS["feature_correlation"],
         description="Exact Pearson r over token positions between every parent and child feature (sparse-aware, "
         "float64), each feature's top-k partners both ways; and the data-free decoder-cosine matches.",
     )
+    @locked
     def feature_correlation(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         parent, child = context.partition_key.split("__")
+        require_passing_saes(store, (parent, child))
         codes = store.feature_activations_dir(context.partition_key)
         manifest = json.loads((codes / "manifest.json").read_text())
         m, n = manifest["d_sae"]["parent"], manifest["d_sae"]["child"]
         files = [e["name"] for e in manifest["files"]]
         chunks = lambda: read_code_chunks(codes, files, m, n)  # noqa: E731
         started = time.perf_counter()
-        corr = correlate_features(chunks, m, n, top_k=f.top_k, row_block=f.row_block, log=context.log.info)
+        corr = correlate_features(chunks, m, n, top_k=f.top_k, row_block=f.row_block, log=step_log(context))
         corr_seconds = time.perf_counter() - started
         dev = device.torch_device()
         started = time.perf_counter()
@@ -200,14 +201,16 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
     threshold = lineage.flow.threshold
 
     @dg.asset(
-        deps=[dg.AssetDep("feature_correlation")],
+        deps=[dg.AssetDep("feature_correlation"), config_dep("feature_flow")],
         group_name="flow",
         kinds={"pandas", "plotly"},
-        code_version=json.dumps({"threshold": threshold}),
+        code_version=CODE_VERSIONS["feature_flow"],
         description="Persisting, disappearing and emerging features of every edge (splits and merges kept), "
         "trajectories along every base-to-leaf path, the paper's headline counts and the Sankey diagram.",
     )
+    @locked
     def feature_flow(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        require_passing_saes(store, lineage.node_names)
         tables, classified, agreements, counts = {}, [], [], []
         for p, c in lineage.edges():
             matches = pd.read_parquet(store.feature_correlation_dir(edge_key(p, c)) / "matches.parquet")

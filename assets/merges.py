@@ -13,6 +13,8 @@ from featureflow_dagster.plots import markdown_table, slerp_sweep_figure
 from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.training import evaluate
+from featureflow_dagster.assets.guard import locked, step_log
+from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
 from featureflow_dagster.assets.partitions import fan_out, model_key, same_node, single_node_partition
 
 
@@ -42,7 +44,7 @@ def _slerp_sweep_asset(lineage: Lineage, nodes: list[str]) -> dg.AssetsDefinitio
         models, domains = _sweep_inputs(lineage, node)
         model_edges += [(m, node) for m in models]
         token_edges += [(o, node) for o in _owners(lineage, node, domains)]
-    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges))]
+    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)), config_dep("slerp_sweep", nodes)]
     for upstream in sorted({m for m, _ in model_edges}):
         deps.append(dg.AssetDep(model_key(upstream), partition_mapping=fan_out([e for e in model_edges if e[0] == upstream])))
 
@@ -52,10 +54,11 @@ def _slerp_sweep_asset(lineage: Lineage, nodes: list[str]) -> dg.AssetsDefinitio
         group_name="merges",
         kinds={"pytorch", "plotly"},
         pool="gpu",
-        code_version=json.dumps({n: lineage.merge_spec(n).sweep.model_dump() for n in nodes}, sort_keys=True),
+        code_version=CODE_VERSIONS["slerp_sweep"],
         description="SLERP of the two parents at every t of a grid, scored on each parent's own domain; "
         "chooses the t where the two accuracies balance.",
     )
+    @locked
     def slerp_sweep(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         node = context.partition_key
         spec = lineage.merge_spec(node).sweep
@@ -70,7 +73,7 @@ def _slerp_sweep_asset(lineage: Lineage, nodes: list[str]) -> dg.AssetsDefinitio
         sweep = run_slerp_sweep(
             load_model(store.model_dir(parents[0]), "cpu"), load_model(store.model_dir(parents[1]), "cpu"),
             load_model(store.model_dir(ancestor), "cpu"), domains, spec.grid(),
-            lambda m, b: evaluate(m, b, batch, dev), dev, log=context.log.info,
+            lambda m, b: evaluate(m, b, batch, dev), dev, log=step_log(context),
         )
         bp = sweep.balance
         if sweep.linear_fallbacks:
@@ -120,6 +123,7 @@ def _merged_model_asset(lineage: Lineage, node: str, auto_t: bool) -> dg.AssetsD
     parents = lineage.node(node).parents
     base = None if spec.method in ("slerp", "linear") else lineage.merge_base(node)
     deps = [dg.AssetDep(model_key(p), partition_mapping=dg.StaticPartitionMapping({p: node})) for p in parents]
+    deps.append(config_dep("model", [node]))
     if base is not None and base not in parents:
         deps.append(dg.AssetDep(model_key(base), partition_mapping=dg.StaticPartitionMapping({base: node})))
     owners = sorted({lineage.domain_owner(node, d) for d in lineage.domains(node)})
@@ -134,9 +138,10 @@ def _merged_model_asset(lineage: Lineage, node: str, auto_t: bool) -> dg.AssetsD
         group_name="models",
         kinds={"mergekit", "huggingface"},
         pool="gpu",
-        code_version=lineage.fingerprint(node),
+        code_version=CODE_VERSIONS["model"],
         description=f"{spec.method} merge of {', '.join(parents)} (mergekit, in-process)",
     )
+    @locked
     def _merged(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         dev = device.torch_device()
         t = None

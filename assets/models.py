@@ -14,6 +14,8 @@ from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.tokenizer import load_tokenizer
 from featureflow_dagster.training import train_lineage_node
+from featureflow_dagster.assets.guard import locked, step_log
+from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
 from featureflow_dagster.assets.partitions import model_key, same_node, single_node_partition
 
 
@@ -23,7 +25,7 @@ def build_model_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
 
 def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
     spec = lineage.node(node)
-    deps = [dg.AssetDep("tokens", partition_mapping=same_node(node)), dg.AssetDep("tokenizer")]
+    deps = [dg.AssetDep("tokens", partition_mapping=same_node(node)), dg.AssetDep("tokenizer"), config_dep("model", [node])]
     deps += [dg.AssetDep(model_key(p), partition_mapping=dg.StaticPartitionMapping({p: node})) for p in spec.parents]
 
     @dg.asset(
@@ -33,9 +35,10 @@ def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
         group_name="models",
         kinds={"pytorch", "huggingface"},
         pool="gpu",
-        code_version=lineage.fingerprint(node),
+        code_version=CODE_VERSIONS["model"],
         description=f"{spec.kind} model of node '{node}'" + (f" (from '{spec.parents[0]}')" if spec.parents else ""),
     )
+    @locked
     def _model(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         dev = device.torch_device()
         tok = load_tokenizer(store.tokenizer_dir())
@@ -54,7 +57,7 @@ def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
             dev,
             checkpoint_path=store.checkpoint_path("model", node),
             data_hash=file_sha256(tokens_file),
-            log=context.log.info,
+            log=step_log(context),
         )
         out = store.model_dir(node)
         with store.write_dir(out) as tmp:

@@ -2,6 +2,7 @@
 
 import json
 import time
+import warnings
 
 import dagster as dg
 import pandas as pd
@@ -19,6 +20,8 @@ from featureflow_dagster.sae import SAE_REGISTRY, SAEConfig, load_sae
 from featureflow_dagster.sae.evaluate import check_evaluation, configured_checks, evaluate_sae, quality_against_null
 from featureflow_dagster.sae.train import train_sae
 from featureflow_dagster.storage import file_sha256
+from featureflow_dagster.assets.guard import CHECKS_FILE, locked, require_passing_saes, step_log
+from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
 from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, node_partitions, per_node_models
 
 
@@ -29,7 +32,8 @@ def build_sae_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
 def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
     nodes = lineage.node_names
     token_edges = [(a, n) for n in nodes for a in lineage.data_ancestry(n)]
-    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)), *per_node_models([(n, n) for n in nodes])]
+    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)), *per_node_models([(n, n) for n in nodes]),
+            config_dep("activation_store", nodes)]
 
     @dg.asset(
         partitions_def=node_partitions(lineage),
@@ -37,9 +41,10 @@ def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
         group_name="sae",
         kinds={"pytorch", "safetensors"},
         pool="gpu",
-        code_version=json.dumps({n: lineage.sae_spec(n).model_dump(include={"context", "tokens", "eval_tokens", "store_dtype", "shard_tokens"}) for n in nodes}, sort_keys=True),
+        code_version=CODE_VERSIONS["activation_store"],
         description="blocks.0.mlp.hook_post over context-token windows sampled uniformly from the node's and its ancestors' data.",
     )
+    @locked
     def activation_store(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         node = context.partition_key
         spec = lineage.sae_spec(node)
@@ -58,7 +63,7 @@ def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
         with store.write_dir(out) as tmp:
             manifest = build_activation_store(
                 model, train, validation, refs, spec.context, spec.tokens, spec.eval_tokens, spec.store_dtype,
-                spec.shard_tokens, lineage.seed_of(node), tmp, dev, log=context.log.info,
+                spec.shard_tokens, lineage.seed_of(node), tmp, dev, log=step_log(context),
             )
         seconds = time.perf_counter() - started
         digest = file_sha256(out / "manifest.json")
@@ -92,6 +97,17 @@ def _check_names(lineage: Lineage) -> list[str]:
     return names
 
 
+def _check_specs(lineage: Lineage) -> list[dg.AssetCheckSpec]:
+    """The SAE quality bars as blocking checks, partitioned like the SAE (a failure on one node blocks
+    only what is computed from that node's SAE)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # partitioned check specs are a Dagster preview
+        return [dg.AssetCheckSpec(name, asset="sae", blocking=True, partitions_def=node_partitions(lineage),
+                                  description=f"SAE quality bar from the lineage (blocking: a failing SAE feeds no "
+                                  f"transfer, correlation or flow): {name}")
+                for name in _check_names(lineage)]
+
+
 def _new_sae(lineage: Lineage, node: str, d_in: int, context: int):
     spec = lineage.sae_spec(node)
     cfg = SAEConfig(architecture=spec.architecture, d_in=d_in, d_sae=spec.expansion * d_in, k=spec.k,
@@ -109,7 +125,7 @@ def _eval_windows(acts: ActivationStore) -> torch.Tensor:
 
 def _sae(lineage: Lineage) -> dg.AssetsDefinition:
     nodes = lineage.node_names
-    deps = [dg.AssetDep("activation_store"), *per_node_models([(n, n) for n in nodes])]
+    deps = [dg.AssetDep("activation_store"), *per_node_models([(n, n) for n in nodes]), config_dep("sae", nodes)]
     check_names = _check_names(lineage)
 
     @dg.asset(
@@ -118,10 +134,11 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
         group_name="sae",
         kinds={"pytorch", "safetensors"},
         pool="gpu",
-        check_specs=[dg.AssetCheckSpec(name, asset="sae", description=f"SAE quality bar from the lineage: {name}") for name in check_names],
-        code_version=json.dumps({n: lineage.sae_spec(n).model_dump() for n in nodes}, sort_keys=True),
+        check_specs=_check_specs(lineage),
+        code_version=CODE_VERSIONS["sae"],
         description="Sparse autoencoder on the node's hook_post activations (SAELens layout), with its evaluations.",
     )
+    @locked
     def sae(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource):
         node = context.partition_key
         spec = lineage.sae_spec(node)
@@ -143,7 +160,7 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
             autoencoder, lambda start: acts.batches("train", spec.batch_windows, seed, spec.epochs, start), steps,
             spec.lr, (spec.beta1, spec.beta2), dev, seed=seed, dead_window_tokens=spec.dead_window_tokens,
             resample_dead_every=spec.resample_dead_every, checkpoint_path=store.checkpoint_path("sae", node),
-            checkpoint_every=spec.checkpoint_every, fingerprint=fingerprint, log=context.log.info,
+            checkpoint_every=spec.checkpoint_every, fingerprint=fingerprint, log=step_log(context),
             lr_warmup_steps=round(spec.lr_warmup_fraction * steps), lr_decay_steps=round(spec.lr_decay_fraction * steps),
             sparsity_warmup_steps=round(spec.l1_warmup_fraction * steps),
         )
@@ -151,13 +168,15 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
         ev = evaluate_sae(autoencoder, model, _eval_windows(acts), dev, ultra_low_density=spec.ultra_low_density)
         baseline = quality_against_null(autoencoder, w_dec_init, acts, ev.l0, seed, dev)
         values = {**ev.scalars(), **baseline}
+        outcomes = {c.name: c for c in check_evaluation(values, spec.checks)}
         out = store.sae_dir(node)
         with store.write_dir(out) as tmp:
             autoencoder.to("cpu").save(tmp)
             save_file({"density": ev.density}, str(tmp / "feature_density.safetensors"))
+            (tmp / CHECKS_FILE).write_text(json.dumps({c.name: {"passed": c.passed, "value": c.value, "bound": c.bound}
+                                                       for c in outcomes.values()}, indent=1))
         store.checkpoint_path("sae", node).unlink(missing_ok=True)
         hist = write_html(density_histogram(ev.density, f"{node}: feature density"), store.report_dir("sae", node) / "density.html")
-        outcomes = {c.name: c for c in check_evaluation(values, spec.checks)}
         for name in check_names:
             c = outcomes.get(name)
             yield dg.AssetCheckResult(
@@ -198,6 +217,7 @@ def _sae_transfer(lineage: Lineage) -> dg.AssetsDefinition:
         dg.AssetDep("sae", partition_mapping=fan_out(pairs)),
         dg.AssetDep("activation_store", partition_mapping=fan_out(pairs)),
         *per_node_models(pairs),
+        config_dep("sae_transfer", edge_partitions(lineage).get_partition_keys()),
     ]
 
     @dg.asset(
@@ -206,11 +226,14 @@ def _sae_transfer(lineage: Lineage) -> dg.AssetsDefinition:
         group_name="sae",
         kinds={"pytorch", "parquet"},
         pool="gpu",
+        code_version=CODE_VERSIONS["sae_transfer"],
         description="Kutsyk et al. (2024): the parent's SAE on the child's activations and the reverse, "
         "beside each SAE on its own model.",
     )
+    @locked
     def sae_transfer(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         parent, child = context.partition_key.split("__")
+        require_passing_saes(store, (parent, child))
         dev = device.torch_device()
         rows = []
         models = {n: load_model(store.model_dir(n), dev) for n in (parent, child)}

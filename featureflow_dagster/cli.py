@@ -1,9 +1,13 @@
-"""`featureflow`: validate a lineage, materialize it in dependency order, open the web UI.
+"""`featureflow`: validate a lineage, plan and materialize it in dependency order, open the web UI.
 
   featureflow validate [LINEAGE]
-  featureflow materialize [--lineage L] [--node N ...] [--asset KEY ...] [--force] [--device D]
+  featureflow plan [--lineage L] [--node N ...] [--asset KEY ...] [--force]
+  featureflow materialize [--lineage L] [--node N ...] [--asset KEY ...] [--force] [--dry-run] [--device D] [--verbose]
   featureflow status [--lineage L]
   featureflow ui [--lineage L] [--port 3000]
+
+Exit codes: 0 done, 1 a run failed or an SAE failed its checks (what depends on it was skipped),
+2 bad input (a malformed lineage, an unknown node or asset).
 """
 
 from __future__ import annotations
@@ -12,15 +16,28 @@ import argparse
 import os
 import sys
 
+BAD_INPUT = 2
 
-def _validate(args) -> int:
-    from featureflow_dagster.lineage import LineageError, load_lineage, resolve_lineage_path
 
+def _load(args):
+    """The lineage named by --lineage / $FEATUREFLOW_LINEAGE, or None after printing the INVALID line."""
+    from featureflow_dagster.lineage import LineageError, load_lineage
+
+    if getattr(args, "lineage", None):
+        os.environ["FEATUREFLOW_LINEAGE"] = args.lineage
     try:
-        lineage = load_lineage(args.lineage)
+        return load_lineage(getattr(args, "lineage", None))
     except LineageError as e:
         print(f"INVALID  {e}", file=sys.stderr)
-        return 1
+        return None
+
+
+def _validate(args) -> int:
+    from featureflow_dagster.lineage import resolve_lineage_path
+
+    lineage = _load(args)
+    if lineage is None:
+        return BAD_INPUT
     print(f"VALID    lineage '{lineage.name}' ({resolve_lineage_path(args.lineage)})")
     for node in lineage.topological_order():
         line = f"  {node.name:<16} {node.kind:<9}"
@@ -33,65 +50,137 @@ def _validate(args) -> int:
             line += f" merge={node.merge.method} t={node.merge.t}"
         print(line)
     print(f"  edges: {', '.join(f'{p}->{c}' for p, c in lineage.edges())}")
+    if lineage.schedule:
+        print(f"  schedule: {lineage.schedule} (while the Dagster daemon runs)")
     return 0
 
 
-def _set_env(args) -> None:
-    if getattr(args, "lineage", None):
-        os.environ["FEATUREFLOW_LINEAGE"] = args.lineage
+def _setup(args):
+    """(lineage, defs, instance) for the commands that touch the Dagster instance, or None on bad input."""
+    lineage = _load(args)
+    if lineage is None:
+        return None
     if getattr(args, "device", None):
         os.environ["FEATUREFLOW_DEVICE"] = args.device
     os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
+    import warnings
 
-
-def _materialize(args) -> int:
-    _set_env(args)
+    warnings.filterwarnings("ignore", module="dagster")
     import dagster as dg
 
     from featureflow_dagster.instance import ensure_dagster_home
 
     ensure_dagster_home()
-    from featureflow_dagster.definitions import defs, materialize_lineage
-    from featureflow_dagster.lineage import load_lineage
+    from featureflow_dagster.definitions import defs  # built from the lineage just validated (FEATUREFLOW_LINEAGE)
 
-    lineage = load_lineage()
-    partitions = None
+    return lineage, defs, dg.DagsterInstance.get()
+
+
+def _chosen(args, lineage, defs):
+    from featureflow_dagster.runner import select
+
+    nodes = None
     if args.node:
         unknown = [n for n in args.node if n not in lineage.by_name]
         if unknown:
-            print(f"unknown node(s) {unknown}; lineage '{lineage.name}' has {lineage.node_names}", file=sys.stderr)
-            return 2
-        partitions = {a for n in args.node for a in [n, *lineage.ancestors(n)]}
-    only = {dg.AssetKey.from_user_string(a) for a in args.asset} if args.asset else None
-    with dg.DagsterInstance.get() as instance:
-        done = materialize_lineage(defs, instance, only=only, partitions=partitions, force=args.force)
-    store = defs.resources["store"]
-    print(f"materialized {len(done)} asset partition(s); artefacts under {store.root}")
+            raise ValueError(f"unknown node(s) {', '.join(unknown)}; lineage '{lineage.name}' has {', '.join(lineage.node_names)}")
+        nodes = {a for n in args.node for a in [n, *lineage.ancestors(n)]}
+    return select(defs, args.asset, nodes)
+
+
+def _print_plan(steps, echo=print) -> None:
+    todo = [s for s in steps if s.reason not in ("fresh",)]
+    for s in steps:
+        echo(f"{s.reason:8} {s.label}")
+    echo(f"{sum(s.reason in ('missing', 'stale', 'forced') for s in todo)} to materialize, "
+         f"{sum(s.reason == 'blocked' for s in todo)} blocked, {len(steps) - len(todo)} fresh")
+
+
+def _plan(args) -> int:
+    setup = _setup(args)
+    if setup is None:
+        return BAD_INPUT
+    lineage, defs, instance = setup
+    from featureflow_dagster.runner import observe_config, plan, recover_dead_runs
+
+    try:
+        chosen = _chosen(args, lineage, defs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT
+    with instance:
+        recover_dead_runs(instance)
+        observe_config(defs, instance)
+        _print_plan(plan(defs, instance, chosen, args.force))
     return 0
 
 
+def _materialize(args) -> int:
+    if getattr(args, "dry_run", False):
+        return _plan(args)
+    setup = _setup(args)
+    if setup is None:
+        return BAD_INPUT
+    lineage, defs, instance = setup
+    from featureflow_dagster.runner import RunFailed, materialize_lineage
+
+    try:
+        chosen = _chosen(args, lineage, defs)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT
+    store = defs.resources["store"]
+    print(f"featureflow: lineage '{lineage.name}', artefacts under {store.root}, runs in {os.environ['DAGSTER_HOME']}")
+    try:
+        with instance:
+            report = materialize_lineage(defs, instance, chosen=chosen, force=args.force, verbose=args.verbose, echo=_echo)
+    except RunFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; artefacts already written are kept, a killed training resumes from its checkpoint", file=sys.stderr)
+        return 130
+    if report.done:
+        print(f"materialized {len(report.done)} asset partition(s); artefacts under {store.root}")
+    else:
+        print(f"nothing to do: all {len(chosen)} selected asset partitions are fresh (--force recomputes them)")
+    if not report.ok:
+        for label, checks in report.failed_checks.items():
+            print(f"  {label} failed its checks: {', '.join(checks)}", file=sys.stderr)
+        if report.blocked:
+            print(f"  {len(report.blocked)} partition(s) below a failing SAE were not run: {', '.join(report.blocked)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)
+
+
 def _status(args) -> int:
-    _set_env(args)
-    import dagster as dg
+    setup = _setup(args)
+    if setup is None:
+        return BAD_INPUT
+    lineage, defs, instance = setup
+    from featureflow_dagster.runner import observe_config, stale_statuses
 
-    from featureflow_dagster.instance import ensure_dagster_home
-
-    ensure_dagster_home()
-    from featureflow_dagster.definitions import defs, stale_statuses
-
-    with dg.DagsterInstance.get() as instance:
+    with instance:
+        observe_config(defs, instance)
         for (key, pk), status in stale_statuses(defs, instance).items():
             print(f"{status:8} {key.to_user_string()}" + (f"[{pk}]" if pk else ""))
     return 0
 
 
 def _ui(args) -> int:
-    _set_env(args)
+    """Dagster's webserver and daemon through this interpreter (no PATH needed); Ctrl-C stops both."""
+    if _load(args) is None:
+        return BAD_INPUT
+    os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
     from featureflow_dagster.instance import ensure_dagster_home
 
     ensure_dagster_home()
-    cmd = ["dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port), "-m", "featureflow_dagster.definitions"]
-    os.execvp(cmd[0], cmd)
+    cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port), "-m", "featureflow_dagster.definitions"]
+    os.execv(cmd[0], cmd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,17 +189,24 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="check a lineage file and print the verdict")
     v.add_argument("lineage", nargs="?", default=None, help="shipped name (micro, demo, paper) or path; default $FEATUREFLOW_LINEAGE or demo")
     v.set_defaults(func=_validate)
-    m = sub.add_parser("materialize", help="materialize missing or stale assets in dependency order")
-    m.add_argument("--lineage", default=None)
-    m.add_argument("--node", action="append", help="only this node and the ancestors it needs (repeatable)")
-    m.add_argument("--asset", action="append", help="only this asset key, e.g. model/base or tokens (repeatable)")
-    m.add_argument("--force", action="store_true", help="re-materialize fresh assets too")
-    m.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default $FEATUREFLOW_DEVICE or auto)")
-    m.set_defaults(func=_materialize)
+    for name, helptext in (("materialize", "materialize missing or stale assets in dependency order"),
+                           ("plan", "list what materialize would run, in order, and why")):
+        m = sub.add_parser(name, help=helptext)
+        m.add_argument("--lineage", default=None)
+        m.add_argument("--node", action="append", help="only this node and its ancestors (repeatable)")
+        m.add_argument("--asset", action="append", help="only this asset key (model/base, tokens) or group (model); repeatable")
+        m.add_argument("--force", action="store_true", help="re-materialize fresh assets too")
+        if name == "materialize":
+            m.add_argument("--dry-run", action="store_true", help="print the plan and stop (same as `featureflow plan`)")
+            m.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default $FEATUREFLOW_DEVICE or auto)")
+            m.add_argument("--verbose", action="store_true", help="show Dagster's full event stream (DEBUG)")
+            m.set_defaults(func=_materialize)
+        else:
+            m.set_defaults(func=_plan)
     s = sub.add_parser("status", help="MISSING / STALE / FRESH for every asset partition")
     s.add_argument("--lineage", default=None)
     s.set_defaults(func=_status)
-    u = sub.add_parser("ui", help="open Dagster's web UI on 127.0.0.1")
+    u = sub.add_parser("ui", help="Dagster's web UI and daemon (automation) on 127.0.0.1")
     u.add_argument("--lineage", default=None)
     u.add_argument("--port", type=int, default=3000)
     u.set_defaults(func=_ui)

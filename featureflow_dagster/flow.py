@@ -301,6 +301,17 @@ def trajectory_summary(traj: pd.DataFrame) -> pd.DataFrame:
     return traj.groupby(["path", "start_node", "end_node"], sort=False).size().rename("features").reset_index()
 
 
+def node_origin(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame]], node: str) -> np.ndarray | None:
+    """Per feature of `node`, over all its incoming edges (a merge has several, each measured on its own
+    shared data): 'persisted' when matched in some parent, else 'emerged' when live on some edge, else
+    'dead'. None for the base (no incoming edge) or when an incoming edge's table is missing."""
+    parents = lineage.node(node).parents
+    if not parents or any((p, node) not in tables for p in parents):
+        return None
+    status = np.stack([tables[(p, node)][1].sort_values("feature")["status"].to_numpy() for p in parents], 1)
+    return np.where((status == "persisted").any(1), "persisted", np.where((status == "emerged").any(1), "emerged", "dead"))
+
+
 def headline_counts(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame]]) -> dict:
     """The paper's numbers for any lineage: base features persisting into any child; for every
     merge node, its features traceable to each parent, and of those how many the parent had
@@ -323,13 +334,13 @@ def headline_counts(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, p
             child = tables[(p, node)][1]
             traced = child[child["status"] == "persisted"]
             traced_any |= set(traced["feature"])
+            # where the parent's matched features came from: gained on the parent's own incoming edges
+            # (a fine-tune's one edge, a merge's several) or kept from further up
+            origin = node_origin(lineage, tables, p)
             emerged_in_parent = persisted_from_grandparent = 0
-            grand = lineage.node(p).parents
-            if len(grand) == 1 and (grand[0], p) in tables:
-                parent_child_table = tables[(grand[0], p)][1].set_index("feature")
-                origin = parent_child_table.loc[traced["best_partner"].to_numpy(), "status"]
-                emerged_in_parent = int((origin == "emerged").sum())
-                persisted_from_grandparent = int((origin == "persisted").sum())
+            if origin is not None:
+                at = origin[traced["best_partner"].to_numpy().astype(np.int64)]
+                emerged_in_parent, persisted_from_grandparent = int((at == "emerged").sum()), int((at == "persisted").sum())
             per_parent[p] = {"traceable": int(len(traced)), "emerged_in_finetuning": emerged_in_parent,
                              "persisted_from_ancestor": persisted_from_grandparent}
         out["merges"][node] = {"traceable_to_any_parent": len(traced_any), "per_parent": per_parent}
@@ -347,26 +358,30 @@ def flow_volumes(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.D
     Every model is a node sized by its live features. Into a child flow its features traced to a
     parent (a child feature matched in several parents counts once, for the parent with the highest
     r) and its emerged features (from an 'emerged in <child>' node); out of a parent flow, per
-    child, its features that disappear there (into a 'lost <parent> → <child>' node). `shares`
-    gives, per edge, the share of the parent's live features persisting into the child."""
-    live = {}
+    child, its features that disappear there (into a 'lost <parent> → <child>' node). A merge's
+    incoming edges are measured on different data: its feature is dead only when dead on all of
+    them, and live (in `live_features`) when live on any edge touching the node. `shares` gives, per
+    edge, the share of the parent's features live on that edge that persist into the child."""
+    alive: dict[str, np.ndarray] = {}  # a feature is live when it fires on the data of any edge touching its node
     for (p, c), (pt, ct) in tables.items():
-        live[p] = int((pt["status"] != "dead").sum())
-        live[c] = int((ct["status"] != "dead").sum())
+        for node, table in ((p, pt), (c, ct)):
+            mask = (table.sort_values("feature")["status"] != "dead").to_numpy()
+            alive[node] = mask if node not in alive else alive[node] | mask
+    live = {n: int(m.sum()) for n, m in alive.items()}
     links, shares = [], {}
     for c in lineage.node_names:
         parents = [p for p in lineage.node(c).parents if (p, c) in tables]
         if not parents:
             continue
-        best_r = np.stack([np.where(tables[(p, c)][1]["status"] == "persisted", tables[(p, c)][1]["best_r"], -np.inf)
-                           for p in parents], 1)
-        dead = tables[(parents[0], c)][1]["dead"].to_numpy()
+        child_tables = [tables[(p, c)][1].sort_values("feature") for p in parents]
+        best_r = np.stack([np.where(ct["status"] == "persisted", ct["best_r"], -np.inf) for ct in child_tables], 1)
+        dead = np.stack([ct["dead"].to_numpy() for ct in child_tables], 1).all(1)  # dead on every incoming edge
         owner = best_r.argmax(1)
-        traced = np.isfinite(best_r.max(1)) & ~dead
+        traced = np.isfinite(best_r.max(1))
         for i, p in enumerate(parents):
             pt = tables[(p, c)][0]
             persisting = int((pt["status"] == "persists").sum())
-            shares[f"{p}->{c}"] = persisting / max(1, live[p])
+            shares[f"{p}->{c}"] = persisting / max(1, int((pt["status"] != "dead").sum()))  # of the parent's live on this edge
             links.append({"source": p, "target": c, "value": int((traced & (owner == i)).sum()), "kind": "traced",
                           "parent_features_persisting": persisting})
             links.append({"source": p, "target": f"lost {p} → {c}", "value": int((pt["status"] == "disappears").sum()),

@@ -417,6 +417,12 @@ class Lineage(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sae: SAESpec = Field(default_factory=SAESpec)
     flow: FlowSpec = Field(default_factory=FlowSpec)
+    schedule: str | None = Field(
+        default=None,
+        pattern=r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s*$",
+        description="Cron string (5 fields, UTC), e.g. '0 3 * * *': while the Dagster daemon runs (featureflow ui), "
+        "re-observe the lineage file and materialize whatever is missing or stale. Default: off.",
+    )
     nodes: list[NodeSpec] = Field(min_length=1)
 
     # -- graph queries (valid only after validate_graph) ---------------------------------------
@@ -562,18 +568,44 @@ class Lineage(_Strict):
                 return candidate
         raise KeyError(f"node '{name}' has no domain '{domain}'")
 
-    def fingerprint(self, name: str) -> str:
-        """Hash of everything that determines a node's model, except its parents' weights (and its
-        SAE settings, which do not touch the model)."""
-        node = self.node(name)
-        payload = {
-            "node": node.model_dump(mode="json", exclude={"sae"}),
-            "model": self.model_spec(name).model_dump(mode="json"),
-            "training": self.training_spec(name).model_dump(mode="json"),
-            "seed": self.seed_of(name),
-            "tokenizer": self.tokenizer.model_dump(mode="json"),
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    def edge_activation_settings(self, parent: str, child: str) -> dict:
+        """How an edge's feature activations are drawn: token count, window, chunking, seed, data."""
+        f = self.flow
+        return {"tokens": f.tokens, "context": self.flow_context(parent), "chunk_tokens": f.chunk_tokens,
+                "seed": self.seed_of(child) + f.seed_offset, "shared_data": self.shared_data(parent, child)}
+
+    def config_versions(self) -> dict[str, str]:
+        """A version per asset partition, `<asset>/<partition>` (`tokenizer` and `feature_flow` alone), from
+        exactly the settings that change that partition's bytes; upstream artefacts enter through
+        their own content-hash data versions, not here. Editing one node's `sae:` changes only
+        `activation_store/<node>` (when a store setting moved) and `sae/<node>`, and so on."""
+        out = {"tokenizer": self.tokenizer.model_dump(mode="json"), "feature_flow": {"threshold": self.flow.threshold}}
+        for node in self.nodes:
+            n = node.name
+            sae = self.sae_spec(n)
+            if node.data is not None:
+                # budgets choose tokens, not documents: they version the token blocks only
+                out[f"corpus/{n}"] = [s.model_dump(mode="json", exclude={"tokens", "weight"}) for s in node.data.sources]
+                out[f"tokens/{n}"] = {"data": node.data.model_dump(mode="json"), "n_ctx": self.model_spec(n).n_ctx}
+                out[f"model/{n}"] = {"model": self.model_spec(n).model_dump(mode="json"),
+                                     "training": self.training_spec(n).model_dump(mode="json"), "seed": self.seed_of(n)}
+            else:
+                merge = self.merge_spec(n)
+                out[f"model/{n}"] = {"merge": merge.model_dump(mode="json", exclude={"sweep"}), "seed": self.seed_of(n),
+                                     "base": self.merge_base(n)}
+                if merge.method == "slerp" and merge.slerp_t == "auto":
+                    out[f"slerp_sweep/{n}"] = merge.sweep.model_dump(mode="json")
+            out[f"activation_store/{n}"] = {
+                **sae.model_dump(mode="json", include={"context", "tokens", "eval_tokens", "store_dtype", "shard_tokens"}),
+                "seed": self.seed_of(n)}
+            out[f"sae/{n}"] = {"sae": sae.model_dump(mode="json"), "seed": self.sae_seed(n)}
+        f = self.flow
+        for p, c in self.edges():
+            edge = f"{p}__{c}"
+            out[f"sae_transfer/{edge}"] = {n: self.sae_spec(n).ultra_low_density for n in (p, c)}
+            out[f"feature_activations/{edge}"] = self.edge_activation_settings(p, c)
+            out[f"feature_correlation/{edge}"] = {"top_k": f.top_k, "full_matrix": f.full_matrix}
+        return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:16] for k, v in out.items()}
 
 
 # ---------------------------------------------------------------------------------------------

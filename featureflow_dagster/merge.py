@@ -87,8 +87,9 @@ class SlerpPlan:
     @torch.no_grad()
     def load_into(self, model: torch.nn.Module, t: float) -> None:
         """Set `model`'s tensors to the merge at t, in place (no new model, no disk)."""
-        params = dict(model.named_parameters())
-        params.update(dict(model.named_buffers()))
+        # every state-dict key, tied ones included (named_parameters drops a tensor's second name,
+        # e.g. lm_head.weight tied to the embedding); a tied tensor is written once per name, identically
+        params = model.state_dict(keep_vars=True)
         for name, g in self.geometry.items():
             ca, cb = g.coefficients(t)
             target = params[name]

@@ -14,12 +14,15 @@ Layout under `root` ($FEATUREFLOW_HOME):
   slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
   reports/<asset>/<key>/         plots (plotly HTML) and tables
   checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
+  .locks/<asset>[<key>].lock     held (flock) while a process materializes that partition
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +30,10 @@ import dagster as dg
 from pydantic import Field
 
 from featureflow_dagster.storage import atomic_dir, atomic_file
+
+
+class PartitionBusy(RuntimeError):
+    """Another process holds the lock of the asset partition this one was about to materialize."""
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -90,6 +97,32 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def checkpoint_path(self, asset: str, key: str) -> Path:
         return self.path / "checkpoints" / asset / f"{key}.pt"
+
+    @contextlib.contextmanager
+    def partition_lock(self, label: str, holder: str = "") -> Iterator[None]:
+        """Hold the lock of one asset partition (`label`, e.g. 'model/base[base]') while it is materialized.
+
+        A second process (the UI and the shell on one home) is refused at once with who holds it;
+        the operating system releases the lock when its holder dies, so a crash leaves none behind."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        folder = self.path / ".locks"
+        folder.mkdir(exist_ok=True)
+        path = folder / (label.replace("/", "__") + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+                raise PartitionBusy(
+                    f"{label} is being materialized by {other} on this home ({self.root}); "
+                    "wait for that run to finish (featureflow ui shows it) and materialize again"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}{' ' + holder if holder else ''}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock
 
     @contextlib.contextmanager
     def write_dir(self, final: Path) -> Iterator[Path]:

@@ -196,3 +196,50 @@ def test_codes_on_disk_equal_the_dense_encoding(tmp_path):
         ours = np.concatenate([c[side].toarray() for c in chunks])
         assert ours.shape == (66, 96) and (dense > 0).any()
         assert np.allclose(ours, dense, atol=1e-6)
+
+
+def _tables(matrices: dict, dead_child: dict | None = None) -> dict:
+    dead_child = dead_child or {}
+    return {e: classify_edge(matches_table(_corr(m, dead_child=dead_child.get(e, ()))), 0.8) for e, m in matrices.items()}
+
+
+def test_a_merge_feature_dead_on_one_incoming_edge_and_live_on_the_other_counts_once_as_live():
+    """Each incoming edge of a merge is measured on its own shared data: a feature silent on one edge's
+    data but firing on the other's is live (and here emerged), whichever edge comes first."""
+    lin = parse_lineage(LINEAGE)
+    eye = np.eye(3) * 0.9
+    l_ls = np.array([[0.9, 0, 0], [0, 0.1, 0], [0, 0, 0.1]])  # luastories 0 <- lua 0; 1 unmatched; 2 silent here
+    s_ls = np.zeros((3, 3)) + 0.1  # nothing matched; luastories 1 silent here, 2 fires and is unmatched
+    matrices = {("base", "lua"): eye, ("base", "stories"): eye, ("lua", "luastories"): l_ls, ("stories", "luastories"): s_ls}
+    for order in (list(matrices), list(reversed(matrices))):
+        tables = _tables({e: matrices[e] for e in order},
+                         {("lua", "luastories"): [2], ("stories", "luastories"): [1]})
+        vol = flow_volumes(lin, tables)
+        links = {(l["source"], l["target"]): l["value"] for l in vol["links"]}
+        assert vol["live_features"]["luastories"] == 3, order
+        assert links[("lua", "luastories")] == 1 and links[("stories", "luastories")] == 0
+        assert links[("emerged in luastories", "luastories")] == 2, order
+        assert vol["shares"]["lua->luastories"] == pytest.approx(1 / 3)
+
+
+MERGE_OF_MERGES = {
+    **LINEAGE,
+    "nodes": [*LINEAGE["nodes"],
+              {"name": "python", "kind": "finetune", "parents": ["base"], "data": {"sources": [{"name": "p", "kind": "stdlib", "what": "docs"}]}},
+              {"name": "again", "kind": "merge", "parents": ["luastories", "python"], "merge": {"base": "base"}}],
+}
+
+
+def test_headline_counts_trace_a_merge_whose_parent_is_a_merge():
+    lin = parse_lineage(MERGE_OF_MERGES)
+    eye = np.eye(3) * 0.9
+    # luastories: 0 from lua, 2 from stories, 1 matched in neither parent (emerged in merging)
+    l_ls = np.array([[0.9, 0, 0], [0, 0.1, 0], [0, 0, 0.1]])
+    s_ls = np.array([[0.1, 0, 0], [0, 0.1, 0], [0, 0, 0.9]])
+    tables = _tables({("base", "lua"): eye, ("base", "stories"): eye, ("base", "python"): eye,
+                      ("lua", "luastories"): l_ls, ("stories", "luastories"): s_ls,
+                      ("luastories", "again"): eye, ("python", "again"): np.zeros((3, 3))})
+    heads = headline_counts(lin, tables)["merges"]
+    assert heads["again"]["per_parent"]["luastories"] == {"traceable": 3, "emerged_in_finetuning": 1, "persisted_from_ancestor": 2}
+    assert heads["again"]["per_parent"]["python"] == {"traceable": 0, "emerged_in_finetuning": 0, "persisted_from_ancestor": 0}
+    assert heads["luastories"]["per_parent"]["lua"] == {"traceable": 1, "emerged_in_finetuning": 0, "persisted_from_ancestor": 1}

@@ -201,7 +201,7 @@ def test_validate_command_prints_verdict(tmp_path):
     _node(raw, "lua")["parents"] = ["luastories"]
     bad.write_text(yaml.safe_dump(raw))
     res = subprocess.run([sys.executable, "-m", "featureflow_dagster.cli", "validate", str(bad)], capture_output=True, text=True)
-    assert res.returncode == 1
+    assert res.returncode == 2  # bad input
     assert "INVALID" in res.stderr and "cycle" in res.stderr and "node 'lua'" in res.stderr
 
 

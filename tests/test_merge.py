@@ -88,3 +88,21 @@ def test_balance_point_picks_the_most_accurate_of_several_crossings():
     b = [0.4, 0.4, 0.4, 0.6, 0.7, 0.8]
     bp = balance_point(ts, a, b)  # crossings near 0.1 (acc ~0.4), 0.3 (~0.4) and 0.7 (~0.65)
     assert bp.crossed and bp.t == pytest.approx(0.7)
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(7, 4)
+        self.head = torch.nn.Linear(4, 7, bias=False)
+        self.head.weight = self.embed.weight  # one tensor, two state-dict names
+
+
+def test_slerp_plan_loads_into_a_model_with_tied_weights():
+    torch.manual_seed(0)
+    a, b, target = _Tied(), _Tied(), _Tied()
+    assert set(a.state_dict()) == {"embed.weight", "head.weight"} and len(dict(a.named_parameters())) == 1
+    plan = SlerpPlan({k: v.clone() for k, v in a.state_dict().items()}, {k: v.clone() for k, v in b.state_dict().items()})
+    plan.load_into(target, 0.4)
+    ref = mergekit_slerp(torch.tensor([0.4]), a.embed.weight.detach()[None], b.embed.weight.detach()[None])[0]
+    assert _rel(target.embed.weight.detach(), ref) < 1e-6 and target.head.weight is target.embed.weight

@@ -1,0 +1,391 @@
+"""Running a lineage from the shell (`featureflow materialize`, `featureflow plan`).
+
+Every asset partition runs as its own Dagster run in dependency order, skipping fresh ones, so a
+changed fine-tune recomputes only what depends on it. Before planning, the runner
+
+- marks runs whose featureflow process is gone (SIGKILL, out of memory) as failed and frees the pool
+  slots they held, and frees slots held by runs that already ended;
+- observes `lineage_config`, so that an edit of the lineage file is visible as per-partition staleness.
+
+While running it prints one line per finished partition (status, seconds, one key figure), a
+transient progress line on a terminal, and Dagster's events only at WARNING and above unless
+`verbose`; the full event log stays in the run storage (`featureflow ui`). A partition below an SAE
+that failed a (blocking) quality check is reported as blocked and not run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+import dagster as dg
+
+from featureflow_dagster import progress
+
+PID_TAG, HOST_TAG = "featureflow/pid", "featureflow/host"
+POOL = "gpu"
+
+
+def _label(key: dg.AssetKey, pk: str | None) -> str:
+    return key.to_user_string() + (f"[{pk}]" if pk else "")
+
+
+def _log_config(verbose: bool) -> dict:
+    return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}}
+
+
+def _run_tags() -> dict[str, str]:
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan: what is missing, stale or fresh
+# ---------------------------------------------------------------------------------------------
+
+
+def materialization_plan(defs: dg.Definitions) -> list[tuple[dg.AssetKey, str | None]]:
+    """(asset key, partition key) pairs of every materializable asset, upstream first."""
+    graph = defs.resolve_asset_graph()
+    plan = []
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        if not node.is_materializable:
+            continue
+        if node.partitions_def is None:
+            plan.append((key, None))
+        else:
+            plan.extend((key, pk) for pk in node.partitions_def.get_partition_keys())
+    return plan
+
+
+def config_assets(defs: dg.Definitions) -> list:
+    """The observable source assets (lineage_config) among the definitions."""
+    return [a for a in defs.assets if isinstance(a, dg.SourceAsset) and a.is_observable]
+
+
+def observe_config(defs: dg.Definitions, instance: dg.DagsterInstance, verbose: bool = False) -> None:
+    """Record the lineage file's current per-partition versions (cheap; what makes an edit visible)."""
+    from dagster._core.definitions.observe import observe
+
+    sources = config_assets(defs)
+    if sources:
+        observe(sources, instance=instance, run_config=_log_config(verbose), tags=_run_tags())
+
+
+def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[tuple[dg.AssetKey, str | None], str]:
+    """'MISSING', 'STALE' or 'FRESH' for every (asset, partition), in dependency order.
+
+    Dagster's own status marks a partition stale when a *direct* upstream changed (data version,
+    code version, or its `lineage_config` partition). Here staleness is also passed down: a partition
+    below a stale or missing one is stale too, so a changed base shows every descendant as out of date."""
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._core.loader import LoadingContextForTest
+
+    graph = defs.resolve_asset_graph()
+    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    out: dict[tuple[dg.AssetKey, str | None], str] = {}
+    for key, pk in materialization_plan(defs):
+        status = resolver.get_status(key, pk).value
+        if status == "FRESH":
+            parents = graph.get_parents_partitions(key, pk).parent_partitions
+            if any(out.get((p.asset_key, p.partition_key), "FRESH") != "FRESH" for p in parents):
+                status = "STALE"
+        out[(key, pk)] = status
+    return out
+
+
+def failed_blocking_checks(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[tuple[dg.AssetKey, str | None], list[str]]:
+    """Partitions whose latest evaluation of a blocking check failed, with the checks' names."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+
+    out: dict[tuple[dg.AssetKey, str | None], list[str]] = {}
+    for spec in defs.resolve_asset_graph().asset_check_keys:
+        check = defs.resolve_asset_graph().get(spec)
+        if not getattr(check, "blocking", False):
+            continue
+        latest: dict[str | None, AssetCheckExecutionRecordStatus] = {}
+        for record in instance.event_log_storage.get_asset_check_execution_history(spec, limit=1000):
+            partition = record.partition
+            if partition is None:  # checks of a partitioned asset: the partition is the run's
+                run = instance.get_run_by_id(record.run_id)
+                partition = run.tags.get("dagster/partition") if run is not None else None
+            latest.setdefault(partition, record.status)  # newest first
+        for pk, status in latest.items():
+            if status == AssetCheckExecutionRecordStatus.FAILED:
+                out.setdefault((spec.asset_key, pk), []).append(spec.name)
+    return out
+
+
+@dataclass
+class Step:
+    key: dg.AssetKey
+    partition: str | None
+    reason: str  # missing, stale, forced, fresh, blocked
+
+    @property
+    def label(self) -> str:
+        return _label(self.key, self.partition)
+
+
+def select(defs: dg.Definitions, assets: list[str] | None = None, nodes: set[str] | None = None) -> set[tuple[dg.AssetKey, str | None]]:
+    """The (asset, partition) pairs `--asset`/`--node` choose (None: everything).
+
+    `assets` are keys (`model/base`) or groups of keys (`model`: every model/<node>). `nodes` keep
+    partitions of those nodes, edges between two of them, and the unpartitioned assets they need
+    (the tokenizer), not the lineage-wide `feature_flow`. Unknown names raise ValueError listing the valid ones."""
+    plan = materialization_plan(defs)
+    keys = list(dict.fromkeys(k for k, _ in plan))
+    chosen = set(plan)
+    if assets:
+        names = [k.to_user_string() for k in keys]
+        wanted = set()
+        for a in assets:
+            hit = {k for k, n in zip(keys, names) if n == a or n.startswith(a.rstrip("/") + "/")}
+            if not hit:
+                raise ValueError(f"unknown asset '{a}'; valid: {', '.join(names)} (or a group such as 'model')")
+            wanted |= hit
+        chosen = {(k, pk) for k, pk in chosen if k in wanted}
+    if nodes is not None:
+        graph = defs.resolve_asset_graph()
+
+        def keep(pk: str | None) -> bool:
+            return pk in nodes or (pk is not None and "__" in pk and set(pk.split("__")) <= nodes)
+
+        partitioned = {(k, pk) for k, pk in chosen if pk is not None and keep(pk)}
+        needed = set()
+        for k, pk in partitioned:
+            needed |= _ancestors(graph, k)
+        chosen = partitioned | {(k, pk) for k, pk in chosen if pk is None and k in needed}
+    return chosen
+
+
+def _ancestors(graph, key: dg.AssetKey) -> set[dg.AssetKey]:
+    seen, todo = set(), [key]
+    while todo:
+        for parent in graph.get(todo.pop()).parent_keys:
+            if parent not in seen:
+                seen.add(parent)
+                todo.append(parent)
+    return seen
+
+
+def plan(defs: dg.Definitions, instance: dg.DagsterInstance, chosen=None, force: bool = False) -> list[Step]:
+    """Every chosen partition in dependency order with why it would run (missing / stale / forced),
+    or why not (fresh; blocked: below an SAE that failed a blocking check)."""
+    statuses = stale_statuses(defs, instance)
+    return _steps(defs, statuses, failed_blocking_checks(defs, instance), chosen, force)
+
+
+def _steps(defs, statuses, failed_checks, chosen, force) -> list[Step]:
+    graph = defs.resolve_asset_graph()
+    blocked = set(failed_checks)
+    steps = []
+    for key, pk in materialization_plan(defs):
+        parents = {(p.asset_key, p.partition_key) for p in graph.get_parents_partitions(key, pk).parent_partitions}
+        is_blocked = bool(parents & blocked)
+        if is_blocked:
+            blocked.add((key, pk))
+        if chosen is not None and (key, pk) not in chosen:
+            continue
+        status = statuses[(key, pk)]
+        reason = "blocked" if is_blocked else status.lower() if status != "FRESH" else ("forced" if force else "fresh")
+        steps.append(Step(key, pk, reason))
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash recovery
+# ---------------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dead_runs(instance: dg.DagsterInstance, echo=print) -> list[str]:
+    """Mark featureflow's runs on this host whose process is gone as failed, and free pool slots held
+    by runs that are no longer running. Returns the run ids marked failed."""
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    active = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.CANCELING]
+    dead = []
+    for run in instance.get_runs(filters=RunsFilter(statuses=active, tags={HOST_TAG: socket.gethostname()})):
+        pid = int(run.tags.get(PID_TAG, "0") or 0)
+        if pid and pid != os.getpid() and not _alive(pid):
+            instance.report_run_failed(run, f"featureflow process {pid} is gone (killed or crashed); marked failed by a later featureflow")
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+            dead.append(run.run_id)
+            echo(f"recovered: run {run.run_id[:8]} ({run.job_name}, pid {pid}) had died; marked failed, its pool slots freed")
+    try:
+        info = instance.event_log_storage.get_concurrency_info(POOL)
+    except Exception:  # an instance without pools (ephemeral, in tests)
+        return dead
+    for slot in info.claimed_slots:
+        run = instance.get_run_by_id(slot.run_id)
+        if run is None or run.is_finished:
+            instance.event_log_storage.free_concurrency_slots_for_run(slot.run_id)
+            echo(f"recovered: pool '{POOL}' slot held by finished run {slot.run_id[:8]} freed")
+    return dead
+
+
+def pool_holder(instance: dg.DagsterInstance) -> str | None:
+    """Who holds every slot of the gpu pool, or None when one is free (or the instance has no pools)."""
+    try:
+        info = instance.event_log_storage.get_concurrency_info(POOL)
+    except Exception:
+        return None
+    if info.slot_count is None or len(info.claimed_slots) < info.slot_count:
+        return None
+    holders = []
+    for slot in info.claimed_slots:
+        run = instance.get_run_by_id(slot.run_id)
+        who = f"run {slot.run_id[:8]}"
+        if run is not None:
+            who += f" ({run.status.value}, step {slot.step_key}" + (f", featureflow pid {run.tags[PID_TAG]}" if PID_TAG in run.tags else "") + ")"
+        holders.append(who)
+    return ", ".join(holders)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+KEY_FIGURES = {
+    "corpus": ["documents"], "tokenizer": ["vocab_size"], "tokens": ["train_tokens"],
+    "model": ["final_train_loss", "t"], "slerp_sweep": ["chosen_t"], "activation_store": ["train_tokens"],
+    "sae": ["l0", "explained_variance", "loss_recovered"], "sae_transfer": ["parent_sae_on_child/explained_variance"],
+    "feature_activations": ["parent_l0", "child_l0"], "feature_correlation": ["at_threshold/parent_persisting", "parent_features"],
+    "feature_flow": ["persisting_share"],
+}
+
+
+def key_figure(key: dg.AssetKey, metadata: dict) -> str:
+    parts = []
+    for name in KEY_FIGURES.get(key.path[0], []):
+        if name in metadata:
+            v = metadata[name].value if hasattr(metadata[name], "value") else metadata[name]
+            if isinstance(v, float):
+                v = f"{v:.4g}"
+            elif isinstance(v, dict):
+                v = " ".join(f"{k}={x:.2f}" if isinstance(x, float) else f"{k}={x}" for k, x in v.items())
+            parts.append(f"{name.split('/')[-1]} {v}")
+    return ", ".join(parts)
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Report:
+    done: list[tuple[dg.AssetKey, str | None]] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+    failed_checks: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.blocked and not self.failed_checks
+
+
+def materialize_lineage(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    only: set[dg.AssetKey] | None = None,
+    partitions: set[str] | None = None,
+    force: bool = False,
+    chosen: set[tuple[dg.AssetKey, str | None]] | None = None,
+    echo=print,
+    verbose: bool = False,
+) -> Report:
+    """Materialize missing or stale partitions (all with `force`) in dependency order, one run each.
+
+    `only`/`partitions` (or `chosen`, from `select`) restrict the plan. Raises RunFailed on the first
+    failed run, naming it and its error; partitions below an SAE that fails a check are skipped."""
+    if not verbose:
+        _quiet_libraries()
+    recover_dead_runs(instance, echo)
+    observe_config(defs, instance, verbose)
+    assets, resources = list(defs.assets), defs.resources
+    if chosen is None:
+        chosen = {(k, pk) for k, pk in materialization_plan(defs)
+                  if (only is None or k in only) and (partitions is None or pk is None or pk in partitions)}
+    graph = defs.resolve_asset_graph()
+    failed_checks = failed_blocking_checks(defs, instance)
+    report = Report()
+    bar = progress.TerminalBar()
+    progress.set_sink(bar)
+    try:
+        statuses = stale_statuses(defs, instance)
+        while True:
+            pending = [s for s in _steps(defs, statuses, failed_checks, chosen, force)
+                       if s.reason != "fresh" and (s.key, s.partition) not in report.done and s.label not in report.blocked]
+            if not pending:
+                break
+            step = pending[0]
+            if step.reason == "blocked":
+                report.blocked.append(step.label)
+                echo(f"blocked  {step.label}: an SAE it reads failed a quality check")
+                continue
+            if graph.get(step.key).pools and (holder := pool_holder(instance)):
+                echo(f"waiting  {step.label}: pool '{POOL}' is held by {holder}")
+            bar.start(step.label)
+            started = time.perf_counter()
+            result = dg.materialize(assets, selection=[step.key], partition_key=step.partition, instance=instance,
+                                    resources=resources, raise_on_error=False, run_config=_log_config(verbose), tags=_run_tags())
+            bar.clear()
+            seconds = time.perf_counter() - started
+            checks_only = not result.success and _only_blocking_checks_failed(result)
+            if not result.success and not checks_only:
+                echo(f"FAILED   {step.label} after {seconds:.1f} s")
+                raise RunFailed(f"materializing {step.label} failed (run {result.run_id}): {_failure(result)}")
+            report.done.append((step.key, step.partition))
+            meta = next((e.materialization.metadata for e in result.get_asset_materialization_events()), {})
+            failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
+            checks = f"; checks FAILED: {', '.join(failed)}" if failed else ""
+            figure = key_figure(step.key, meta)
+            echo(f"{'done':8} {step.label:<34} {seconds:7.1f} s  {step.reason:<7}  {figure}{checks}")
+            if failed:
+                report.failed_checks[step.label] = failed
+                failed_checks[(step.key, step.partition)] = failed
+            else:
+                failed_checks.pop((step.key, step.partition), None)
+            statuses = stale_statuses(defs, instance)  # what this run changed decides what is stale below
+    finally:
+        bar.clear()
+        progress.set_sink(None)
+    return report
+
+
+def _quiet_libraries() -> None:
+    """No per-model 'Loading weights' bars or deprecation notes from transformers between the lines."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _only_blocking_checks_failed(result) -> bool:
+    """The run materialized its asset and failed only because a blocking check failed (Dagster then
+    fails the step so that nothing downstream in the same run uses the asset)."""
+    failures = [e for e in result.all_events if e.is_step_failure]
+    return bool(result.get_asset_materialization_events()) and all(
+        e.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError" for e in failures)
+
+
+def _failure(result) -> str:
+    """The innermost error message of the run's failed step (the user code's exception, not Dagster's wrapper)."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error.cause is not None:
+                error = error.cause
+            return error.message.strip()
+    return "see the run's log (featureflow ui)"
