@@ -9,8 +9,12 @@ import json
 
 import dagster as dg
 
+import os
+import socket
+
 from featureflow_dagster import progress
 from featureflow_dagster.resources import ArtifactStore
+from featureflow_dagster.runner import HOST_TAG, PID_TAG
 
 CHECKS_FILE = "checks.json"
 
@@ -19,6 +23,10 @@ def locked(fn):
     """Run the asset body holding `<asset>[<partition>]`'s lock in the store (see ArtifactStore.partition_lock)."""
 
     def label(context) -> str:
+        # whoever launched the run (featureflow, the UI's daemon, `dagster asset materialize`), record the
+        # process that does the work: a later featureflow marks the run failed if this process dies
+        if PID_TAG not in context.run.tags:
+            context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
         key = context.asset_key.to_user_string()
         return f"{key}[{context.partition_key}]" if context.has_partition_key else key
 

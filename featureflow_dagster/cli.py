@@ -76,16 +76,25 @@ def _setup(args):
     return lineage, defs, dg.DagsterInstance.get()
 
 
-def _chosen(args, lineage, defs):
+def _selection(args):
+    """(lineage, defs, instance, chosen partitions) for plan/materialize, or None after printing why not."""
+    setup = _setup(args)
+    if setup is None:
+        return None
+    lineage, defs, instance = setup
     from featureflow_dagster.runner import select
 
     nodes = None
-    if args.node:
-        unknown = [n for n in args.node if n not in lineage.by_name]
-        if unknown:
-            raise ValueError(f"unknown node(s) {', '.join(unknown)}; lineage '{lineage.name}' has {', '.join(lineage.node_names)}")
-        nodes = {a for n in args.node for a in [n, *lineage.ancestors(n)]}
-    return select(defs, args.asset, nodes)
+    try:
+        if args.node:
+            unknown = [n for n in args.node if n not in lineage.by_name]
+            if unknown:
+                raise ValueError(f"unknown node(s) {', '.join(unknown)}; lineage '{lineage.name}' has {', '.join(lineage.node_names)}")
+            nodes = {a for n in args.node for a in [n, *lineage.ancestors(n)]}
+        return lineage, defs, instance, select(defs, args.asset, nodes)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 def _print_plan(steps, echo=print) -> None:
@@ -97,17 +106,12 @@ def _print_plan(steps, echo=print) -> None:
 
 
 def _plan(args) -> int:
-    setup = _setup(args)
-    if setup is None:
+    selection = _selection(args)
+    if selection is None:
         return BAD_INPUT
-    lineage, defs, instance = setup
+    lineage, defs, instance, chosen = selection
     from featureflow_dagster.runner import observe_config, plan, recover_dead_runs
 
-    try:
-        chosen = _chosen(args, lineage, defs)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return BAD_INPUT
     with instance:
         recover_dead_runs(instance)
         observe_config(defs, instance)
@@ -118,17 +122,12 @@ def _plan(args) -> int:
 def _materialize(args) -> int:
     if getattr(args, "dry_run", False):
         return _plan(args)
-    setup = _setup(args)
-    if setup is None:
+    selection = _selection(args)
+    if selection is None:
         return BAD_INPUT
-    lineage, defs, instance = setup
+    lineage, defs, instance, chosen = selection
     from featureflow_dagster.runner import RunFailed, materialize_lineage
 
-    try:
-        chosen = _chosen(args, lineage, defs)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return BAD_INPUT
     store = defs.resources["store"]
     print(f"featureflow: lineage '{lineage.name}', artefacts under {store.root}, runs in {os.environ['DAGSTER_HOME']}")
     try:

@@ -28,6 +28,16 @@ concurrency:
   pools:
     granularity: op
     default_limit: 1
+
+# The daemon (featureflow ui) fails runs that never start and frees the pool slots of runs that ended.
+# Runs whose process was killed mid-step are marked failed by the next `featureflow` command (every
+# featureflow asset records its process id on its run).
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 180
+  cancel_timeout_seconds: 180
+  poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 60
 """
 
 

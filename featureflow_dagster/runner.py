@@ -324,6 +324,11 @@ def materialize_lineage(
     progress.set_sink(bar)
     try:
         statuses = stale_statuses(defs, instance)
+        first = _steps(defs, statuses, failed_checks, chosen, force)
+        width = max((len(s.label) for s in first), default=20)
+        counts = {r: sum(s.reason == r for s in first) for r in ("missing", "stale", "forced", "blocked", "fresh")}
+        echo(f"{len(first)} asset partitions: " + ", ".join(f"{n} {r}" for r, n in counts.items() if n)
+             + ("; materializing in dependency order" if len(first) > counts["fresh"] else ""))
         while True:
             pending = [s for s in _steps(defs, statuses, failed_checks, chosen, force)
                        if s.reason != "fresh" and (s.key, s.partition) not in report.done and s.label not in report.blocked]
@@ -351,7 +356,7 @@ def materialize_lineage(
             failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
             checks = f"; checks FAILED: {', '.join(failed)}" if failed else ""
             figure = key_figure(step.key, meta)
-            echo(f"{'done':8} {step.label:<34} {seconds:7.1f} s  {step.reason:<7}  {figure}{checks}")
+            echo(f"{'done':8} {step.label:<{width}} {seconds:7.1f} s  {step.reason:<7}  {figure}{checks}")
             if failed:
                 report.failed_checks[step.label] = failed
                 failed_checks[(step.key, step.partition)] = failed

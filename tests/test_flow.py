@@ -243,3 +243,33 @@ def test_headline_counts_trace_a_merge_whose_parent_is_a_merge():
     assert heads["again"]["per_parent"]["luastories"] == {"traceable": 3, "emerged_in_finetuning": 1, "persisted_from_ancestor": 2}
     assert heads["again"]["per_parent"]["python"] == {"traceable": 0, "emerged_in_finetuning": 0, "persisted_from_ancestor": 0}
     assert heads["luastories"]["per_parent"]["lua"] == {"traceable": 1, "emerged_in_finetuning": 0, "persisted_from_ancestor": 1}
+
+
+def test_batchtopk_codes_in_the_flow_do_not_depend_on_the_batch(tmp_path):
+    """A saved BatchTopK SAE, loaded as feature_activations loads it, encodes each token by its threshold:
+    the codes on disk are the same whatever the encoding batch, and the threshold stays put."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from featureflow_dagster.sae import SAEConfig, load_sae
+    from featureflow_dagster.sae.batchtopk import BatchTopKSAE
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+                        num_key_value_heads=2, head_dim=8, max_position_embeddings=16, sliding_window=None)
+    model = MistralForCausalLM(cfg).eval()
+    sae = BatchTopKSAE(SAEConfig(architecture="batchtopk", d_in=24, d_sae=96, k=4), seed=1)
+    sae.threshold.fill_(0.002)
+    sae.save(tmp_path / "sae")
+    tokens = torch.randint(0, 50, (12, 6), dtype=torch.int32)
+    origin = torch.zeros(12, 3, dtype=torch.int32)
+    codes = []
+    for batch in (1, 5, 12):
+        loaded = load_sae(tmp_path / "sae")
+        out = tmp_path / f"codes{batch}"
+        out.mkdir()
+        files, _ = write_codes(model, model, loaded, loaded, tokens, origin, out, chunk_windows=12,
+                               device=torch.device("cpu"), batch_windows=batch)
+        codes.append(np.concatenate([c[0].toarray() for c in read_code_chunks(out, files, 96, 96)]))
+        assert float(loaded.threshold) == pytest.approx(0.002)
+    assert (codes[0] > 0).any()
+    assert all(np.array_equal(c > 0, codes[0] > 0) and np.allclose(c, codes[0], atol=1e-6) for c in codes[1:])
