@@ -173,3 +173,32 @@ def test_automation_requests_exactly_the_descendants_of_a_rematerialized_node(mi
     assert ticks > 1 and _stale(changed, instance) == set()
     materialize_lineage(defs, instance, echo=lambda *_: None)  # back to the shipped micro lineage
     assert _stale(defs, instance) == set()
+
+
+def test_a_lineage_schedule_observes_the_lineage_file_then_materializes_what_is_missing(tmp_path):
+    import datetime
+
+    from featureflow_dagster.lineage import LineageError
+
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    with pytest.raises(LineageError, match="schedule"):
+        parse_lineage({**raw, "schedule": "every night"}, "bad")
+    t0 = datetime.datetime(2026, 11, 22, 1, 0, tzinfo=datetime.timezone.utc)
+    roots = {("corpus", n) for n in ("base", "code", "prose")}
+    # without a schedule nobody observes on the tick; an observation (featureflow status, the UI's
+    # Observe button) is an update the eager rule follows, here to the missing corpora
+    for schedule, expected in ((None, [set(), roots]), ("0 3 * * *", [{("lineage_config", None)}, roots])):
+        defs = build_definitions(parse_lineage({**raw, "schedule": schedule}, "scheduled"), home=str(tmp_path), device="cpu")
+        instance = dg.DagsterInstance.ephemeral()
+        keys = [dg.AssetKey("lineage_config"), *{k for k, _ in materialization_plan(defs)}]
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=t0)
+        assert first.total_requested == 0  # before the cron tick nothing, scheduled or not
+        tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor,
+                                                 evaluation_time=t0 + datetime.timedelta(hours=3))
+        # on the tick the daemon re-reads the lineage file (observes lineage_config) ...
+        assert {(k.to_user_string(), None) for k in keys if tick.get_requested_partitions(k)} == expected[0]
+        observe_config(defs, instance)
+        after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor,
+                                                  evaluation_time=t0 + datetime.timedelta(hours=3, minutes=1))
+        # ... then what is missing and can run now is asked for; the eager rule carries it downstream
+        assert {(k.to_user_string(), pk) for k in keys for pk in after.get_requested_partitions(k)} == expected[1]
