@@ -19,29 +19,31 @@ from featureflow_dagster.runner import HOST_TAG, PID_TAG
 CHECKS_FILE = "checks.json"
 
 
+def _hold(context, store: ArtifactStore):
+    """Record this process on the run (whoever launched it: featureflow, the UI's daemon, `dagster asset
+    materialize`), so that a later featureflow marks the run failed if the process dies, and take the
+    partition's lock."""
+    if PID_TAG not in context.run.tags:
+        context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
+    key = context.asset_key.to_user_string()
+    label = f"{key}[{context.partition_key}]" if context.has_partition_key else key
+    return store.partition_lock(label, f"run {context.run_id}")
+
+
 def locked(fn):
     """Run the asset body holding `<asset>[<partition>]`'s lock in the store (see ArtifactStore.partition_lock)."""
-
-    def label(context) -> str:
-        # whoever launched the run (featureflow, the UI's daemon, `dagster asset materialize`), record the
-        # process that does the work: a later featureflow marks the run failed if this process dies
-        if PID_TAG not in context.run.tags:
-            context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
-        key = context.asset_key.to_user_string()
-        return f"{key}[{context.partition_key}]" if context.has_partition_key else key
-
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def generator(context, store: ArtifactStore, *args, **kwargs):
-            with store.partition_lock(label(context), f"run {context.run_id}"):
+            with _hold(context, store):
                 yield from fn(context, store, *args, **kwargs)
 
         return generator
 
     @functools.wraps(fn)
     def plain(context, store: ArtifactStore, *args, **kwargs):
-        with store.partition_lock(label(context), f"run {context.run_id}"):
+        with _hold(context, store):
             return fn(context, store, *args, **kwargs)
 
     return plain

@@ -100,18 +100,14 @@ def failed_blocking_checks(defs: dg.Definitions, instance: dg.DagsterInstance) -
     """Partitions whose latest evaluation of a blocking check failed, with the checks' names."""
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+    graph = defs.resolve_asset_graph()
     out: dict[tuple[dg.AssetKey, str | None], list[str]] = {}
-    for spec in defs.resolve_asset_graph().asset_check_keys:
-        check = defs.resolve_asset_graph().get(spec)
-        if not getattr(check, "blocking", False):
+    for spec in graph.asset_check_keys:
+        if not graph.get(spec).blocking:
             continue
         latest: dict[str | None, AssetCheckExecutionRecordStatus] = {}
         for record in instance.event_log_storage.get_asset_check_execution_history(spec, limit=1000):
-            partition = record.partition
-            if partition is None:  # checks of a partitioned asset: the partition is the run's
-                run = instance.get_run_by_id(record.run_id)
-                partition = run.tags.get("dagster/partition") if run is not None else None
-            latest.setdefault(partition, record.status)  # newest first
+            latest.setdefault(record.partition, record.status)  # newest first; checks are partitioned like the SAE
         for pk, status in latest.items():
             if status == AssetCheckExecutionRecordStatus.FAILED:
                 out.setdefault((spec.asset_key, pk), []).append(spec.name)
