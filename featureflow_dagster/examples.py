@@ -1,0 +1,241 @@
+"""Evidence for every SAE feature, in the conventions of sae_vis / SAEDashboard / Neuronpedia:
+top activating contexts, samples from activation quantiles, an activation histogram and density,
+the tokens with the highest mean activation, the direct-path logit effects, and Bricken et al.'s
+log-likelihood-ratio proxy for a token hypothesis.
+
+`collect_examples` makes one streaming pass over token windows: per batch it encodes, merges each
+feature's running top-k, keeps a bounded random sample of each feature's non-zero activations
+(priority sampling: the R smallest random keys), adds exact histogram counts on fixed log-spaced
+bins and per-(feature, token) activation sums; no full code matrix is ever held.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from featureflow_dagster.activations import run_to_hook
+
+# Histogram bins shared by every feature: log-spaced edges from 1e-4 to 1e4 of the activation.
+HIST_EDGES = np.logspace(-4, 4, 81)
+
+
+@dataclass
+class FeatureExamples:
+    """Per feature f (d_sae of them), over `tokens` token positions of `windows` [n, context]:
+
+    top_values/top_positions [d_sae, k]: the k largest activations and their flat positions
+      (window * context + offset), descending; position -1 where fewer than k tokens fired.
+    sample_values/sample_positions [d_sae, R]: a uniform random sample (without replacement) of the
+      feature's non-zero activations, for quantile groups; -1 padded.
+    histogram [d_sae, len(HIST_EDGES) - 1]: exact counts of non-zero activations per bin (values
+      below the first edge count in the first bin, above the last in the last).
+    fired [d_sae]: positions where the feature is non-zero; density = fired / tokens.
+    token_sums: {(feature, token id): summed activation} as parallel arrays feature, token, total.
+    token_counts [vocab]: occurrences of each token id among the positions.
+    inactive_positions [P]: random positions whose full code row is kept sparse (inactive_codes) to
+      draw non-activating contexts from."""
+
+    windows: torch.Tensor
+    top_values: torch.Tensor
+    top_positions: torch.Tensor
+    sample_values: torch.Tensor
+    sample_positions: torch.Tensor
+    histogram: torch.Tensor
+    fired: torch.Tensor
+    token_feature: torch.Tensor
+    token_id: torch.Tensor
+    token_total: torch.Tensor
+    token_counts: torch.Tensor
+    inactive_positions: torch.Tensor
+    inactive_active: list[set[int]]
+
+    @property
+    def tokens(self) -> int:
+        return self.windows.numel()
+
+    @property
+    def density(self) -> torch.Tensor:
+        return self.fired.double() / self.tokens
+
+    def context(self, position: int, radius: int = 12) -> tuple[list[int], int]:
+        """Token ids around a flat position within its window (clipped at the window's edges) and the
+        index of the position inside that list."""
+        ctx = self.windows.shape[1]
+        w, o = divmod(int(position), ctx)
+        lo, hi = max(0, o - radius), min(ctx, o + radius + 1)
+        return self.windows[w, lo:hi].tolist(), o - lo
+
+    def quantile_groups(self, feature: int, groups: int = 10, per_group: int = 5) -> list[list[tuple[float, int]]]:
+        """`groups` groups of the sampled activations by quantile (lowest first), `per_group` evenly
+        spread (value, position) pairs from each; empty groups where the feature fired too rarely."""
+        keep = self.sample_positions[feature] >= 0
+        vals, pos = self.sample_values[feature][keep], self.sample_positions[feature][keep]
+        order = torch.argsort(vals)
+        vals, pos = vals[order], pos[order]
+        out = []
+        for g in range(groups):
+            lo, hi = (g * vals.numel()) // groups, ((g + 1) * vals.numel()) // groups
+            if hi <= lo:
+                out.append([])
+                continue
+            pick = torch.linspace(lo, hi - 1, min(per_group, hi - lo)).round().long().unique()
+            out.append([(float(vals[i]), int(pos[i])) for i in pick])
+        return out
+
+    def inactive_examples(self, feature: int, n: int = 5) -> list[int]:
+        """Up to n kept random positions where the feature is zero."""
+        return [int(p) for p, active in zip(self.inactive_positions, self.inactive_active) if feature not in active][:n]
+
+    def top_tokens(self, feature: int, n: int = 10, min_count: int = 1) -> list[tuple[int, float, int]]:
+        """(token id, mean activation over all occurrences of the token, occurrences), highest first."""
+        mask = self.token_feature == feature
+        toks, totals = self.token_id[mask], self.token_total[mask]
+        counts = self.token_counts[toks]
+        ok = counts >= min_count
+        means = totals[ok] / counts[ok]
+        order = torch.argsort(means, descending=True)[:n]
+        return [(int(toks[ok][i]), float(means[i]), int(counts[ok][i])) for i in order]
+
+
+@torch.no_grad()
+def collect_examples(model, sae, windows: torch.Tensor, device, vocab_size: int, top_k: int = 20, samples: int = 64,
+                     inactive_pool: int = 256, batch_windows: int = 64, seed: int = 0, log=None) -> FeatureExamples:
+    """One pass over `windows` [n, context] (token ids): the model to `hook_post`, the SAE's codes, and
+    every per-feature statistic of `FeatureExamples`, batch by batch."""
+    n, ctx = windows.shape
+    d_sae = sae.cfg.d_sae
+    gen = torch.Generator().manual_seed(seed)
+    top_v = torch.zeros(d_sae, 0)
+    top_p = torch.zeros(d_sae, 0, dtype=torch.long)
+    smp_f, smp_k, smp_v, smp_p = (torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    hist = torch.zeros(d_sae, len(HIST_EDGES) - 1, dtype=torch.long)
+    fired = torch.zeros(d_sae, dtype=torch.long)
+    tf_keys, tf_tot = torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.float64)
+    counts = torch.bincount(windows.reshape(-1).long(), minlength=vocab_size)
+    pool = torch.randperm(n * ctx, generator=gen)[: min(inactive_pool, n * ctx)].sort().values
+    pool_active: dict[int, set[int]] = {}
+    edges = torch.tensor(HIST_EDGES[1:-1], dtype=torch.float32)
+    batches = -(-n // batch_windows)
+    for b, start in enumerate(range(0, n, batch_windows)):
+        tok = windows[start:start + batch_windows].long()
+        acts = run_to_hook(model, tok.to(device)).reshape(-1, sae.cfg.d_in)
+        codes = sae.encode(acts.to(torch.float32)).float().cpu()  # [tokens, d_sae]
+        base = start * ctx
+        # top-k: this batch's top-k per feature merged with the running ones
+        kb = min(top_k, codes.shape[0])
+        v, i = torch.topk(codes.T, kb, dim=1)
+        top_v, order = torch.topk(torch.cat([top_v, v], 1), min(top_k, top_v.shape[1] + kb), dim=1)
+        top_p = torch.gather(torch.cat([top_p, i + base], 1), 1, order)
+        rows, feats = codes.nonzero(as_tuple=True)
+        vals = codes[rows, feats]
+        fired += torch.bincount(feats, minlength=d_sae)
+        bins = torch.bucketize(vals, edges)
+        hist.view(-1).index_add_(0, feats * hist.shape[1] + bins, torch.ones_like(feats))
+        # priority sample: keep each feature's `samples` smallest random keys
+        keys = torch.rand(vals.numel(), generator=gen)
+        smp_f, smp_k, smp_v, smp_p = (torch.cat([smp_f, feats]), torch.cat([smp_k, keys]), torch.cat([smp_v, vals]),
+                                      torch.cat([smp_p, rows + base]))
+        by_key = torch.argsort(smp_k)
+        by_feat = by_key[torch.argsort(smp_f[by_key], stable=True)]
+        f_sorted = smp_f[by_feat]
+        first = torch.searchsorted(f_sorted, f_sorted, right=False)
+        keep = by_feat[(torch.arange(f_sorted.numel()) - first) < samples]
+        smp_f, smp_k, smp_v, smp_p = smp_f[keep], smp_k[keep], smp_v[keep], smp_p[keep]
+        # activation sums per (feature, token id)
+        key = feats * vocab_size + tok.reshape(-1)[rows]
+        tf_keys = torch.cat([tf_keys, key])
+        tf_tot = torch.cat([tf_tot, vals.double()])
+        tf_keys, inverse = torch.unique(tf_keys, return_inverse=True)
+        tf_tot = torch.zeros(tf_keys.numel(), dtype=torch.float64).index_add_(0, inverse, tf_tot)
+        # inactive pool: which features fire at the kept random positions
+        in_batch = pool[(pool >= base) & (pool < base + codes.shape[0])]
+        for p in in_batch.tolist():
+            pool_active[p] = set(codes[p - base].nonzero().flatten().tolist())
+        if log and (b + 1) % max(1, batches // 10) == 0:
+            log(f"examples: batch {b + 1}/{batches}")
+    top_p = torch.where(top_v > 0, top_p, -1)
+    top_v = torch.where(top_v > 0, top_v, torch.zeros(()))
+    sample_v = torch.zeros(d_sae, samples)
+    sample_p = torch.full((d_sae, samples), -1, dtype=torch.long)
+    if smp_f.numel():
+        first = torch.searchsorted(smp_f, smp_f, right=False)
+        slot = torch.arange(smp_f.numel()) - first
+        sample_v[smp_f, slot], sample_p[smp_f, slot] = smp_v, smp_p
+    return FeatureExamples(
+        windows=windows, top_values=top_v, top_positions=top_p, sample_values=sample_v, sample_positions=sample_p,
+        histogram=hist, fired=fired, token_feature=tf_keys // vocab_size, token_id=tf_keys % vocab_size,
+        token_total=tf_tot, token_counts=counts, inactive_positions=pool,
+        inactive_active=[pool_active.get(int(p), set()) for p in pool],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Logit effects (Bricken et al. 2023): the feature's direct path to the logits
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def direct_logit_effects(w_dec: torch.Tensor, down_proj: torch.Tensor, norm_weight: torch.Tensor, unembed: torch.Tensor,
+                         k: int = 10, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top and bottom k output tokens of each feature's direct path, decoder row → MLP down-projection
+    → final norm weight → unembedding, each row median-centred (the final norm's scale by the
+    residual's RMS is left out, as in sae_vis).
+
+    w_dec [d_sae, d_mlp]; down_proj [d_model, d_mlp] (nn.Linear layout); norm_weight [d_model];
+    unembed [vocab, d_model]. Returns (top values, top token ids, bottom values, bottom token ids),
+    each [d_sae, k]; computed in blocks of features so that [d_sae, vocab] never exists at once."""
+    to_logits = (down_proj.T.float() * norm_weight.float()) @ unembed.T.float()  # [d_mlp, vocab]
+    tops, top_ids, bots, bot_ids = [], [], [], []
+    for start in range(0, w_dec.shape[0], block):
+        effects = w_dec[start:start + block].float() @ to_logits
+        effects = effects - effects.median(dim=1, keepdim=True).values
+        v, i = torch.topk(effects, k, dim=1)
+        tops.append(v), top_ids.append(i)
+        v, i = torch.topk(effects, k, dim=1, largest=False)
+        bots.append(v), bot_ids.append(i)
+    return torch.cat(tops), torch.cat(top_ids), torch.cat(bots), torch.cat(bot_ids)
+
+
+def model_logit_path(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(down_proj, final norm weight, unembedding) of a one-layer Hugging Face Mistral model."""
+    layers = model.model.layers
+    if len(layers) != 1:
+        raise ValueError(f"direct logit effects need the MLP of the last layer to feed the logits directly; the model has {len(layers)} layers")
+    return layers[0].mlp.down_proj.weight.detach(), model.model.norm.weight.detach(), model.lm_head.weight.detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-likelihood-ratio proxy (Bricken et al. 2023; Horn & Elliott 2024, §4)
+# ---------------------------------------------------------------------------------------------
+
+LLR_FLOOR = 1e-6  # P(s | H) / P(s) for a token outside the hypothesis: log of it is the penalty
+
+
+def token_llr(hypothesis: set[int] | torch.Tensor, unigram: torch.Tensor) -> torch.Tensor:
+    """log P(s | H) / P(s) for every token s, with P(s) the unigram distribution and P(s | H) the
+    unigram restricted to the hypothesis' tokens, P(s) / P(H): -log P(H) inside H, log(1e-6) outside."""
+    ids = torch.as_tensor(sorted(hypothesis) if isinstance(hypothesis, set) else hypothesis, dtype=torch.long)
+    if ids.numel() == 0:
+        raise ValueError("the hypothesis holds no token")
+    p = unigram.double() / unigram.sum()
+    p_h = float(p[ids].sum())
+    if p_h <= 0:
+        raise ValueError("the hypothesis' tokens never occur in the data, so P(H) = 0")
+    out = torch.full_like(p, math.log(LLR_FLOOR))
+    out[ids] = -math.log(p_h)
+    return out
+
+
+def feature_llr(examples: FeatureExamples, feature: int, hypothesis) -> float:
+    """The feature's activation-weighted mean of `token_llr` over every position it fired on (Horn &
+    Elliott's proxy: high when the feature fires on the hypothesis' tokens and rarely elsewhere)."""
+    llr = token_llr(hypothesis, examples.token_counts)
+    mask = examples.token_feature == feature
+    totals, toks = examples.token_total[mask], examples.token_id[mask]
+    if totals.sum() <= 0:
+        return float("nan")
+    return float((totals * llr[toks]).sum() / totals.sum())
