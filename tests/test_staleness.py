@@ -41,7 +41,7 @@ def _node_stage(*nodes):
     """A node's model and everything per node below it (store, SAE)."""
     out = set()
     for n in nodes:
-        out |= {(f"model/{n}", n), ("activation_store", n), ("sae", n)}
+        out |= {(f"model/{n}", n), ("activation_store", n), ("sae", n), ("feature_examples", n)}
     return out
 
 
@@ -97,6 +97,10 @@ def _edit_n_ctx(raw):
     raw["model"] = {**raw["model"], "n_ctx": 24}
 
 
+def _edit_examples(raw):
+    raw["examples"] = {"tokens": 2000}
+
+
 def _edit_description(raw):
     _node(raw, "code")["description"] = "words change no bytes"
 
@@ -115,13 +119,14 @@ ROWS = {
     "seed (code)": (_edit_seed, _node_stage("code") | MERGE | _edges("base__code", "code__merged", "prose__merged") | FLOW),
     "merge parameters (sweep grid)": (_edit_merge, MERGE | _edges("code__merged", "prose__merged") | FLOW),
     # one node's SAE: that SAE only (its store keeps its settings), and the flow computed from it
-    "sae training (prose)": (_edit_sae, {("sae", "prose")} | _edges("base__prose", "prose__merged") | FLOW),
-    "sae store tokens (prose)": (_edit_store, {("activation_store", "prose"), ("sae", "prose")}
+    "sae training (prose)": (_edit_sae, {("sae", "prose"), ("feature_examples", "prose")} | _edges("base__prose", "prose__merged") | FLOW),
+    "sae store tokens (prose)": (_edit_store, {("activation_store", "prose"), ("sae", "prose"), ("feature_examples", "prose")}
                                  | _edges("base__prose", "prose__merged") | FLOW),
     "flow threshold": (_edit_threshold, FLOW),
     "flow top_k": (_edit_top_k, _edges(*EDGES, assets=("feature_correlation",)) | FLOW),
     "tokenizer": (_edit_tokenizer, {("tokenizer", None)} | EVERYTHING_BELOW_TOKENS),
     "n_ctx": (_edit_n_ctx, EVERYTHING_BELOW_TOKENS),
+    "examples budget": (_edit_examples, {("feature_examples", n) for n in NODES}),
     "description only": (_edit_description, set()),
 }
 
