@@ -41,7 +41,7 @@ def automation_condition(schedule: str | None) -> dg.AutomationCondition:
             & ~dg.AutomationCondition.in_progress()
             & ~blocked
         ).with_label(f"missing, on {schedule}")
-    return cond.with_label("eager, once upstream settles" + (f"; missing on {schedule}" if schedule else ""))
+    return cond.with_label("eager, once upstream settles, not on a failed SAE" + (f"; missing on {schedule}" if schedule else ""))
 
 
 def build_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:

@@ -68,12 +68,7 @@ def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
         table = _feature_table(ex, tok, top_ids)
         out = store.examples_dir(node)
         with store.write_dir(out) as tmp:
-            save_file({"windows": ex.windows.contiguous(), "top_values": ex.top_values.contiguous(),
-                       "top_positions": ex.top_positions.contiguous(), "sample_values": ex.sample_values.contiguous(),
-                       "sample_positions": ex.sample_positions.contiguous(), "histogram": ex.histogram.contiguous(),
-                       "fired": ex.fired, "token_feature": ex.token_feature, "token_id": ex.token_id,
-                       "token_total": ex.token_total, "token_counts": ex.token_counts,
-                       "inactive_positions": ex.inactive_positions}, str(tmp / "examples.safetensors"))
+            ex.save(tmp / "examples.safetensors")
             save_file({"top_values": top.contiguous(), "top_ids": top_ids.contiguous(), "bottom_values": bottom.contiguous(),
                        "bottom_ids": bottom_ids.contiguous()}, str(tmp / "logit_effects.safetensors"))
             table.to_parquet(tmp / "features.parquet", index=False)

@@ -177,15 +177,17 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
                                                        for c in outcomes.values()}, indent=1))
         store.checkpoint_path("sae", node).unlink(missing_ok=True)
         hist = write_html(density_histogram(ev.density, f"{node}: feature density"), store.report_dir("sae", node) / "density.html")
-        for name in check_names:
-            c = outcomes.get(name)
-            yield dg.AssetCheckResult(
-                check_name=name,
-                passed=True if c is None else c.passed,
-                metadata={"value": None if c is None else c.value, "bound": "not set for this node" if c is None else c.bound, "node": node},
-            )
+        # the check results travel with the materialization, so Dagster knows they judge this one
+        # (yielded before it, they would count for the previous materialization and be discarded)
+        checks = [dg.AssetCheckResult(
+            check_name=name,
+            passed=True if outcomes.get(name) is None else outcomes[name].passed,
+            metadata={"value": None if name not in outcomes else outcomes[name].value,
+                      "bound": "not set for this node" if name not in outcomes else outcomes[name].bound, "node": node},
+        ) for name in check_names]
         curve = pd.DataFrame(result.curve).set_index("step")
-        yield dg.MaterializeResult(
+        return dg.MaterializeResult(
+            check_results=checks,
             data_version=dg.DataVersion(file_sha256(out / "sae_weights.safetensors")),
             metadata={
                 "path": dg.MetadataValue.path(str(out)),

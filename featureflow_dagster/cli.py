@@ -5,6 +5,7 @@
   featureflow materialize [--lineage L] [--node N ...] [--asset KEY ...] [--force] [--dry-run] [--device D] [--verbose]
   featureflow status [--lineage L]
   featureflow ui [--lineage L] [--port 3000]
+  featureflow feature NODE ID [--hypothesis REGEX] [--lineage L]
 
 Exit codes: 0 done, 1 a run failed or an SAE failed its checks (what depends on it was skipped),
 2 bad input (a malformed lineage, an unknown node or asset).
@@ -182,6 +183,69 @@ def _ui(args) -> int:
     os.execv(cmd[0], cmd)
 
 
+def _feature(args) -> int:
+    """A feature's evidence from its node's feature_examples: density, top tokens, logit effects, top
+    contexts, and the LLR of its top-token hypothesis or of --hypothesis (a regex over token strings)."""
+    import re
+
+    lineage = _load(args)
+    if lineage is None:
+        return BAD_INPUT
+    from featureflow_dagster.instance import featureflow_home
+
+    if args.node not in lineage.by_name:
+        print(f"error: unknown node '{args.node}'; lineage '{lineage.name}' has {', '.join(lineage.node_names)}", file=sys.stderr)
+        return BAD_INPUT
+    folder = featureflow_home(lineage.name) / "feature_examples" / args.node
+    if not (folder / "examples.safetensors").is_file():
+        print(f"error: feature_examples[{args.node}] is not materialized under {folder.parent.parent}; run "
+              f"featureflow materialize --node {args.node}", file=sys.stderr)
+        return BAD_INPUT
+    import torch
+    from safetensors.torch import load_file
+
+    from featureflow_dagster.examples import FeatureExamples, feature_llr
+    from featureflow_dagster.tokenizer import load_tokenizer
+
+    ex = FeatureExamples.load(folder / "examples.safetensors")
+    d_sae = ex.fired.numel()
+    f = args.id
+    if not 0 <= f < d_sae:
+        print(f"error: feature ID {f} is out of range; node '{args.node}' has features 0 to {d_sae - 1}", file=sys.stderr)
+        return BAD_INPUT
+    tok = load_tokenizer(featureflow_home(lineage.name) / "tokenizer")
+    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+    if args.hypothesis is not None:
+        pattern = re.compile(args.hypothesis)
+        hypothesis = {i for i, t in enumerate(vocab) if pattern.search(tok.convert_tokens_to_string([t]))}
+        if not hypothesis:
+            print(f"error: hypothesis /{args.hypothesis}/ matches no token of the tokenizer ({len(vocab)} tokens)", file=sys.stderr)
+            return BAD_INPUT
+    logits = load_file(str(folder / "logit_effects.safetensors"))
+    show = lambda ids: " ".join(repr(tok.convert_tokens_to_string([vocab[int(i)]])) for i in ids)  # noqa: E731
+    print(f"{args.node} feature {f}: density {float(ex.density[f]):.4%} of {ex.tokens:,} held-out tokens, "
+          f"max activation {float(ex.top_values[f, 0]):.4g}")
+    top = ex.top_tokens(f, n=5, min_count=5) or ex.top_tokens(f, n=5)
+    print("  top tokens (mean activation, occurrences): " + ", ".join(
+        f"{tok.convert_tokens_to_string([vocab[t]])!r} {m:.3g} ({c})" for t, m, c in top))
+    print(f"  logits up:   {show(logits['top_ids'][f][:5])}")
+    print(f"  logits down: {show(logits['bottom_ids'][f][:5])}")
+    if top:
+        print(f"  LLR of the top-token hypothesis {{{tok.convert_tokens_to_string([vocab[top[0][0]]])!r}}}: "
+              f"{feature_llr(ex, f, {top[0][0]}):.3f}")
+    if args.hypothesis is not None:
+        print(f"  LLR of /{args.hypothesis}/ ({len(hypothesis)} tokens): {feature_llr(ex, f, hypothesis):.3f}")
+    print("  top contexts:")
+    for value, pos in zip(ex.top_values[f][:5].tolist(), ex.top_positions[f][:5].tolist()):
+        if pos < 0:
+            break
+        ids, at = ex.context(pos)
+        text = "".join(tok.convert_tokens_to_string([vocab[i]]) if j != at else f"[[{tok.convert_tokens_to_string([vocab[i]])}]]"
+                       for j, i in enumerate(ids))
+        print(f"    {value:8.3g}  {text!r}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="featureflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--lineage", default=None)
     u.add_argument("--port", type=int, default=3000)
     u.set_defaults(func=_ui)
+    f = sub.add_parser("feature", help="print a feature's evidence and the LLR of a hypothesis")
+    f.add_argument("node")
+    f.add_argument("id", type=int)
+    f.add_argument("--hypothesis", default=None, help="regex over token strings, e.g. '=' (default: the feature's top token)")
+    f.add_argument("--lineage", default=None)
+    f.set_defaults(func=_feature)
     args = parser.parse_args(argv)
     return args.func(args)
 

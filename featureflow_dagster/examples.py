@@ -53,6 +53,28 @@ class FeatureExamples:
     inactive_positions: torch.Tensor
     inactive_active: list[set[int]]
 
+    _TENSORS = ("windows", "top_values", "top_positions", "sample_values", "sample_positions", "histogram", "fired",
+                "token_feature", "token_id", "token_total", "token_counts", "inactive_positions")
+
+    def save(self, path) -> None:
+        """One safetensors file; the inactive pool's active sets as CSR (indptr, indices)."""
+        from safetensors.torch import save_file
+
+        lengths = torch.tensor([len(a) for a in self.inactive_active], dtype=torch.long)
+        indptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        indices = torch.tensor([f for a in self.inactive_active for f in sorted(a)], dtype=torch.long)
+        save_file({**{k: getattr(self, k).contiguous() for k in self._TENSORS},
+                   "inactive_indptr": indptr, "inactive_indices": indices}, str(path))
+
+    @classmethod
+    def load(cls, path) -> "FeatureExamples":
+        from safetensors.torch import load_file
+
+        t = load_file(str(path))
+        indptr, indices = t.pop("inactive_indptr"), t.pop("inactive_indices")
+        active = [set(indices[indptr[i]:indptr[i + 1]].tolist()) for i in range(indptr.numel() - 1)]
+        return cls(**t, inactive_active=active)
+
     @property
     def tokens(self) -> int:
         return self.windows.numel()

@@ -113,3 +113,12 @@ def test_llr_on_a_hand_built_distribution():
     spread = feature_llr(ex, 1, {2})
     assert spread == pytest.approx((5 * math.log(1e-6) + 3 * math.log(1e-6) + 2 * -math.log(0.2)) / 10)
     assert spread < feature_llr(ex, 0, {2})
+
+
+def test_examples_round_trip_through_one_file(setup, tmp_path):
+    _, _, _, ex, _ = setup
+    ex.save(tmp_path / "examples.safetensors")
+    back = FeatureExamples.load(tmp_path / "examples.safetensors")
+    for name in FeatureExamples._TENSORS:
+        assert torch.equal(getattr(back, name), getattr(ex, name)), name
+    assert back.inactive_active == ex.inactive_active and back.inactive_examples(3) == ex.inactive_examples(3)

@@ -13,7 +13,7 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from featureflow_dagster.definitions import build_definitions
-from featureflow_dagster.runner import materialize_lineage, observe_config, stale_statuses
+from featureflow_dagster.runner import materialization_plan, materialize_lineage, observe_config, stale_statuses
 from featureflow_dagster.lineage import load_lineage, parse_lineage, resolve_lineage_path
 from featureflow_dagster.model import parameter_distance, weights_hash
 
@@ -274,7 +274,14 @@ def test_an_asset_check_fails_on_a_deliberately_broken_sae(micro):
     raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
     raw["sae"] = {**raw["sae"], "lr": 1.0e-9, "epochs": 1}  # an SAE that never leaves its random init
     broken = build_definitions(parse_lineage(raw, "micro-broken"), home=str(home), device="cpu")
+    before = dg.evaluate_automation_conditions(defs=broken, instance=instance)
     materialize_lineage(broken, instance, only={dg.AssetKey("sae")}, partitions={"base"}, echo=lambda *_: None)
+    # the daemon's automation asks for nothing computed from the failing SAE: feature_examples[base]
+    # reads only sae[base] (and unchanged inputs), so only the blocking clause keeps it out; the other
+    # SAEs are asked for because this edit changed their settings too
+    tick = dg.evaluate_automation_conditions(defs=broken, instance=instance, cursor=before.cursor)
+    requested = {(k.to_user_string(), pk) for k, _ in materialization_plan(broken) for pk in tick.get_requested_partitions(k)}
+    assert requested == {("sae", "code"), ("sae", "prose"), ("sae", "merged")}
     latest = _check_results(instance, "explained_variance_above")[0]
     assert latest.passed is False
     assert latest.metadata["value"].value < 0.3
@@ -390,3 +397,22 @@ def test_micro_feature_examples_match_their_sae(micro):
     assert float(codes[offset, f]) == pytest.approx(float(ex["top_values"][f, 0]), rel=1e-4)
     assert float(codes[:, f].max()) <= float(ex["top_values"][f, 0]) + 1e-5
     assert _meta_partition(instance, "feature_examples", "code")["live_features"] == int((table["density"] > 0).sum())
+
+
+def test_featureflow_feature_prints_evidence_and_refuses_bad_input(micro, monkeypatch, capsys):
+    from featureflow_dagster.cli import main
+
+    lineage, home, instance, defs, _ = micro
+    monkeypatch.setenv("FEATUREFLOW_HOME", str(home))
+    table = __import__("pandas").read_parquet(home / "feature_examples" / "code" / "features.parquet")
+    f = int(table["density"].idxmax())
+    assert main(["feature", "code", str(f), "--lineage", "micro", "--hypothesis", "e"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"code feature {f}: density {table.loc[f, 'density']:.4%}")
+    llr_line = next(line for line in out.splitlines() if "LLR of the top-token hypothesis" in line)
+    assert llr_line.endswith(f"{table.loc[f, 'llr_top_token']:.3f}")  # the same hypothesis and value as the asset's table
+    assert "LLR of /e/" in out and "[[" in out  # a top context with its token marked
+    for argv, message in ((["feature", "cod", "1"], "unknown node 'cod'"), (["feature", "code", "1024"], "features 0 to 1023"),
+                          (["feature", "code", "1", "--hypothesis", "qqqzzz"], "matches no token")):
+        assert main([*argv, "--lineage", "micro"]) == 2
+        assert message in capsys.readouterr().err
