@@ -234,7 +234,8 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
             counts_t.reset_index().to_parquet(tmp / "edge_counts.parquet", index=False)
             (tmp / "headline_counts.json").write_text(json.dumps(heads, indent=1))
             (tmp / "volumes.json").write_text(json.dumps(volumes, indent=1))
-            write_html(flow_sankey_figure(volumes, threshold, f"{lineage.name}: feature flow"), tmp / "sankey.html")
+            write_html(flow_sankey_figure(volumes, threshold, f"{lineage.name}: feature flow"), tmp / "sankey.html",
+                       store.plotly_js(), final=out / "sankey.html")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_sha256(out / "classification.parquet")),
             metadata={

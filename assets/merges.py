@@ -9,7 +9,7 @@ from featureflow_dagster.blocks import domain_validation_blocks
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.merge import mergekit_config, mergekit_merge, run_slerp_sweep
 from featureflow_dagster.model import load_model, weights_hash
-from featureflow_dagster.plots import markdown_table, slerp_sweep_figure
+from featureflow_dagster.plots import markdown_table, slerp_sweep_figure, write_html
 from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.training import evaluate
@@ -93,7 +93,7 @@ def _slerp_sweep_asset(lineage: Lineage, nodes: list[str]) -> dg.AssetsDefinitio
         with store.write_dir(out) as tmp:
             sweep.table.to_parquet(tmp / "sweep.parquet", index=False)
             (tmp / "balance.json").write_text(json.dumps(result, indent=2))
-            figure.write_html(str(tmp / "sweep.html"), include_plotlyjs=True)
+            write_html(figure, tmp / "sweep.html", store.plotly_js(), final=out / "sweep.html")
         grid = spec.grid()
         metadata = {
             "chosen_t": bp.t,

@@ -66,7 +66,7 @@ def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
         digest = weights_hash(trained.model)
         curve_html = write_html(
             loss_curve_figure(trained.result.loss_curve, f"{node}: training loss"),
-            store.report_dir("model", node) / "loss_curve.html",
+            store.report_dir("model", node) / "loss_curve.html", store.plotly_js(),
         )
         metadata = {
             "path": dg.MetadataValue.path(str(out)),

@@ -176,7 +176,8 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
             (tmp / CHECKS_FILE).write_text(json.dumps({c.name: {"passed": c.passed, "value": c.value, "bound": c.bound}
                                                        for c in outcomes.values()}, indent=1))
         store.checkpoint_path("sae", node).unlink(missing_ok=True)
-        hist = write_html(density_histogram(ev.density, f"{node}: feature density"), store.report_dir("sae", node) / "density.html")
+        hist = write_html(density_histogram(ev.density, f"{node}: feature density"), store.report_dir("sae", node) / "density.html",
+                          store.plotly_js())
         # the check results travel with the materialization, so Dagster knows they judge this one
         # (yielded before it, they would count for the previous materialization and be discarded)
         checks = [dg.AssetCheckResult(

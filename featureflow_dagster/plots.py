@@ -16,9 +16,28 @@ def loss_curve_figure(curve: list[tuple[int, float]], title: str) -> go.Figure:
     return fig
 
 
-def write_html(fig: go.Figure, path: Path) -> Path:
+PLOTLY_JS = "plotly.min.js"
+
+
+def ensure_plotly_js(path: Path) -> Path:
+    """One copy of plotly.js (about 4.8 MB) for every report of a home, written once, atomically."""
+    import plotly.offline
+
+    code = plotly.offline.get_plotlyjs()
+    if not path.is_file() or path.stat().st_size != len(code.encode()):
+        with atomic_file(path) as tmp:
+            tmp.write_text(code)
+    return path
+
+
+def write_html(fig: go.Figure, path: Path, plotly_js: Path, final: Path | None = None) -> Path:
+    """The figure as an HTML page that loads the shared `plotly_js` by a path relative to where the page
+    ends up (`final`, when `path` is a temporary file inside a folder renamed into place later)."""
+    import os
+
+    src = os.path.relpath(ensure_plotly_js(plotly_js), (final or path).parent)
     with atomic_file(path) as tmp:
-        fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
+        fig.write_html(str(tmp), include_plotlyjs=src, full_html=True)
     return path
 
 

@@ -13,7 +13,7 @@ Layout under `root` ($FEATUREFLOW_HOME):
   feature_flow/                  classification, trajectories, agreement, edge counts (parquet), headline_counts.json, sankey.html
   feature_examples/<node>/       examples.safetensors (top contexts, quantile samples, histograms, token sums), logit_effects.safetensors, features.parquet
   slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
-  reports/<asset>/<key>/         plots (plotly HTML) and tables
+  reports/<asset>/<key>/         plots (plotly HTML) and tables; reports/plotly.min.js, the one plotly.js they all load
   checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
   .locks/<asset>[<key>].lock     held (flock) while a process materializes that partition
 """
@@ -98,6 +98,10 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def report_dir(self, asset: str, key: str) -> Path:
         return self.path / "reports" / asset / key
+
+    def plotly_js(self) -> Path:
+        """The one plotly.js every report of this home loads (see plots.write_html)."""
+        return self.path / "reports" / "plotly.min.js"
 
     def checkpoint_path(self, asset: str, key: str) -> Path:
         return self.path / "checkpoints" / asset / f"{key}.pt"

@@ -1,6 +1,7 @@
 """The micro lineage materialized through Dagster itself, and what Dagster then knows about staleness."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -349,7 +350,13 @@ def test_micro_feature_flow_end_to_end(micro):
     assert set(traj["path"]) == {"base>code>merged", "base>prose>merged"}
     live_base = int((tables[("base", "code")][0]["status"] != "dead").sum())
     assert (traj[traj["path"] == "base>code>merged"]["start_node"] == "base").sum() == live_base
-    assert (flow / "sankey.html").stat().st_size > 100_000  # plotly.js inlined: opens offline
+    # every report loads the home's one plotly.js by a relative path (opens offline, no 4.8 MB copy each)
+    pages = [flow / "sankey.html", home / "slerp_sweep" / "merged" / "sweep.html", *(home / "reports").rglob("*.html")]
+    assert len(pages) == 9 and all(p.stat().st_size < 100_000 for p in pages)  # 3 loss curves, 4 densities, sweep, Sankey
+    for page in pages:
+        src = re.search(r'<script[^>]+src="([^"]*plotly\.min\.js)"', page.read_text()).group(1)
+        assert (page.parent / src).resolve() == (home / "reports" / "plotly.min.js").resolve(), page
+    assert [p.name for p in home.rglob("*.js")] == ["plotly.min.js"] and (home / "reports" / "plotly.min.js").stat().st_size > 3_000_000
     meta = _meta(instance, "feature_flow")
     assert meta["threshold"] == 0.8 and meta["headline_counts"]["base"] == "base"
     assert set(meta["persisting_share"]) == {"base->code", "base->prose", "code->merged", "prose->merged"}
