@@ -347,6 +347,37 @@ def headline_counts(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, p
     return out
 
 
+def case_studies(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame]], traj: pd.DataFrame,
+                 parent_means: dict[tuple[str, str], np.ndarray]) -> dict:
+    """Horn & Elliott's Figures 3–4 for any lineage: per base-to-leaf path, the base feature that
+    persists through every model with the highest mean best-partner r (its feature index at each
+    node and the r of each hop); per edge, the disappearing parent feature with the highest mean
+    activation on that edge's tokens (`parent_means[(p, c)]`, from the correlation's moments), with
+    its best (sub-threshold) partner. None where a path has no such feature or an edge loses none."""
+    persisting = {}
+    for path in lineage_paths(lineage):
+        name = ">".join(path)
+        rows = traj[(traj["path"] == name) & (traj["start_node"] == path[0]) & traj["reaches_end"]]
+        if rows.empty:
+            persisting[name] = None
+            continue
+        mean_r = rows["r"].map(lambda r: float(np.mean(r)) if len(r) else float("nan"))
+        best = rows.loc[mean_r.idxmax()]
+        persisting[name] = {"nodes": path, "features": [int(f) for f in best["features"]],
+                            "r": [float(r) for r in best["r"]], "mean_r": float(mean_r.max())}
+    disappearing = {}
+    for (p, c), (pt, _) in tables.items():
+        gone = pt[pt["status"] == "disappears"]
+        if gone.empty:
+            disappearing[f"{p}->{c}"] = None
+            continue
+        means = np.asarray(parent_means[(p, c)])[gone["feature"].to_numpy()]
+        row = gone.iloc[int(np.argmax(means))]
+        disappearing[f"{p}->{c}"] = {"parent": p, "child": c, "feature": int(row["feature"]), "mean_activation": float(means.max()),
+                                     "best_partner": int(row["best_partner"]), "best_r": float(row["best_r"])}
+    return {"persisting": persisting, "disappearing": disappearing}
+
+
 # ---------------------------------------------------------------------------------------------
 # Volumes for the Sankey diagram (Horn & Elliott's Figure 2)
 # ---------------------------------------------------------------------------------------------

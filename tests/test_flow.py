@@ -273,3 +273,25 @@ def test_batchtopk_codes_in_the_flow_do_not_depend_on_the_batch(tmp_path):
         assert float(loaded.threshold) == pytest.approx(0.002)
     assert (codes[0] > 0).any()
     assert all(np.array_equal(c > 0, codes[0] > 0) and np.allclose(c, codes[0], atol=1e-6) for c in codes[1:])
+
+
+def test_case_studies_pick_the_most_correlated_persisting_and_the_most_active_disappearing_feature():
+    from featureflow_dagster.flow import case_studies
+
+    lin = parse_lineage(LINEAGE)
+    # base 0 and base 1 persist along base>lua>luastories; base 1's hops have the higher r
+    b_l = np.array([[0.85, 0, 0], [0, 0.95, 0], [0, 0, 0.1]])
+    l_ls = np.array([[0.81, 0, 0], [0, 0.9, 0], [0, 0, 0.2]])
+    b_s = np.array([[0.1, 0, 0], [0, 0.1, 0], [0, 0, 0.9]])  # only base 2 persists into stories ...
+    s_ls = np.array([[0, 0, 0], [0, 0, 0], [0, 0, 0.1]])  # ... and disappears in the merge: no path survivor
+    tables = _tables({("base", "lua"): b_l, ("lua", "luastories"): l_ls, ("base", "stories"): b_s, ("stories", "luastories"): s_ls})
+    cases = case_studies(lin, tables, trajectories(lin, tables), {
+        ("base", "lua"): np.array([1.0, 1.0, 0.5]), ("lua", "luastories"): np.array([1.0, 1.0, 3.0]),
+        ("base", "stories"): np.array([2.0, 0.7, 1.0]), ("stories", "luastories"): np.array([0.1, 0.2, 0.3])})
+    best = cases["persisting"]["base>lua>luastories"]
+    assert best["features"] == [1, 1, 1] and best["r"] == [0.95, 0.9] and best["mean_r"] == pytest.approx(0.925)
+    assert cases["persisting"]["base>stories>luastories"] is None
+    gone = cases["disappearing"]
+    assert gone["base->lua"]["feature"] == 2 and gone["lua->luastories"]["feature"] == 2
+    assert gone["base->stories"]["feature"] == 0 and gone["base->stories"]["mean_activation"] == 2.0  # the most active of 0 and 1
+    assert gone["stories->luastories"]["feature"] == 2 and gone["stories->luastories"]["best_r"] == pytest.approx(0.1)
