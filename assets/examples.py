@@ -22,7 +22,7 @@ from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.tokenizer import load_tokenizer
 from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
 from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
-from featureflow_dagster.assets.partitions import fan_out, node_partitions, per_node_models
+from featureflow_dagster.assets.partitions import ancestry_token_edges, fan_out, node_partitions, per_node_models
 
 
 def build_examples_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
@@ -31,8 +31,7 @@ def build_examples_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
 
 def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
     nodes = lineage.node_names
-    token_edges = [(a, n) for n in nodes for a in lineage.data_ancestry(n)]
-    deps = [dg.AssetDep("sae"), dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)),
+    deps = [dg.AssetDep("sae"), dg.AssetDep("tokens", partition_mapping=fan_out(ancestry_token_edges(lineage))),
             *per_node_models([(n, n) for n in nodes]), config_dep("feature_examples", nodes)]
 
     @dg.asset(

@@ -14,7 +14,7 @@ import socket
 
 from featureflow_dagster import progress
 from featureflow_dagster.resources import ArtifactStore
-from featureflow_dagster.runner import HOST_TAG, PID_TAG
+from featureflow_dagster.runner import HOST_TAG, PID_TAG, partition_label
 
 CHECKS_FILE = "checks.json"
 
@@ -25,8 +25,7 @@ def _hold(context, store: ArtifactStore):
     partition's lock."""
     if PID_TAG not in context.run.tags:
         context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
-    key = context.asset_key.to_user_string()
-    label = f"{key}[{context.partition_key}]" if context.has_partition_key else key
+    label = partition_label(context.asset_key, context.partition_key if context.has_partition_key else None)
     return store.partition_lock(label, f"run {context.run_id}")
 
 

@@ -45,6 +45,12 @@ def fan_out(edges: list[tuple[str, str]]) -> dg.StaticPartitionMapping:
     return dg.StaticPartitionMapping({up: sorted(downs) for up, downs in mapping.items()})
 
 
+def ancestry_token_edges(lineage: Lineage) -> list[tuple[str, str]]:
+    """(data-carrying ancestor or self, node) for every node: how `tokens` feeds per-node assets that read
+    a node's whole data ancestry (activation stores, feature examples)."""
+    return [(a, n) for n in lineage.node_names for a in lineage.data_ancestry(n)]
+
+
 def edge_key(parent: str, child: str) -> str:
     return f"{parent}__{child}"
 

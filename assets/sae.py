@@ -22,7 +22,7 @@ from featureflow_dagster.sae.train import train_sae
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.assets.guard import CHECKS_FILE, locked, require_passing_saes, step_log
 from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
-from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, node_partitions, per_node_models
+from featureflow_dagster.assets.partitions import ancestry_token_edges, edge_ends, edge_partitions, fan_out, node_partitions, per_node_models
 
 
 def build_sae_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
@@ -31,8 +31,7 @@ def build_sae_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
 
 def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
     nodes = lineage.node_names
-    token_edges = [(a, n) for n in nodes for a in lineage.data_ancestry(n)]
-    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)), *per_node_models([(n, n) for n in nodes]),
+    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(ancestry_token_edges(lineage))), *per_node_models([(n, n) for n in nodes]),
             config_dep("activation_store", nodes)]
 
     @dg.asset(

@@ -34,7 +34,8 @@ class FeatureExamples:
     histogram [d_sae, len(HIST_EDGES) - 1]: exact counts of non-zero activations per bin (values
       below the first edge count in the first bin, above the last in the last).
     fired [d_sae]: positions where the feature is non-zero; density = fired / tokens.
-    token_sums: {(feature, token id): summed activation} as parallel arrays feature, token, total.
+    token_feature/token_id/token_total: summed activation per (feature, token id) as parallel arrays,
+      sorted by feature (then token id).
     token_counts [vocab]: occurrences of each token id among the positions.
     inactive_positions [P]: random positions whose full code row is kept sparse (inactive_codes) to
       draw non-activating contexts from."""
@@ -112,10 +113,14 @@ class FeatureExamples:
         """Up to n kept random positions where the feature is zero."""
         return [int(p) for p, active in zip(self.inactive_positions, self.inactive_active) if feature not in active][:n]
 
+    def token_rows(self, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token ids, summed activations) of the tokens the feature fired on (a slice: the arrays are sorted by feature)."""
+        lo, hi = (int(torch.searchsorted(self.token_feature, feature, right=r)) for r in (False, True))
+        return self.token_id[lo:hi], self.token_total[lo:hi]
+
     def top_tokens(self, feature: int, n: int = 10, min_count: int = 1) -> list[tuple[int, float, int]]:
         """(token id, mean activation over all occurrences of the token, occurrences), highest first."""
-        mask = self.token_feature == feature
-        toks, totals = self.token_id[mask], self.token_total[mask]
+        toks, totals = self.token_rows(feature)
         counts = self.token_counts[toks]
         ok = counts >= min_count
         means = totals[ok] / counts[ok]
@@ -256,8 +261,7 @@ def feature_llr(examples: FeatureExamples, feature: int, hypothesis) -> float:
     """The feature's activation-weighted mean of `token_llr` over every position it fired on (Horn &
     Elliott's proxy: high when the feature fires on the hypothesis' tokens and rarely elsewhere)."""
     llr = token_llr(hypothesis, examples.token_counts)
-    mask = examples.token_feature == feature
-    totals, toks = examples.token_total[mask], examples.token_id[mask]
+    toks, totals = examples.token_rows(feature)
     if totals.sum() <= 0:
         return float("nan")
     return float((totals * llr[toks]).sum() / totals.sum())

@@ -28,7 +28,8 @@ PID_TAG, HOST_TAG = "featureflow/pid", "featureflow/host"
 POOL = "gpu"
 
 
-def _label(key: dg.AssetKey, pk: str | None) -> str:
+def partition_label(key: dg.AssetKey, pk: str | None) -> str:
+    """`model/base[base]`, `tokenizer`: how the shell, plans and locks name an asset partition."""
     return key.to_user_string() + (f"[{pk}]" if pk else "")
 
 
@@ -122,7 +123,7 @@ class Step:
 
     @property
     def label(self) -> str:
-        return _label(self.key, self.partition)
+        return partition_label(self.key, self.partition)
 
 
 def select(defs: dg.Definitions, assets: list[str] | None = None, nodes: set[str] | None = None) -> set[tuple[dg.AssetKey, str | None]]:
