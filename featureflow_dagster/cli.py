@@ -4,7 +4,8 @@
   featureflow plan [--lineage L] [--node N ...] [--asset KEY ...] [--force]
   featureflow materialize [--lineage L] [--node N ...] [--asset KEY ...] [--force] [--dry-run] [--device D] [--verbose]
   featureflow status [--lineage L]
-  featureflow ui [--lineage L] [--port 3000]
+  featureflow ui [--lineage L] [--port 3000] [--reports-port 3001]
+  featureflow reports [--lineage L] [--port 3001]
   featureflow feature NODE ID [--hypothesis REGEX] [--lineage L]
 
 Exit codes: 0 done, 1 a run failed or an SAE failed its checks (what depends on it was skipped),
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 BAD_INPUT = 2
 
@@ -144,6 +146,9 @@ def _materialize(args) -> int:
         print(f"materialized {len(report.done)} asset partition(s); artefacts under {store.root}")
     else:
         print(f"nothing to do: all {len(chosen)} selected asset partitions are fresh (--force recomputes them)")
+    pages = Path(store.root) / "reports" / "features" / "index.html"
+    if pages.is_file():
+        print(f"feature pages: {pages} (open it, or `featureflow reports` serves them on http://127.0.0.1:{_reports_port()})")
     if not report.ok:
         for label, checks in report.failed_checks.items():
             print(f"  {label} failed its checks: {', '.join(checks)}", file=sys.stderr)
@@ -171,16 +176,79 @@ def _status(args) -> int:
     return 0
 
 
+def _reports_port() -> int:
+    from featureflow_dagster.serve import reports_port
+
+    return reports_port()
+
+
+def _start_reports(lineage, port: int):
+    """Serve the lineage's reports/ on 127.0.0.1:`port`; None (with a warning) when the port is taken."""
+    from featureflow_dagster.instance import featureflow_home
+    from featureflow_dagster.serve import reports_url, serve_reports
+
+    root = featureflow_home(lineage.name) / "reports"
+    try:
+        server = serve_reports(root, port)
+    except OSError as e:
+        print(f"warning: cannot serve the reports on 127.0.0.1:{port} ({e.strerror}); set --reports-port or "
+              "FEATUREFLOW_REPORTS_PORT to a free port", file=sys.stderr)
+        return None
+    os.environ["FEATUREFLOW_REPORTS_PORT"] = str(port)  # the assets' metadata links point here
+    print(f"featureflow: reports of '{lineage.name}' ({root}) on {reports_url('features/index.html', port)}", flush=True)
+    return server
+
+
 def _ui(args) -> int:
-    """Dagster's webserver and daemon through this interpreter (no PATH needed); Ctrl-C stops both."""
-    if _load(args) is None:
+    """Dagster's webserver and daemon through this interpreter (no PATH needed), and the reports on a
+    second port; Ctrl-C stops all."""
+    import subprocess
+
+    lineage = _load(args)
+    if lineage is None:
         return BAD_INPUT
     os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
     from featureflow_dagster.instance import ensure_dagster_home
 
     ensure_dagster_home()
+    server = _start_reports(lineage, args.reports_port or _reports_port())
     cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port), "-m", "featureflow_dagster.definitions"]
-    os.execv(cmd[0], cmd)
+    child = subprocess.Popen(cmd)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # the terminal's Ctrl-C reached dagster dev too: let it shut down its daemon
+        try:
+            return child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            return 130
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+def _reports(args) -> int:
+    """Serve the lineage's reports (feature pages, Sankey, plots) until Ctrl-C."""
+    import time
+
+    lineage = _load(args)
+    if lineage is None:
+        return BAD_INPUT
+    from featureflow_dagster.instance import featureflow_home
+
+    if not (featureflow_home(lineage.name) / "reports" / "features" / "index.html").is_file():
+        print(f"note: no feature pages yet under {featureflow_home(lineage.name) / 'reports'}; "
+              "`featureflow materialize` builds them", file=sys.stderr)
+    server = _start_reports(lineage, args.port or _reports_port())
+    if server is None:
+        return 1
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.shutdown()
 
 
 def _feature(args) -> int:
@@ -272,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("ui", help="Dagster's web UI and daemon (automation) on 127.0.0.1")
     u.add_argument("--lineage", default=None)
     u.add_argument("--port", type=int, default=3000)
+    u.add_argument("--reports-port", type=int, default=None, help="where the reports are served (default $FEATUREFLOW_REPORTS_PORT or 3001)")
     u.set_defaults(func=_ui)
+    r = sub.add_parser("reports", help="serve the feature pages and plots on 127.0.0.1 (no Dagster)")
+    r.add_argument("--lineage", default=None)
+    r.add_argument("--port", type=int, default=None, help="default $FEATUREFLOW_REPORTS_PORT or 3001")
+    r.set_defaults(func=_reports)
     f = sub.add_parser("feature", help="print a feature's evidence and the LLR of a hypothesis")
     f.add_argument("node")
     f.add_argument("id", type=int)

@@ -348,12 +348,12 @@ def headline_counts(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, p
 
 
 def case_studies(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame]], traj: pd.DataFrame,
-                 parent_means: dict[tuple[str, str], np.ndarray]) -> dict:
+                 scores: dict[str, np.ndarray], score_name: str = "score") -> dict:
     """Horn & Elliott's Figures 3–4 for any lineage: per base-to-leaf path, the base feature that
     persists through every model with the highest mean best-partner r (its feature index at each
-    node and the r of each hop); per edge, the disappearing parent feature with the highest mean
-    activation on that edge's tokens (`parent_means[(p, c)]`, from the correlation's moments), with
-    its best (sub-threshold) partner. None where a path has no such feature or an edge loses none."""
+    node and the r of each hop); per edge, the disappearing parent feature with the highest
+    `scores[parent]` (NaN: not a candidate, e.g. too few activations to judge), with its best
+    (sub-threshold) partner. None where a path has no such feature or an edge loses no candidate."""
     persisting = {}
     for path in lineage_paths(lineage):
         name = ">".join(path)
@@ -368,12 +368,13 @@ def case_studies(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.D
     disappearing = {}
     for (p, c), (pt, _) in tables.items():
         gone = pt[pt["status"] == "disappears"]
-        if gone.empty:
+        score = np.asarray(scores[p], dtype=np.float64)[gone["feature"].to_numpy()]
+        if not np.isfinite(score).any():
             disappearing[f"{p}->{c}"] = None
             continue
-        means = np.asarray(parent_means[(p, c)])[gone["feature"].to_numpy()]
-        row = gone.iloc[int(np.argmax(means))]
-        disappearing[f"{p}->{c}"] = {"parent": p, "child": c, "feature": int(row["feature"]), "mean_activation": float(means.max()),
+        at = int(np.nanargmax(np.where(np.isfinite(score), score, np.nan)))
+        row = gone.iloc[at]
+        disappearing[f"{p}->{c}"] = {"parent": p, "child": c, "feature": int(row["feature"]), score_name: float(score[at]),
                                      "best_partner": int(row["best_partner"]), "best_r": float(row["best_r"])}
     return {"persisting": persisting, "disappearing": disappearing}
 

@@ -371,6 +371,8 @@ class ExamplesSpec(_Strict):
     samples: int = Field(default=64, gt=0, description="Random non-zero activations kept per feature, for quantile groups.")
     batch_windows: int = Field(default=64, gt=0, description="Windows per forward pass.")
     logit_k: int = Field(default=10, gt=0, description="Top and bottom direct-path logit effects kept per feature.")
+    case_min_fired: int = Field(default=20, gt=0, description="Case studies: a disappearing feature is a candidate only "
+                                "when it fired on at least this many held-out tokens (a rarer one's LLR says little).")
 
 
 class FlowSpec(_Strict):
@@ -611,7 +613,11 @@ class Lineage(_Strict):
                 **sae.model_dump(mode="json", include={"context", "tokens", "eval_tokens", "store_dtype", "shard_tokens"}),
                 "seed": self.seed_of(n)}
             out[f"sae/{n}"] = {"sae": sae.model_dump(mode="json"), "seed": self.sae_seed(n)}
-            out[f"feature_examples/{n}"] = {**self.examples.model_dump(mode="json"), "context": sae.context, "seed": self.seed_of(n)}
+            out[f"feature_examples/{n}"] = {**self.examples.model_dump(mode="json", exclude={"case_min_fired"}),
+                                            "context": sae.context, "seed": self.seed_of(n)}
+        out["feature_pages"] = {}  # nothing of the lineage file changes its bytes but what arrives from upstream
+        if self.edges():
+            out["case_studies"] = {"min_fired": self.examples.case_min_fired}
         f = self.flow
         for p, c in self.edges():
             edge = f"{p}__{c}"

@@ -30,14 +30,15 @@ def ensure_plotly_js(path: Path) -> Path:
     return path
 
 
-def write_html(fig: go.Figure, path: Path, plotly_js: Path, final: Path | None = None) -> Path:
+def write_html(fig: go.Figure, path: Path, plotly_js: Path, final: Path | None = None, post_script: str | None = None) -> Path:
     """The figure as an HTML page that loads the shared `plotly_js` by a path relative to where the page
-    ends up (`final`, when `path` is a temporary file inside a folder renamed into place later)."""
+    ends up (`final`, when `path` is a temporary file inside a folder renamed into place later);
+    `post_script` runs after the plot is drawn ('{plot_id}' names its div)."""
     import os
 
     src = os.path.relpath(ensure_plotly_js(plotly_js), (final or path).parent)
     with atomic_file(path) as tmp:
-        fig.write_html(str(tmp), include_plotlyjs=src, full_html=True)
+        fig.write_html(str(tmp), include_plotlyjs=src, full_html=True, post_script=post_script)
     return path
 
 
@@ -84,10 +85,10 @@ def density_histogram(density, title: str, bins: int = 40) -> go.Figure:
     return fig
 
 
-def flow_sankey_figure(volumes: dict, threshold: float, title: str) -> go.Figure:
+def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[str, str] | None = None) -> go.Figure:
     """Sankey of feature volumes along the lineage (Horn & Elliott's Figure 2) from
     `flow.flow_volumes`, with the share of each parent's features persisting into each child
-    written on the diagram."""
+    written on the diagram; `links` gives each node a URL (its `customdata`), for the feature pages."""
     live, shares = volumes["live_features"], volumes["shares"]
     labels: list[str] = []
     names: list[str] = []
@@ -110,7 +111,9 @@ def flow_sankey_figure(volumes: dict, threshold: float, title: str) -> go.Figure
         else:
             hover.append(f"{link['value']:,} features {link['kind']}")
     fig = go.Figure(go.Sankey(
-        node={"label": labels, "pad": 18, "thickness": 16},
+        node={"label": labels, "pad": 18, "thickness": 16,
+              **({"customdata": [links.get(n, "") for n in names], "hovertemplate": "%{label}<br>click: its features<extra></extra>"}
+                 if links else {})},
         link={"source": src, "target": dst, "value": val, "color": col, "customdata": hover,
               "hovertemplate": "%{customdata}<extra></extra>"},
     ))

@@ -261,6 +261,7 @@ KEY_FIGURES = {
     "sae": ["l0", "explained_variance", "loss_recovered"], "sae_transfer": ["parent_sae_on_child/explained_variance"],
     "feature_activations": ["parent_l0", "child_l0"], "feature_correlation": ["at_threshold/parent_persisting", "parent_features"],
     "feature_flow": ["persisting_share"], "feature_examples": ["live_features", "median_llr_top_token"],
+    "case_studies": ["min_fired"], "feature_pages": ["pages", "megabytes"],
 }
 
 

@@ -12,8 +12,10 @@ Layout under `root` ($FEATUREFLOW_HOME):
   feature_correlation/<parent>__<child>/  matches.parquet (top-k partners, both methods), features.parquet (moments, dead)
   feature_flow/                  classification, trajectories, agreement, edge counts (parquet), headline_counts.json, sankey.html
   feature_examples/<node>/       examples.safetensors (top contexts, quantile samples, histograms, token sums), logit_effects.safetensors, features.parquet
+  case_studies/case_studies.json per path the persisting feature, per edge the disappearing one (Horn & Elliott's Figures 3-4)
   slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
   reports/<asset>/<key>/         plots (plotly HTML) and tables; reports/plotly.min.js, the one plotly.js they all load
+  reports/features/              the feature pages (index.html, feature.html, case_studies.html, sankey.html, data/)
   checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
   .locks/<asset>[<key>].lock     held (flock) while a process materializes that partition
 """

@@ -69,9 +69,12 @@ def test_plan_lists_a_node_and_its_ancestors_in_order_with_why(tmp_path):
 
 def test_ui_runs_dagster_through_this_interpreter_without_path(tmp_path):
     env = dict(_env(tmp_path), PATH="/usr/bin:/bin")  # the venv's bin is not on PATH
-    port = 3917
-    proc = subprocess.Popen([sys.executable, "-m", "featureflow_dagster.cli", "ui", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    port, reports = 3917, 3918
+    pages = tmp_path / "home" / "reports" / "features"
+    pages.mkdir(parents=True)
+    (pages / "index.html").write_text("<p>the feature index</p>")
+    proc = subprocess.Popen([sys.executable, "-m", "featureflow_dagster.cli", "ui", "--port", str(port), "--reports-port", str(reports)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline, body = time.time() + 120, None
         while time.time() < deadline and proc.poll() is None:
@@ -81,6 +84,8 @@ def test_ui_runs_dagster_through_this_interpreter_without_path(tmp_path):
             except OSError:
                 time.sleep(1)
         assert body is not None and "dagster_webserver_version" in body, proc.stdout.read() if proc.poll() is not None else ""
+        # the reports of the same home beside it; / opens the feature index
+        assert urllib.request.urlopen(f"http://127.0.0.1:{reports}/", timeout=5).read() == b"<p>the feature index</p>"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
         try:

@@ -275,7 +275,7 @@ def test_batchtopk_codes_in_the_flow_do_not_depend_on_the_batch(tmp_path):
     assert all(np.array_equal(c > 0, codes[0] > 0) and np.allclose(c, codes[0], atol=1e-6) for c in codes[1:])
 
 
-def test_case_studies_pick_the_most_correlated_persisting_and_the_most_active_disappearing_feature():
+def test_case_studies_pick_the_most_correlated_persisting_and_the_highest_scoring_disappearing_feature():
     from featureflow_dagster.flow import case_studies
 
     lin = parse_lineage(LINEAGE)
@@ -285,13 +285,15 @@ def test_case_studies_pick_the_most_correlated_persisting_and_the_most_active_di
     b_s = np.array([[0.1, 0, 0], [0, 0.1, 0], [0, 0, 0.9]])  # only base 2 persists into stories ...
     s_ls = np.array([[0, 0, 0], [0, 0, 0], [0, 0, 0.1]])  # ... and disappears in the merge: no path survivor
     tables = _tables({("base", "lua"): b_l, ("lua", "luastories"): l_ls, ("base", "stories"): b_s, ("stories", "luastories"): s_ls})
+    # per node, a score of each feature (the LLR of its top token); NaN: too rare to be a candidate
     cases = case_studies(lin, tables, trajectories(lin, tables), {
-        ("base", "lua"): np.array([1.0, 1.0, 0.5]), ("lua", "luastories"): np.array([1.0, 1.0, 3.0]),
-        ("base", "stories"): np.array([2.0, 0.7, 1.0]), ("stories", "luastories"): np.array([0.1, 0.2, 0.3])})
+        "base": np.array([2.0, 0.7, 1.0]), "lua": np.array([1.0, 1.0, 3.0]), "stories": np.array([np.nan, 0.2, 0.1])},
+        score_name="llr")
     best = cases["persisting"]["base>lua>luastories"]
     assert best["features"] == [1, 1, 1] and best["r"] == [0.95, 0.9] and best["mean_r"] == pytest.approx(0.925)
     assert cases["persisting"]["base>stories>luastories"] is None
     gone = cases["disappearing"]
     assert gone["base->lua"]["feature"] == 2 and gone["lua->luastories"]["feature"] == 2
-    assert gone["base->stories"]["feature"] == 0 and gone["base->stories"]["mean_activation"] == 2.0  # the most active of 0 and 1
-    assert gone["stories->luastories"]["feature"] == 2 and gone["stories->luastories"]["best_r"] == pytest.approx(0.1)
+    assert gone["base->stories"]["feature"] == 0 and gone["base->stories"]["llr"] == 2.0  # the higher of 0 and 1
+    # all three of stories' features disappear; 0 scores highest on nothing (NaN), 1 beats 2
+    assert gone["stories->luastories"]["feature"] == 1 and gone["base->lua"]["best_r"] == pytest.approx(0.1)

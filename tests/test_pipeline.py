@@ -351,12 +351,16 @@ def test_micro_feature_flow_end_to_end(micro):
     live_base = int((tables[("base", "code")][0]["status"] != "dead").sum())
     assert (traj[traj["path"] == "base>code>merged"]["start_node"] == "base").sum() == live_base
     # every report loads the home's one plotly.js by a relative path (opens offline, no 4.8 MB copy each)
-    pages = [flow / "sankey.html", home / "slerp_sweep" / "merged" / "sweep.html", *(home / "reports").rglob("*.html")]
-    assert len(pages) == 9 and all(p.stat().st_size < 100_000 for p in pages)  # 3 loss curves, 4 densities, sweep, Sankey
+    site = home / "reports" / "features"
+    plots = [flow / "sankey.html", home / "slerp_sweep" / "merged" / "sweep.html",
+             *(p for p in (home / "reports").rglob("*.html") if site not in p.parents)]
+    assert len(plots) == 9  # 3 loss curves, 4 densities, sweep, Sankey
+    pages = plots + [site / "sankey.html", site / "feature.html"]
+    assert all(p.stat().st_size < 100_000 for p in pages)
     for page in pages:
         src = re.search(r'<script[^>]+src="([^"]*plotly\.min\.js)"', page.read_text()).group(1)
         assert (page.parent / src).resolve() == (home / "reports" / "plotly.min.js").resolve(), page
-    assert [p.name for p in home.rglob("*.js")] == ["plotly.min.js"] and (home / "reports" / "plotly.min.js").stat().st_size > 3_000_000
+    assert [p.name for p in home.rglob("plotly*.js")] == ["plotly.min.js"] and (home / "reports" / "plotly.min.js").stat().st_size > 3_000_000
     meta = _meta(instance, "feature_flow")
     assert meta["threshold"] == 0.8 and meta["headline_counts"]["base"] == "base"
     assert set(meta["persisting_share"]) == {"base->code", "base->prose", "code->merged", "prose->merged"}
@@ -423,3 +427,130 @@ def test_featureflow_feature_prints_evidence_and_refuses_bad_input(micro, monkey
                           (["feature", "code", "1", "--hypothesis", "qqqzzz"], "matches no token")):
         assert main([*argv, "--lineage", "micro"]) == 2
         assert message in capsys.readouterr().err
+
+
+def _site_data(path: Path):
+    """The payload of one of the site's data scripts (`FF.<kind>(<json>);`)."""
+    import json
+
+    text = path.read_text()
+    return json.loads(text[text.index("(") + 1:text.rindex(")")])
+
+
+def _record(site: Path, node: str, f: int) -> dict:
+    index = _site_data(site / "data" / "index.js")
+    chunk = _site_data(site / "data" / node / f"{f // index['chunk']:05d}.js")
+    return chunk["features"][f % index["chunk"]]
+
+
+def test_feature_pages_hold_each_live_feature_with_its_contexts_and_lineage(micro):
+    """Each page's data against what it was built from: the contexts' activations (encoded again for the
+    pages) agree with feature_examples' own top values at the highlighted token, partners and statuses
+    are those of the correlation and the flow, the index lists exactly the live features."""
+    import pandas as pd
+
+    from featureflow_dagster.examples import FeatureExamples
+
+    lineage, home, instance, defs, _ = micro
+    site = home / "reports" / "features"
+    index = _site_data(site / "data" / "index.js")
+    cls = pd.read_parquet(home / "feature_flow" / "classification.parquet")
+    matches = pd.read_parquet(home / "feature_correlation" / "base__code" / "matches.parquet")
+    for node in lineage.node_names:
+        table = pd.read_parquet(home / "feature_examples" / node / "features.parquet")
+        live = table.index[table["density"] > 0].tolist()
+        assert index["rows"][node]["feature"] == live
+        assert _record(site, node, live[0])["feature"] == live[0]
+    ex = FeatureExamples.load(home / "feature_examples" / "code" / "examples.safetensors")
+    table = pd.read_parquet(home / "feature_examples" / "code" / "features.parquet")
+    checked = 0
+    for f in table.sort_values("density", ascending=False)["feature"].head(40):
+        rec = _record(site, "code", int(f))
+        for w, o, v in rec["contexts"]["top"]:
+            acts = dict(map(tuple, rec["acts"][str(w)]))
+            assert acts[o] == pytest.approx(v, rel=2e-3, abs=1e-3)  # the pages' codes agree with the examples' pass
+            checked += 1
+        assert [c[2] for c in rec["contexts"]["top"]] == pytest.approx(ex.top_values[f][ex.top_positions[f] >= 0].tolist(), rel=2e-3)
+        assert all(int(f) not in ex.inactive_active[list(ex.inactive_positions.tolist()).index(w * 24 + o)]
+                   for w, o, _ in rec["contexts"]["inactive"])
+        parent = next(e for e in rec["lineage"]["parents"] if e["node"] == "base")
+        row = cls[(cls["edge"] == "base->code") & (cls["side"] == "child") & (cls["feature"] == f)].iloc[0]
+        assert parent["status"] == row["status"] and parent["by_r"][0][0] == row["best_partner"]
+        dec = matches[(matches["method"] == "decoder") & (matches["direction"] == "child_to_parent") & (matches["feature"] == f)]
+        assert [p[0] for p in parent["by_cos"]] == dec.sort_values("rank")["partner"].tolist()
+        assert {e["node"] for e in rec["lineage"]["children"]} == {"merged"}
+    assert checked >= 40 * 5
+    cases = _site_data(site / "data" / "cases.js")
+    assert set(cases["persisting"]) == {"base>code>merged", "base>prose>merged"}
+    assert set(cases["disappearing"]) == {"base->code", "base->prose", "code->merged", "prose->merged"}
+    meta = _meta(instance, "feature_pages")
+    assert meta["pages"] == sum(len(index["rows"][n]["feature"]) for n in lineage.node_names)
+    assert meta["index"].startswith("http://127.0.0.1:") and meta["index"].endswith("/features/index.html")
+    assert "|" in _meta(instance, "case_studies")["cases"]
+
+
+def test_case_studies_pick_a_feature_persisting_in_every_model_and_one_disappearing_per_edge(micro):
+    import json
+
+    import pandas as pd
+
+    lineage, home, instance, defs, _ = micro
+    cases = json.loads((home / "case_studies" / "case_studies.json").read_text())
+    traj = pd.read_parquet(home / "feature_flow" / "trajectories.parquet")
+    cls = pd.read_parquet(home / "feature_flow" / "classification.parquet")
+    for path, case in cases["persisting"].items():
+        full = traj[(traj["path"] == path) & (traj["start_node"] == "base") & traj["reaches_end"]]
+        assert case["mean_r"] == pytest.approx(full["r"].map(lambda r: sum(r) / len(r)).max())
+        assert min(case["r"]) > lineage.flow.threshold and case["nodes"] == path.split(">")
+    for edge, case in cases["disappearing"].items():
+        parent = cls[(cls["edge"] == edge) & (cls["side"] == "parent")].set_index("feature")
+        table = pd.read_parquet(home / "feature_examples" / case["parent"] / "features.parquet")
+        candidates = table[(parent["status"] == "disappears").to_numpy() & (table["fired"] >= cases["min_fired"]).to_numpy()]
+        assert parent.loc[case["feature"], "status"] == "disappears"
+        assert case["llr_top_token"] == pytest.approx(candidates["llr_top_token"].max())
+
+
+def test_feature_pages_are_served_and_render_in_headless_chromium(micro):
+    """The site as a researcher opens it: over HTTP (`featureflow reports`) and from disk, in headless
+    Chromium, without console errors, showing a feature's top context and its lineage partners."""
+    import urllib.request
+
+    from browser import chromium_path, load_pages
+    from featureflow_dagster.serve import serve_reports
+
+    lineage, home, instance, defs, _ = micro
+    site = home / "reports" / "features"
+    server = serve_reports(home / "reports", 0)
+    port = server.server_address[1]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert urllib.request.urlopen(base + "/").geturl() == base + "/features/index.html"  # / opens the index
+        assert b"FF.indexPage" in urllib.request.urlopen(base + "/features/index.html").read()
+        if chromium_path() is None:
+            pytest.skip("Chromium is not installed (apt-get install chromium); the pages were not rendered")
+        index = _site_data(site / "data" / "index.js")
+        rows = index["rows"]["code"]
+        f = rows["feature"][max(range(len(rows["feature"])), key=lambda i: rows["llr"][i] if rows["llr"][i] is not None else -99)]
+        rec = _record(site, "code", f)
+        vocab = _site_data(site / "data" / "vocab.js")
+        windows = _site_data(site / "data" / "code" / "windows.js")
+        w, o, _ = rec["contexts"]["top"][0]
+        ids = windows["ids"][w * 24 + max(0, o - 3): w * 24 + o + 1]
+        top_text = "".join(vocab[i] for i in ids).replace("\n", "↵").replace("\t", "⇥")
+        emerged = sum(1 for x in rows["origin"] if x == "emerged")
+        urls = [f"{base}/features/feature.html#node=code&f={f}", f"file://{site}/feature.html#node=code&f={f}",
+                f"{base}/features/index.html#node=code&origin=emerged", f"{base}/features/case_studies.html",
+                f"{base}/features/sankey.html", f"{base}/features/feature.html#node=code&f=99999"]
+        ready = "document.body && document.body.dataset.ready === '1'"
+        pages = load_pages(urls, ready=ready)
+    finally:
+        server.shutdown()
+    for page in pages[:5]:
+        assert page.ready and page.errors == [], (page.url, page.errors)
+    for page in pages[:2]:  # over HTTP and from disk alike
+        assert f"code · feature {f}" in page.text and top_text in page.text
+        assert "base->code" in page.text and "code->merged" in page.text  # its status on both edges, with partners
+    assert f"{emerged:,} of {len(rows['feature']):,} live features of code" in pages[2].text
+    assert "Persisting through every model" in pages[3].text and "LLR" in pages[3].text and "error" not in pages[3].text.lower()
+    assert "emerged in merged" in pages[4].text and "all features" in pages[4].text
+    assert "feature 99999 is out of range; code has features 0 to 1023" in pages[5].text

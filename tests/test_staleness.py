@@ -49,7 +49,8 @@ def _edges(*edges, assets=EDGE_ASSETS):
     return {(a, e) for a in assets for e in edges}
 
 
-FLOW = {("feature_flow", None)}
+PAGES = {("case_studies", None), ("feature_pages", None)}  # read the flow and every node's examples
+FLOW = {("feature_flow", None)} | PAGES
 MERGE = {("slerp_sweep", "merged")} | _node_stage("merged")
 
 
@@ -101,6 +102,10 @@ def _edit_examples(raw):
     raw["examples"] = {"tokens": 2000}
 
 
+def _edit_case_min_fired(raw):
+    raw["examples"] = {"case_min_fired": 5}
+
+
 def _edit_description(raw):
     _node(raw, "code")["description"] = "words change no bytes"
 
@@ -126,7 +131,8 @@ ROWS = {
     "flow top_k": (_edit_top_k, _edges(*EDGES, assets=("feature_correlation",)) | FLOW),
     "tokenizer": (_edit_tokenizer, {("tokenizer", None)} | EVERYTHING_BELOW_TOKENS),
     "n_ctx": (_edit_n_ctx, EVERYTHING_BELOW_TOKENS),
-    "examples budget": (_edit_examples, {("feature_examples", n) for n in NODES}),
+    "examples budget": (_edit_examples, {("feature_examples", n) for n in NODES} | PAGES),
+    "case studies min_fired": (_edit_case_min_fired, PAGES),
     "description only": (_edit_description, set()),
 }
 

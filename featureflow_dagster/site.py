@@ -1,0 +1,310 @@
+"""The feature pages of a lineage: a static site under `reports/features/` (issue 11).
+
+One small client-side app (`site_static/`: index, feature page, case studies, Sankey) reads data
+written here as JavaScript files, so that the site opens from disk (file://, where browsers refuse
+to fetch JSON) as well as over HTTP:
+
+  data/vocab.js              the tokenizer's token strings
+  data/index.js              per node, one row per live feature (density, top token, LLR, status per edge, best r)
+  data/cases.js              the case studies (`case_studies` asset)
+  data/<node>/windows.js     the held-out windows the node's examples come from (token ids)
+  data/<node>/<chunk>.js     CHUNK features per file: contexts with every token's activation, quantile
+                             groups, histogram, top tokens, logit effects, LLR, partners and status on
+                             every lineage edge, trajectories
+
+A feature's contexts are shown with each token's activation of that feature, so the windows its
+examples point into are encoded again (`context_codes`), sparse, once per node.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from featureflow_dagster.examples import HIST_EDGES, FeatureExamples
+
+CHUNK = 64  # features per data file
+STATIC = ("index.html", "feature.html", "case_studies.html", "site.js", "site.css")
+
+
+@torch.no_grad()
+def context_codes(model, sae, windows: torch.Tensor, device, batch_windows: int = 64) -> sp.csc_matrix:
+    """The SAE's codes at every position of `windows` [n, context], [n * context, d_sae] sparse (by column)."""
+    from featureflow_dagster.activations import run_to_hook
+    from featureflow_dagster.flow import _to_csr
+
+    parts = []
+    for start in range(0, windows.shape[0], batch_windows):
+        acts = run_to_hook(model, windows[start:start + batch_windows].to(device, torch.long))
+        parts.append(_to_csr(sae.encode(acts.reshape(-1, acts.shape[-1]).float())))
+    return sp.vstack(parts, format="csc")
+
+
+@dataclass
+class NodeEvidence:
+    """What the pages show of one node: its feature_examples, their feature table and logit effects,
+    and the codes over the examples' windows (`context_codes`)."""
+
+    node: str
+    examples: FeatureExamples
+    table: pd.DataFrame
+    logits: dict[str, torch.Tensor]
+    codes: sp.csc_matrix
+
+
+def _r(x: float, digits: int = 4) -> float | None:
+    """A float for JSON: rounded to `digits` significant digits, None for NaN/inf."""
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+class _Partners:
+    """One edge's matches as [features, k] arrays per (method, direction), read by feature."""
+
+    def __init__(self, matches: pd.DataFrame):
+        self.arrays = {}
+        for (method, direction), rows in matches.groupby(["method", "direction"]):
+            rows = rows.sort_values(["feature", "rank"])
+            n, k = int(rows["feature"].max()) + 1, int(rows["rank"].max()) + 1
+            cos = rows["cosine"].to_numpy() if "cosine" in rows else np.full(len(rows), np.nan)
+            self.arrays[(method, direction)] = (rows["partner"].to_numpy().reshape(n, k), rows["r"].to_numpy().reshape(n, k),
+                                                cos.reshape(n, k))
+
+    def of(self, feature: int, direction: str) -> dict:
+        out = {}
+        for method in ("activation", "decoder"):
+            if (method, direction) not in self.arrays:
+                continue
+            partner, r, cos = (a[feature] for a in self.arrays[(method, direction)])
+            ok = partner >= 0
+            # activation rows: [partner, r, decoder cosine]; decoder rows: [partner, cosine]
+            out["by_r" if method == "activation" else "by_cos"] = (
+                [[int(p), _r(v), _r(c)] for p, v, c in zip(partner[ok], r[ok], cos[ok])] if method == "activation"
+                else [[int(p), _r(v)] for p, v in zip(partner[ok], r[ok])])
+        return out
+
+
+class LineageTables:
+    """Everything the pages show about where a feature came from and where it went: per edge the
+    matches (both methods), the classification, and the trajectories along every path."""
+
+    def __init__(self, lineage, matches: dict[tuple[str, str], pd.DataFrame], classification: pd.DataFrame,
+                 traj: pd.DataFrame):
+        self.lineage = lineage
+        self.partners = {e: _Partners(m) for e, m in matches.items()}
+        self.status: dict[tuple[str, str, str], np.ndarray] = {}  # (edge, side) -> status per feature
+        self.best_r: dict[tuple[str, str], np.ndarray] = {}
+        for (edge, side), rows in classification.groupby(["edge", "side"]):
+            rows = rows.sort_values("feature")
+            self.status[(edge, side)] = rows["status"].to_numpy()
+            self.best_r[(edge, side)] = rows["best_r"].to_numpy()
+        self.trajectories: dict[tuple[str, int], list[dict]] = {}
+        for row in traj.itertuples(index=False):
+            nodes = row.path.split(">")
+            first = nodes.index(row.start_node)
+            entry = {"path": row.path, "nodes": nodes[first:first + len(row.features)], "features": [int(f) for f in row.features],
+                     "r": [_r(x) for x in row.r], "reaches_end": bool(row.reaches_end)}
+            for node, f in zip(entry["nodes"], entry["features"]):
+                self.trajectories.setdefault((node, f), []).append(entry)
+
+    def edges_of(self, node: str) -> tuple[list[str], list[str]]:
+        parents = [p for p in self.lineage.node(node).parents if (p, node) in self.partners]
+        children = [c for c in self.lineage.children(node) if (node, c) in self.partners]
+        return parents, children
+
+    def lineage_of(self, node: str, feature: int) -> dict:
+        parents, children = self.edges_of(node)
+        out = {"parents": [], "children": []}
+        for p in parents:
+            edge = f"{p}->{node}"
+            out["parents"].append({"node": p, "edge": edge, "status": str(self.status[(edge, "child")][feature]),
+                                   **self.partners[(p, node)].of(feature, "child_to_parent")})
+        for c in children:
+            edge = f"{node}->{c}"
+            out["children"].append({"node": c, "edge": edge, "status": str(self.status[(edge, "parent")][feature]),
+                                    **self.partners[(node, c)].of(feature, "parent_to_child")})
+        out["trajectories"] = self.trajectories.get((node, feature), [])
+        return out
+
+    def origin(self, node: str) -> np.ndarray | None:
+        """Per feature: 'persisted' from some parent, else 'emerged' (live on an incoming edge), else 'dead'."""
+        parents, _ = self.edges_of(node)
+        if not parents:
+            return None
+        status = np.stack([self.status[(f"{p}->{node}", "child")] for p in parents], 1)
+        return np.where((status == "persisted").any(1), "persisted", np.where((status == "emerged").any(1), "emerged", "dead"))
+
+
+def _contexts(ev: NodeEvidence, f: int, col_rows: np.ndarray, col_vals: np.ndarray, inactive: int) -> tuple[dict, dict]:
+    """The feature's top contexts, quantile groups and non-activating contexts as [window, offset, value]
+    references, and its activations inside every window referenced ({window: [[offset, value], ...]})."""
+    ex = ev.examples
+    ctx = ex.windows.shape[1]
+
+    def ref(pos: int, value: float) -> list:
+        w, o = divmod(int(pos), ctx)
+        return [w, o, _r(value)]
+
+    top = [ref(p, v) for v, p in zip(ex.top_values[f].tolist(), ex.top_positions[f].tolist()) if p >= 0]
+    groups = [[ref(p, v) for v, p in group] for group in ex.quantile_groups(f)]
+    off = [ref(p, 0.0) for p in ex.inactive_examples(f, inactive)]
+    needed = {c[0] for c in top} | {c[0] for g in groups for c in g}
+    windows = col_rows // ctx
+    keep = np.isin(windows, list(needed))
+    acts: dict[str, list] = {}
+    for w, o, v in zip(windows[keep].tolist(), (col_rows[keep] % ctx).tolist(), col_vals[keep].tolist()):
+        acts.setdefault(str(w), []).append([o, _r(v)])
+    return {"top": top, "quantiles": groups, "inactive": off}, acts
+
+
+def feature_record(ev: NodeEvidence, f: int, lineage: LineageTables | None, inactive: int = 5) -> dict:
+    """Everything one feature's page shows (see the module docstring)."""
+    ex, row = ev.examples, ev.table.iloc[f]
+    start, end = ev.codes.indptr[f], ev.codes.indptr[f + 1]
+    contexts, acts = _contexts(ev, f, ev.codes.indices[start:end], ev.codes.data[start:end], inactive)
+    hist = ex.histogram[f]
+    nz = torch.nonzero(hist).flatten().tolist()
+    return {
+        "node": ev.node, "feature": f, "density": _r(row["density"]), "fired": int(ex.fired[f]), "tokens": ex.tokens,
+        "max_activation": _r(row["max_activation"]), "top_token": int(row["top_token_id"]),
+        "llr_top_token": _r(row["llr_top_token"]),
+        "histogram": [[b, int(hist[b])] for b in nz],
+        "top_tokens": [[t, _r(m), c] for t, m, c in ex.top_tokens(f, n=10, min_count=5) or ex.top_tokens(f, n=10)],
+        "logits": {side: [[int(i), _r(v, 3)] for i, v in zip(ev.logits[f"{side}_ids"][f].tolist(), ev.logits[f"{side}_values"][f].tolist())]
+                   for side in ("top", "bottom")},
+        "contexts": contexts, "acts": acts,
+        "lineage": lineage.lineage_of(ev.node, f) if lineage is not None else {"parents": [], "children": [], "trajectories": []},
+    }
+
+
+def index_rows(ev: NodeEvidence, lineage: LineageTables | None) -> dict:
+    """Columns of the index for the node's live features."""
+    t = ev.table
+    live = np.flatnonzero(t["density"].to_numpy() > 0)
+    cols = {
+        "feature": live.tolist(),
+        "density": [_r(x) for x in t["density"].to_numpy()[live]],
+        "max": [_r(x, 3) for x in t["max_activation"].to_numpy()[live]],
+        "top_token": [int(x) for x in t["top_token_id"].to_numpy()[live]],
+        "llr": [_r(x, 3) for x in t["llr_top_token"].to_numpy()[live]],
+        "origin": ["base"] * live.size, "status": {}, "best_r": {},
+    }
+    if lineage is not None:
+        origin = lineage.origin(ev.node)
+        if origin is not None:
+            cols["origin"] = origin[live].tolist()
+        parents, children = lineage.edges_of(ev.node)
+        for edge, side in [(f"{p}->{ev.node}", "child") for p in parents] + [(f"{ev.node}->{c}", "parent") for c in children]:
+            cols["status"][edge] = lineage.status[(edge, side)][live].tolist()
+            cols["best_r"][edge] = [_r(x, 3) for x in lineage.best_r[(edge, side)][live]]
+    return cols
+
+
+def _js(path: Path, name: str, payload) -> int:
+    """Write `payload` as a script that hands it to the site's loader; returns the bytes written."""
+    text = f"FF.{name}({json.dumps(payload, separators=(',', ':'), allow_nan=False)});\n"
+    path.write_text(text)
+    return len(text)
+
+
+def load_evidence(node: str, examples_dir: Path, model, sae, device, batch_windows: int = 64) -> NodeEvidence:
+    """A node's feature_examples folder, with the codes over its windows computed again."""
+    from safetensors.torch import load_file
+
+    ex = FeatureExamples.load(examples_dir / "examples.safetensors")
+    return NodeEvidence(node, ex, pd.read_parquet(examples_dir / "features.parquet"),
+                        load_file(str(examples_dir / "logit_effects.safetensors")),
+                        context_codes(model, sae, ex.windows, device, batch_windows))
+
+
+def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeEvidence], lineage: LineageTables | None,
+               cases: dict | None, sankey_volumes: dict | None, threshold: float, plotly_js: Path,
+               final: Path | None = None, log=None) -> dict:
+    """The whole site into `out` (a fresh folder that becomes `final`): static files, data files, the
+    linked Sankey page; pages load the shared `plotly_js` by a relative path. Returns counts for the
+    asset's metadata (pages, files, bytes)."""
+    import os
+
+    from featureflow_dagster.plots import ensure_plotly_js
+
+    out.mkdir(parents=True, exist_ok=True)
+    plotly_src = os.path.relpath(ensure_plotly_js(plotly_js), final or out)
+    static = resources.files("featureflow_dagster") / "site_static"
+    for name in STATIC:
+        text = (static / name).read_text().replace("{{PLOTLY}}", plotly_src).replace("{{LINEAGE}}", lineage_name)
+        (out / name).write_text(text)
+    data = out / "data"
+    data.mkdir()
+    size = _js(data / "vocab.js", "vocab", vocab)
+    index = {"lineage": lineage_name, "threshold": threshold, "nodes": [ev.node for ev in nodes],
+             "d_sae": {ev.node: int(ev.examples.fired.numel()) for ev in nodes}, "chunk": CHUNK,
+             "hist_edges_log10": [round(float(x), 4) for x in np.log10(HIST_EDGES)],
+             "edges": [f"{p}->{c}" for p, c in (lineage.partners if lineage is not None else {})],
+             "rows": {}}
+    pages = files = 0
+    for ev in nodes:
+        folder = data / ev.node
+        folder.mkdir()
+        size += _js(folder / "windows.js", "windows", {"node": ev.node, "context": int(ev.examples.windows.shape[1]),
+                                                       "ids": ev.examples.windows.reshape(-1).tolist()})
+        index["rows"][ev.node] = index_rows(ev, lineage)
+        live = ev.table["density"].to_numpy() > 0
+        d_sae = live.size
+        for c in range(0, d_sae, CHUNK):
+            records = [feature_record(ev, f, lineage) if live[f] else None for f in range(c, min(d_sae, c + CHUNK))]
+            size += _js(folder / f"{c // CHUNK:05d}.js", "chunk", {"node": ev.node, "chunk": c // CHUNK, "features": records})
+            files += 1
+        pages += int(live.sum())
+        if log:
+            log(f"pages: {ev.node}: {int(live.sum()):,} live features of {d_sae:,}")
+    size += _js(data / "index.js", "index", index)
+    size += _js(data / "cases.js", "cases", cases or {"persisting": {}, "disappearing": {}})
+    if sankey_volumes is not None:
+        from featureflow_dagster.plots import flow_sankey_figure, write_html
+
+        fig = flow_sankey_figure(sankey_volumes, threshold, f"{lineage_name}: feature flow", links=sankey_links(sankey_volumes))
+        write_html(fig, out / "sankey.html", plotly_js, final=(final or out) / "sankey.html", post_script=SANKEY_CLICK)
+    return {"pages": pages, "data_files": files + 4 + len(nodes), "bytes": size + sum((out / n).stat().st_size for n in STATIC)}
+
+
+def sankey_links(volumes: dict) -> dict[str, str]:
+    """Per Sankey node, the index filtered to the features behind it."""
+    out = {}
+    for link in volumes["links"]:
+        for name in (link["source"], link["target"]):
+            if name.startswith("emerged in "):
+                out[name] = f"index.html#node={name[len('emerged in '):]}&origin=emerged"
+            elif name.startswith("lost "):
+                parent, child = name[len("lost "):].split(" → ")
+                out[name] = f"index.html#node={parent}&edge={parent}->{child}&status=disappears"
+            else:
+                out[name] = f"index.html#node={name}"
+    return out
+
+
+# Clicking a Sankey node opens its feature list; the same links are listed under the figure.
+SANKEY_CLICK = """
+var plot = document.getElementById('{plot_id}');
+plot.on('plotly_click', function (d) {
+  var p = d.points && d.points[0];
+  if (p && p.customdata && typeof p.customdata === 'string' && p.customdata.indexOf('index.html') === 0) { window.location.href = p.customdata; }
+});
+var links = plot.data[0].node.customdata, labels = plot.data[0].node.label;
+var nav = document.createElement('nav'); nav.id = 'sankey-links';
+nav.innerHTML = '<p style="font-family:sans-serif"><a href="index.html">all features</a> · <a href="case_studies.html">case studies</a> · the features behind each node (or click a node):</p>';
+var ul = document.createElement('ul'); ul.style.cssText = 'font-family:sans-serif;columns:3';
+links.forEach(function (href, i) { var li = document.createElement('li'); var a = document.createElement('a'); a.href = href; a.textContent = labels[i]; li.appendChild(a); ul.appendChild(li); });
+nav.appendChild(ul); document.body.insertBefore(nav, document.body.firstChild);
+document.body.setAttribute('data-ready', '1');
+"""
+
