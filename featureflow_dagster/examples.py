@@ -111,7 +111,7 @@ class FeatureExamples:
 
     def inactive_examples(self, feature: int, n: int = 5) -> list[int]:
         """Up to n kept random positions where the feature is zero."""
-        return [int(p) for p, active in zip(self.inactive_positions, self.inactive_active) if feature not in active][:n]
+        return [p for p, active in zip(self.inactive_positions.tolist(), self.inactive_active) if feature not in active][:n]
 
     def token_rows(self, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(token ids, summed activations) of the tokens the feature fired on (a slice: the arrays are sorted by feature)."""

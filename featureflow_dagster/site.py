@@ -59,6 +59,10 @@ class NodeEvidence:
     logits: dict[str, torch.Tensor]
     codes: sp.csc_matrix
 
+    def __post_init__(self):
+        self.columns = {k: self.table[k].to_numpy() for k in ("density", "max_activation", "top_token_id", "llr_top_token")}
+        self.logit_lists = {k: v.tolist() for k, v in self.logits.items()}
+
 
 def _r(x: float, digits: int = 4) -> float | None:
     """A float for JSON: rounded to `digits` significant digits, None for NaN/inf."""
@@ -145,31 +149,40 @@ class LineageTables:
         return np.where((status == "persisted").any(1), "persisted", np.where((status == "emerged").any(1), "emerged", "dead"))
 
 
+def _sig(values, digits: int = 4) -> list:
+    """`_r` over an array at once (non-finite values become None)."""
+    x = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(x) & (x != 0)
+    scale = np.where(finite, digits - 1 - np.floor(np.log10(np.abs(np.where(finite, x, 1.0)))), 0).astype(int)
+    out = [float(round(v, int(k))) if np.isfinite(v) else None for v, k in zip(x.tolist(), scale.tolist())]
+    return out
+
+
 def _contexts(ev: NodeEvidence, f: int, col_rows: np.ndarray, col_vals: np.ndarray, inactive: int) -> tuple[dict, dict]:
     """The feature's top contexts, quantile groups and non-activating contexts as [window, offset, value]
     references, and its activations inside every window referenced ({window: [[offset, value], ...]})."""
     ex = ev.examples
     ctx = ex.windows.shape[1]
 
-    def ref(pos: int, value: float) -> list:
-        w, o = divmod(int(pos), ctx)
-        return [w, o, _r(value)]
+    def refs(pairs: list[tuple[float, int]]) -> list[list]:
+        values = _sig([v for v, _ in pairs])
+        return [[p // ctx, p % ctx, v] for (_, p), v in zip(pairs, values)]
 
-    top = [ref(p, v) for v, p in zip(ex.top_values[f].tolist(), ex.top_positions[f].tolist()) if p >= 0]
-    groups = [[ref(p, v) for v, p in group] for group in ex.quantile_groups(f)]
-    off = [ref(p, 0.0) for p in ex.inactive_examples(f, inactive)]
-    needed = {c[0] for c in top} | {c[0] for g in groups for c in g}
+    top = refs([(v, p) for v, p in zip(ex.top_values[f].tolist(), ex.top_positions[f].tolist()) if p >= 0])
+    groups = [refs(group) for group in ex.quantile_groups(f)]
+    off = [[p // ctx, p % ctx, 0.0] for p in ex.inactive_examples(f, inactive)]
+    needed = np.array(sorted({c[0] for c in top} | {c[0] for g in groups for c in g}), dtype=np.int64)
     windows = col_rows // ctx
-    keep = np.isin(windows, list(needed))
+    keep = np.isin(windows, needed)
     acts: dict[str, list] = {}
-    for w, o, v in zip(windows[keep].tolist(), (col_rows[keep] % ctx).tolist(), col_vals[keep].tolist()):
-        acts.setdefault(str(w), []).append([o, _r(v)])
+    for w, o, v in zip(windows[keep].tolist(), (col_rows[keep] % ctx).tolist(), _sig(col_vals[keep])):
+        acts.setdefault(str(w), []).append([o, v])
     return {"top": top, "quantiles": groups, "inactive": off}, acts
 
 
 def feature_record(ev: NodeEvidence, f: int, lineage: LineageTables | None, inactive: int = 5) -> dict:
     """Everything one feature's page shows (see the module docstring)."""
-    ex, row = ev.examples, ev.table.iloc[f]
+    ex, row = ev.examples, {k: v[f] for k, v in ev.columns.items()}
     start, end = ev.codes.indptr[f], ev.codes.indptr[f + 1]
     contexts, acts = _contexts(ev, f, ev.codes.indices[start:end], ev.codes.data[start:end], inactive)
     hist = ex.histogram[f]
@@ -180,7 +193,7 @@ def feature_record(ev: NodeEvidence, f: int, lineage: LineageTables | None, inac
         "llr_top_token": _r(row["llr_top_token"]),
         "histogram": [[b, int(hist[b])] for b in nz],
         "top_tokens": [[t, _r(m), c] for t, m, c in ex.top_tokens(f, n=10, min_count=5) or ex.top_tokens(f, n=10)],
-        "logits": {side: [[int(i), _r(v, 3)] for i, v in zip(ev.logits[f"{side}_ids"][f].tolist(), ev.logits[f"{side}_values"][f].tolist())]
+        "logits": {side: [[i, _r(v, 3)] for i, v in zip(ev.logit_lists[f"{side}_ids"][f], ev.logit_lists[f"{side}_values"][f])]
                    for side in ("top", "bottom")},
         "contexts": contexts, "acts": acts,
         "lineage": lineage.lineage_of(ev.node, f) if lineage is not None else {"parents": [], "children": [], "trajectories": []},
