@@ -23,6 +23,7 @@ def test_built_wheel_works_without_the_checkout(tmp_path):
     assert "featureflow_dagster/assets/__init__.py" in names
     assert "featureflow_dagster/resources/store.py" in names
     assert "featureflow_dagster/lineages/demo.yaml" in names
+    assert {f"featureflow_dagster/site_static/{n}" for n in ("index.html", "feature.html", "site.js", "site.css")} <= set(names)
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top_level == {"featureflow_dagster"}, top_level  # no generic 'assets' or 'resources' module
 

@@ -109,7 +109,8 @@ def test_changing_one_node_marks_exactly_its_descendants_stale(micro, tmp_path):
     nodes, edges = ["base", "code", "prose", "merged"], ["base__code", "base__prose", "code__merged", "prose__merged"]
     assert stale == {("model/code", "code"), ("model/prose", "prose"), ("slerp_sweep", "merged"), ("model/merged", "merged")} | {
         (a, n) for a in ("activation_store", "sae", "feature_examples") for n in nodes} | {
-        (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation") for e in edges} | {("feature_flow", None)}
+        (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation") for e in edges} | {
+        ("feature_flow", None), ("case_studies", None), ("feature_pages", None)}
 
 
 def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
@@ -126,7 +127,7 @@ def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
     assert stale == {("slerp_sweep", "merged"), ("model/merged", "merged")} | {
         (a, n) for a in ("activation_store", "sae", "feature_examples") for n in ("prose", "merged")} | {
         (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation")
-        for e in ("base__prose", "prose__merged", "code__merged")} | {("feature_flow", None)}
+        for e in ("base__prose", "prose__merged", "code__merged")} | {("feature_flow", None), ("case_studies", None), ("feature_pages", None)}
     materialize_lineage(defs, instance, echo=lambda *_: None)
 
 
@@ -291,7 +292,8 @@ def test_an_asset_check_fails_on_a_deliberately_broken_sae(micro):
     # blocking: nothing below the failing SAE runs, through featureflow or through Dagster directly
     report = materialize_lineage(broken, instance, partitions={"base__code"}, echo=lambda *_: None)
     assert not report.done and set(report.blocked) == {
-        "feature_activations[base__code]", "sae_transfer[base__code]", "feature_correlation[base__code]", "feature_flow"}
+        "feature_activations[base__code]", "sae_transfer[base__code]", "feature_correlation[base__code]", "feature_flow",
+        "case_studies", "feature_pages"}
     with pytest.raises(Exception, match="the SAE of node 'base' failed its quality checks"):
         dg.materialize(list(broken.assets), selection=["feature_examples"], partition_key="base",
                        instance=instance, resources=broken.resources)
