@@ -223,11 +223,9 @@ def index_rows(ev: NodeEvidence, lineage: LineageTables | None) -> dict:
     return cols
 
 
-def _js(path: Path, name: str, payload) -> int:
-    """Write `payload` as a script that hands it to the site's loader; returns the bytes written."""
-    text = f"FF.{name}({json.dumps(payload, separators=(',', ':'), allow_nan=False)});\n"
-    path.write_text(text)
-    return len(text)
+def _js(path: Path, name: str, payload) -> None:
+    """Write `payload` as a script that hands it to the site's loader."""
+    path.write_text(f"FF.{name}({json.dumps(payload, separators=(',', ':'), allow_nan=False)});\n")
 
 
 def load_evidence(node: str, examples_dir: Path, model, sae, device, batch_windows: int = 64) -> NodeEvidence:
@@ -258,7 +256,7 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
         (out / name).write_text(text)
     data = out / "data"
     data.mkdir()
-    size = _js(data / "vocab.js", "vocab", vocab)
+    _js(data / "vocab.js", "vocab", vocab)
     index = {"lineage": lineage_name, "threshold": threshold, "nodes": [ev.node for ev in nodes],
              "d_sae": {ev.node: int(ev.examples.fired.numel()) for ev in nodes}, "chunk": CHUNK,
              "hist_edges_log10": [round(float(x), 4) for x in np.log10(HIST_EDGES)],
@@ -268,26 +266,27 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
     for ev in nodes:
         folder = data / ev.node
         folder.mkdir()
-        size += _js(folder / "windows.js", "windows", {"node": ev.node, "context": int(ev.examples.windows.shape[1]),
+        _js(folder / "windows.js", "windows", {"node": ev.node, "context": int(ev.examples.windows.shape[1]),
                                                        "ids": ev.examples.windows.reshape(-1).tolist()})
         index["rows"][ev.node] = index_rows(ev, lineage)
         live = ev.table["density"].to_numpy() > 0
         d_sae = live.size
         for c in range(0, d_sae, CHUNK):
             records = [feature_record(ev, f, lineage) if live[f] else None for f in range(c, min(d_sae, c + CHUNK))]
-            size += _js(folder / f"{c // CHUNK:05d}.js", "chunk", {"node": ev.node, "chunk": c // CHUNK, "features": records})
+            _js(folder / f"{c // CHUNK:05d}.js", "chunk", {"node": ev.node, "chunk": c // CHUNK, "features": records})
             files += 1
         pages += int(live.sum())
         if log:
             log(f"pages: {ev.node}: {int(live.sum()):,} live features of {d_sae:,}")
-    size += _js(data / "index.js", "index", index)
-    size += _js(data / "cases.js", "cases", cases or {"persisting": {}, "disappearing": {}})
+    _js(data / "index.js", "index", index)
+    _js(data / "cases.js", "cases", cases or {"persisting": {}, "disappearing": {}})
     if sankey_volumes is not None:
         from featureflow_dagster.plots import flow_sankey_figure, write_html
 
         fig = flow_sankey_figure(sankey_volumes, threshold, f"{lineage_name}: feature flow", links=sankey_links(sankey_volumes))
         write_html(fig, out / "sankey.html", plotly_js, final=(final or out) / "sankey.html", post_script=SANKEY_CLICK)
-    return {"pages": pages, "data_files": files + 4 + len(nodes), "bytes": size + sum((out / n).stat().st_size for n in STATIC)}
+    # chunk files, vocab.js, index.js, cases.js and one windows.js per node
+    return {"pages": pages, "data_files": files + 3 + len(nodes), "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
 
 
 def sankey_links(volumes: dict) -> dict[str, str]:
