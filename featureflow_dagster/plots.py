@@ -61,13 +61,24 @@ def slerp_sweep_figure(table, domain_a: str, domain_b: str, chosen_t: float, cro
     return fig
 
 
+_MARKDOWN_SPECIAL = "\\`*_[]<>|"
+
+
+def markdown_cell(value, float_format: str = "{:.4f}") -> str:
+    """One table cell: floats formatted, text with markdown's special characters escaped (a token
+    such as `__(` would otherwise turn into emphasis, a `|` into a new column)."""
+    if isinstance(value, float):
+        return float_format.format(value)
+    return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in str(value))
+
+
 def markdown_table(df, float_format: str = "{:.4f}") -> str:
     """A pandas DataFrame (index included) as a GitHub markdown table, for Dagster metadata."""
     cols = [df.index.name or ""] + [str(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
     for idx, row in df.iterrows():
         cells = [idx, *row.tolist()]
-        lines.append("| " + " | ".join(float_format.format(c) if isinstance(c, float) else str(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(markdown_cell(c, float_format) for c in cells) + " |")
     return "\n".join(lines)
 
 
