@@ -1,0 +1,125 @@
+"""A small deterministic OpenAI-compatible server for the tests (127.0.0.1, a free port).
+
+Answers are computed from the prompt: the explainer names the token that carries the highest
+activation in the records ('the token "X"'); the simulator predicts 10 on every token equal to the
+quoted one and 0 elsewhere, as JSON, with logprobs on request (p = 0.8 for its answer, 0.2 for the
+other end of the scale). `faults` is a list of scripted misbehaviours consumed one per request:
+'429', '500', 'slow' (sleeps past the client's timeout), 'garbage' (no JSON), 'range' (numbers out
+of 0–10). `requests` counts what arrived; `keys` the Authorization headers seen."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import math
+import re
+import threading
+import time
+
+MODEL = "featureflow-test-model"
+
+
+class FakeLLM:
+    def __init__(self, api_key: str = "sk-test-key", slow_seconds: float = 3.0, logprobs: bool = True):
+        self.api_key, self.slow_seconds, self.logprobs = api_key, slow_seconds, logprobs
+        self.faults: list[str] = []
+        self.requests = 0
+        self.keys: list[str] = []
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):  # noqa: N802
+                if self.headers.get("Authorization") != f"Bearer {owner.api_key}":
+                    return self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+                if self.path.rstrip("/").endswith("/models"):
+                    self._send(200, {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "tests"}]})
+                else:
+                    self._send(404, {"error": {"message": "not found"}})
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                with owner.lock:
+                    owner.requests += 1
+                    owner.keys.append(self.headers.get("Authorization", ""))
+                    fault = owner.faults.pop(0) if owner.faults else None
+                if self.headers.get("Authorization") != f"Bearer {owner.api_key}":
+                    return self._send(401, {"error": {"message": "bad key", "type": "invalid_request_error"}})
+                if fault == "429":
+                    return self._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}})
+                if fault == "500":
+                    return self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                if fault == "slow":
+                    time.sleep(owner.slow_seconds)
+                self._send(200, owner.answer(body, fault))
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> "FakeLLM":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def answer(self, body: dict, fault: str | None) -> dict:
+        prompt = "\n".join(m["content"] for m in body["messages"])
+        logprobs = None
+        if "Explanation of neuron 1 behavior: the main thing this neuron does is find" in prompt and "unknown" not in prompt:
+            best, best_v = "", -1
+            for line in prompt.splitlines():
+                parts = line.rsplit("\t", 1)
+                if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) > best_v:
+                    best, best_v = parts[0], int(parts[1])
+            text = f' the token "{best}".'
+        else:
+            quoted = re.search(r'the token "(.*?)"', prompt)
+            target = quoted.group(1) if quoted else None
+            tokens = [line.rsplit("\t", 1)[0] for line in prompt.splitlines() if line.endswith("\tunknown")]
+            values = [10 if t == target else 0 for t in tokens]
+            if fault == "range":
+                values = [v + 20 for v in values]
+            text = json.dumps({"activations": values})
+            if fault == "garbage":
+                text = "I would rather not say."
+            elif body.get("logprobs") and self.logprobs:
+                logprobs = {"content": self._logprobs(values)}
+        usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": max(1, len(text) // 4)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
+                             "logprobs": logprobs}],
+                "usage": usage}
+
+    @staticmethod
+    def _logprobs(values: list[int]) -> list[dict]:
+        """Tokens of '{"activations": [v, v, ...]}' with alternatives for each number."""
+        def tok(t: str, alts=None) -> dict:
+            return {"token": t, "logprob": math.log(0.8) if alts else 0.0, "bytes": None, "top_logprobs": alts or []}
+
+        out = [tok('{"'), tok("activations"), tok('":'), tok(" ["), ]
+        for i, v in enumerate(values):
+            other = 0 if v else 10
+            out.append(tok(str(v), [{"token": str(v), "logprob": math.log(0.8), "bytes": None},
+                                    {"token": str(other), "logprob": math.log(0.2), "bytes": None}]))
+            if i < len(values) - 1:
+                out.append(tok(","))
+        out.append(tok("]}"))
+        return out

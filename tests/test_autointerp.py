@@ -1,0 +1,145 @@
+"""Automated interpretability, offline and over real HTTP: a deterministic OpenAI-compatible server
+(tests/llm_server.py) driven by the real `openai` client."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+
+from featureflow_dagster.autointerp import (
+    LLMClient,
+    LLMError,
+    Malformed,
+    Price,
+    Record,
+    ResponseCache,
+    estimate,
+    explain_and_score,
+    explainer_messages,
+    feature_requests,
+    parse_simulation,
+    pooled_correlation,
+    quantize,
+)
+from llm_server import MODEL, FakeLLM
+
+KEY = "sk-test-key"
+
+
+def _client(server, tmp_path, **kw) -> LLMClient:
+    return LLMClient(server.base_url, kw.pop("model", MODEL), kw.pop("api_key", KEY), ResponseCache(tmp_path / "cache"),
+                     price=Price(10.0, 30.0), backoff=0.01, **kw)
+
+
+def _records(seed: int, n: int = 6, length: int = 16, target: str = "=", shuffled: bool = False) -> list[Record]:
+    """Contexts of Python-ish tokens; the feature fires (3.0) on `target`, or, shuffled, on as many random other tokens."""
+    rng = random.Random(seed)
+    words = ["x", " =", "=", "(", ")", " 1", "\n", " def", " self", ".", ":", " return"]
+    out = []
+    for _ in range(n):
+        tokens = [rng.choice(words) for _ in range(length)]
+        tokens[rng.randrange(length)] = target
+        acts = [3.0 if t == target else 0.0 for t in tokens]
+        if shuffled:
+            rng.shuffle(acts)
+        out.append(Record(tokens, acts))
+    return out
+
+
+def test_quantize_and_parse_and_score():
+    assert quantize([0.0, 0.01, 1.5, 3.0, 4.0], 3.0) == [0, 1, 5, 10, 10]  # tiny but non-zero is 1, above max clips
+    assert quantize([1.0], 0.0) == [0]
+    assert parse_simulation('{"activations": [0, 10, 3]}', None, 3) == ([0.0, 10.0, 3.0], "json")
+    content = [{"token": '{"activations": ['}, {"token": "0", "top_logprobs": [{"token": "0", "logprob": math.log(0.5)},
+                                                                                {"token": "10", "logprob": math.log(0.5)}]},
+               {"token": ", "}, {"token": "10", "top_logprobs": [{"token": "10", "logprob": 0.0}]}, {"token": "]}"}]
+    assert parse_simulation('{"activations": [0, 10]}', content, 2) == ([5.0, 10.0], "logprobs")
+    for text, n, message in (("no json here", 2, "no JSON"), ('{"activations": [1]}', 2, "1 activations for 2"),
+                             ('{"activations": [1, 11]}', 2, "outside 0"), ('{"other": 1}', 1, "not the JSON")):
+        with pytest.raises(Malformed, match=message):
+            parse_simulation(text, None, n)
+    a, b = [[0.0, 1.0, 2.0], [3.0]], [[0.5, 0.7, 2.5], [2.0]]
+    assert pooled_correlation(a, b) == pytest.approx(np.corrcoef([0, 1, 2, 3], [0.5, 0.7, 2.5, 2.0])[0, 1])
+    assert math.isnan(pooled_correlation([[1.0, 1.0]], [[0.0, 1.0]]))  # no variance, no score
+    prompt = explainer_messages(_records(0, n=1), 3.0)[1]["content"]
+    assert "=\t10" in prompt and "<start>" in prompt and prompt.endswith("the main thing this neuron does is find")
+
+
+def test_explain_and_score_over_http_against_a_shuffled_null(tmp_path):
+    with FakeLLM() as server:
+        client = _client(server, tmp_path)
+        client.check()
+        good = explain_and_score(client, _records(1), _records(2), 3.0)
+        null = explain_and_score(client, _records(3, shuffled=True), _records(4, shuffled=True), 3.0)
+    assert good["explanation"] == 'the token "="'
+    assert good["simulation"] == "logprobs" and good["records_scored"] == 6
+    assert good["score"] == pytest.approx(1.0)  # the simulator's expected values (8 on '=', 2 elsewhere) track the truth
+    # the same machinery on activations shuffled within each context: the explanation predicts nothing
+    assert abs(null["score"]) < 0.3 and good["score"] - null["score"] > 0.7
+    assert client.usage.requests == 14 and client.usage.cache_hits == 0
+
+
+def test_retries_timeouts_and_the_cache(tmp_path):
+    messages = explainer_messages(_records(5), 3.0)
+    with FakeLLM(slow_seconds=2.0) as server:
+        client = _client(server, tmp_path, timeout=0.5)
+        server.faults = ["429", "500", "slow"]
+        first = client.chat(messages, max_tokens=20)
+        assert first["text"] == ' the token "=".' and not first["cached"]
+        assert client.usage.retries == 3 and server.requests == 4  # three failures, then the answer
+        again = client.chat(messages, max_tokens=20)
+        assert again["cached"] and again["text"] == first["text"] and server.requests == 4  # zero requests
+        fresh = _client(server, tmp_path)  # another run on the same cache folder
+        assert fresh.chat(messages, max_tokens=20)["cached"] and server.requests == 4
+        fresh.chat(messages, max_tokens=21)  # another sampling parameter is another request
+        assert server.requests == 5
+        server.faults = ["500"] * 10
+        with pytest.raises(LLMError, match="gave up after 5 retries"):
+            _client(server, tmp_path).chat(messages + [{"role": "user", "content": "and again"}], max_tokens=20)
+    keys = {ResponseCache.key(MODEL, messages, {"a": 1}), ResponseCache.key("other-model", messages, {"a": 1})}
+    assert len(keys) == 2  # the model is part of the key
+    stored = "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.json"))
+    assert KEY not in stored and len(list((tmp_path / "cache").rglob("*.json"))) == 2
+
+
+def test_malformed_answers_are_counted_not_raised(tmp_path):
+    with FakeLLM() as server:
+        client = _client(server, tmp_path)
+        server.faults = [None, "garbage", "range"]  # the explainer answers; two of six simulations are broken
+        result = explain_and_score(client, _records(6), _records(7), 3.0)
+    assert result["records_scored"] == 4 and client.usage.malformed == 2
+    assert any("no JSON" in m for m in result["malformed"]) and any("outside 0" in m for m in result["malformed"])
+    assert result["score"] == pytest.approx(1.0)
+
+
+def test_json_answers_where_the_server_gives_no_logprobs(tmp_path):
+    with FakeLLM(logprobs=False) as server:
+        result = explain_and_score(_client(server, tmp_path), _records(8), _records(9), 3.0)
+    assert result["simulation"] == "json" and result["score"] == pytest.approx(1.0)
+
+
+def test_check_names_the_setting_to_fix(tmp_path):
+    with FakeLLM() as server:
+        with pytest.raises(LLMError, match="does not list model 'gpt-nope'.*featureflow-test-model"):
+            _client(server, tmp_path, model="gpt-nope").check()
+        with pytest.raises(LLMError, match="refused the API key"):
+            _client(server, tmp_path, api_key="sk-wrong").check()
+        port = server.server.server_address[1]
+    with pytest.raises(LLMError, match=f"cannot reach .*127.0.0.1:{port}.*autointerp.base_url"):
+        LLMClient(f"http://127.0.0.1:{port}/v1", MODEL, KEY, ResponseCache(tmp_path / "c"), timeout=2, retries=0).check()
+
+
+def test_the_estimate_bounds_what_a_feature_costs(tmp_path):
+    explain, score = _records(10), _records(11)
+    est = estimate(feature_requests(explain, score, 3.0), Price(10.0, 30.0))
+    assert est.requests == 7 and est.usd == pytest.approx((est.prompt_tokens * 10 + est.completion_tokens * 30) / 1e6)
+    with FakeLLM() as server:
+        client = _client(server, tmp_path)
+        explain_and_score(client, explain, score, 3.0)
+    used = client.usage
+    # the server's own token counts: the estimate is an upper bound on completions and close on prompts
+    assert used.requests == est.requests and used.completion_tokens <= est.completion_tokens
+    assert 0.5 < used.prompt_tokens / est.prompt_tokens < 1.5 and used.usd <= est.usd * 1.5
+    assert json.dumps(used.as_dict())  # JSON-able, for metadata
