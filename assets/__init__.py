@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from featureflow_dagster.lineage import Lineage
+from featureflow_dagster.assets.autointerp import build_autointerp_assets
 from featureflow_dagster.assets.config import build_config_asset
 from featureflow_dagster.assets.data import build_data_assets
 from featureflow_dagster.assets.examples import build_examples_assets
@@ -46,7 +47,8 @@ def automation_condition(schedule: str | None) -> dg.AutomationCondition:
 
 def build_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     derived = [*build_data_assets(lineage), *build_model_assets(lineage), *build_merge_assets(lineage),
-               *build_sae_assets(lineage), *build_examples_assets(lineage), *build_flow_assets(lineage)]
+               *build_sae_assets(lineage), *build_examples_assets(lineage), *build_flow_assets(lineage),
+               *build_autointerp_assets(lineage)]
     cond = automation_condition(lineage.schedule)
     derived = [a.with_attributes(automation_condition=cond) for a in derived]
     observe = dg.AutomationCondition.cron_tick_passed(lineage.schedule).since_last_handled() if lineage.schedule else None

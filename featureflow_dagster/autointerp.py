@@ -366,3 +366,49 @@ def explain_and_score(client: LLMClient, explain_records: list[Record], score_re
         predicted.append(values)
     return {"explanation": explanation, "score": pooled_correlation(true, predicted), "records_scored": len(true),
             "malformed": malformed, "simulation": "+".join(sorted(how)) or "none"}
+
+
+# ---------------------------------------------------------------------------------------------
+# From the feature pages' evidence to records, and which features to explain
+# ---------------------------------------------------------------------------------------------
+
+
+def records_from_evidence(ev, feature: int, vocab: list[str], n_explain: int, n_score: int, seed: int
+                          ) -> tuple[list[Record], list[Record]]:
+    """(explain, score) records of a feature from a `site.NodeEvidence`: whole windows with the
+    feature's activation on every token. The explainer reads every other top context; the simulator
+    gets the remaining top contexts and, for the rest, quantile samples drawn with `seed` (so a score
+    covers weak activations too), none of them shown to the explainer."""
+    ex = ev.examples
+    ctx = ex.windows.shape[1]
+    start, end = ev.codes.indptr[feature], ev.codes.indptr[feature + 1]
+    rows, vals = ev.codes.indices[start:end], ev.codes.data[start:end]
+
+    def record(window: int) -> Record:
+        acts = [0.0] * ctx
+        for r, v in zip(rows[(rows >= window * ctx) & (rows < (window + 1) * ctx)].tolist(),
+                        vals[(rows >= window * ctx) & (rows < (window + 1) * ctx)].tolist()):
+            acts[r - window * ctx] = float(v)
+        return Record([vocab[i] for i in ex.windows[window].tolist()], acts)
+
+    top = list(dict.fromkeys(int(p) // ctx for p in ex.top_positions[feature].tolist() if p >= 0))
+    explain = top[0::2][:n_explain]
+    score = top[1::2][: n_score // 2]
+    samples = [p // ctx for g in ex.quantile_groups(feature) for _, p in g]
+    rng = np.random.default_rng(seed + feature)
+    pool = [w for w in dict.fromkeys(samples) if w not in set(explain) | set(score)]
+    rng.shuffle(pool)
+    score += pool[: n_score - len(score)]
+    return [record(w) for w in explain], [record(w) for w in score]
+
+
+def choose_features(live: np.ndarray, persisting: np.ndarray, n: int, seed: int) -> tuple[list[int], list[int]]:
+    """(persisting, others): up to n // 2 of the live persisting features and an equal number of the
+    other live ones (n of them where nothing persists, e.g. a lineage of one node), drawn with `seed`,
+    each list sorted."""
+    rng = np.random.default_rng(seed)
+    keep = np.flatnonzero(live & persisting)
+    rest = np.flatnonzero(live & ~persisting)
+    a = rng.permutation(keep)[: min(len(keep), n // 2)]
+    b = rng.permutation(rest)[: min(len(rest), len(a) if len(a) else n)]
+    return sorted(int(x) for x in a), sorted(int(x) for x in b)

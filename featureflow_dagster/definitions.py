@@ -13,7 +13,7 @@ import dagster as dg
 from featureflow_dagster.assets import build_assets
 from featureflow_dagster.instance import device_name, featureflow_home
 from featureflow_dagster.lineage import Lineage, load_lineage
-from featureflow_dagster.resources import ArtifactStore, DeviceResource
+from featureflow_dagster.resources import ArtifactStore, DeviceResource, LLMResource
 
 
 def build_definitions(lineage: Lineage | None = None, home: str | None = None, device: str | None = None) -> dg.Definitions:
@@ -24,6 +24,9 @@ def build_definitions(lineage: Lineage | None = None, home: str | None = None, d
 
 
 def _definitions(lineage: Lineage, home: str | None, device: str | None) -> dg.Definitions:
+    a = lineage.autointerp
+    llm = {"llm": LLMResource(base_url=a.base_url, model=a.model, api_key_env=a.api_key_env, timeout=a.timeout,
+                              max_in_flight=a.max_in_flight, retries=a.retries)} if a.enabled else {}
     return dg.Definitions(
         assets=build_assets(lineage),
         # Declarative automation (each asset's AutomationCondition, see assets/__init__.py) is evaluated
@@ -35,6 +38,7 @@ def _definitions(lineage: Lineage, home: str | None, device: str | None) -> dg.D
         resources={
             "store": ArtifactStore(root=str(home or featureflow_home(lineage.name)), lineage_name=lineage.name),
             "device": DeviceResource(device=device or device_name()),
+            **llm,
         },
     )
 

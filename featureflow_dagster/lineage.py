@@ -375,6 +375,34 @@ class ExamplesSpec(_Strict):
                                 "when it fired on at least this many held-out tokens (a rarer one's LLR says little).")
 
 
+class AutointerpSpec(_Strict):
+    """Automated interpretability (`autointerp` asset, Bills et al. 2023): off unless `enabled`. Any
+    OpenAI-compatible server; the API key is read from the environment variable `api_key_env` at run
+    time, never from this file."""
+
+    enabled: bool = Field(default=False, description="Explain and score features with an LLM (needs a server).")
+    base_url: str = Field(default="http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint, ending in /v1.")
+    model: str = Field(default="", description="Model name as the server lists it (required when enabled).")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the API key.")
+    features_per_node: int = Field(default=50, gt=0, description="Features explained per node (all persisting ones "
+                                   "up to half of this, and as many others), chosen by a seeded rule.")
+    explain_records: int = Field(default=10, gt=0, description="Top contexts the explainer reads per feature.")
+    score_records: int = Field(default=10, gt=0, description="Held-out contexts simulated per feature (top and quantile samples).")
+    prompt_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million prompt tokens, for the cap.")
+    completion_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million completion tokens.")
+    max_usd: float = Field(default=1.0, ge=0, description="Refuse to start when the estimated cost of a node exceeds this.")
+    max_requests: int = Field(default=2000, gt=0, description="Refuse to start when a node would need more requests.")
+    timeout: float = Field(default=60.0, gt=0, description="Seconds per request.")
+    max_in_flight: int = Field(default=4, gt=0, description="Requests in flight at once.")
+    retries: int = Field(default=5, ge=0, description="Retries of a request on 429, 5xx, timeouts.")
+
+    @model_validator(mode="after")
+    def _model_when_enabled(self) -> "AutointerpSpec":
+        if self.enabled and not self.model:
+            raise ValueError("autointerp.enabled needs autointerp.model (the model name the server lists)")
+        return self
+
+
 class FlowSpec(_Strict):
     """Feature flow between every parent and child (Horn & Elliott 2024, §3): both SAEs encode the
     same `tokens` tokens, `context`-token windows drawn uniformly from the training data the two
@@ -431,6 +459,7 @@ class Lineage(_Strict):
     sae: SAESpec = Field(default_factory=SAESpec)
     flow: FlowSpec = Field(default_factory=FlowSpec)
     examples: ExamplesSpec = Field(default_factory=ExamplesSpec)
+    autointerp: AutointerpSpec = Field(default_factory=AutointerpSpec)
     schedule: str | None = Field(
         default=None,
         pattern=r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s*$",
@@ -616,6 +645,11 @@ class Lineage(_Strict):
             out[f"feature_examples/{n}"] = {**self.examples.model_dump(mode="json", exclude={"case_min_fired"}),
                                             "context": sae.context, "seed": self.seed_of(n)}
         out["feature_pages"] = {}  # nothing of the lineage file changes its bytes but what arrives from upstream
+        if self.autointerp.enabled:
+            a = self.autointerp
+            for n in self.nodes:  # timeouts, concurrency and retries change how, not what
+                out[f"autointerp/{n.name}"] = {**a.model_dump(mode="json", exclude={"timeout", "max_in_flight", "retries", "enabled", "api_key_env"}),
+                                               "seed": self.seed_of(n.name)}
         if self.edges():
             out["case_studies"] = {"min_fired": self.examples.case_min_fired}
         f = self.flow

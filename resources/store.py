@@ -13,6 +13,8 @@ Layout under `root` ($FEATUREFLOW_HOME):
   feature_flow/                  classification, trajectories, agreement, edge counts (parquet), headline_counts.json, sankey.html
   feature_examples/<node>/       examples.safetensors (top contexts, quantile samples, histograms, token sums), logit_effects.safetensors, features.parquet
   case_studies/case_studies.json per path the persisting feature, per edge the disappearing one (Horn & Elliott's Figures 3-4)
+  autointerp/<node>/             scores.parquet (explanation and score per chosen feature), usage.json, scores.html
+  llm_cache/<xx>/<sha256>.json   every LLM answer, keyed by (model, messages, sampling parameters)
   slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
   reports/<asset>/<key>/         plots (plotly HTML) and tables; reports/plotly.min.js, the one plotly.js they all load
   reports/features/              the feature pages (index.html, feature.html, case_studies.html, sankey.html, data/)

@@ -281,3 +281,18 @@ def test_sae_recipe_settings_are_checked(sae, words):
     with pytest.raises(LineageError) as e:
         parse_lineage(_lineage(sae=sae), "lineage.yaml")
     assert words in str(e.value), str(e.value)
+
+
+def test_autointerp_is_off_by_default_and_needs_a_model_when_on():
+    assert parse_lineage(_lineage()).autointerp.enabled is False
+    _rejects(_lineage(autointerp={"enabled": True}), None, "autointerp", "needs autointerp.model")
+    _rejects(_lineage(autointerp={"enabled": True, "model": "m", "max_usd": -1}), None, "autointerp.max_usd", "greater than or equal")
+    on = parse_lineage(_lineage(autointerp={"enabled": True, "model": "m"}))
+    versions = on.config_versions()
+    assert {k for k in versions if k.startswith("autointerp/")} == {f"autointerp/{n}" for n in on.node_names}
+    # how requests are sent (timeout, concurrency, retries, the key's variable) does not change what they ask
+    same = parse_lineage(_lineage(autointerp={"enabled": True, "model": "m", "timeout": 5, "max_in_flight": 1,
+                                              "api_key_env": "OTHER"})).config_versions()
+    assert same["autointerp/base"] == versions["autointerp/base"]
+    other = parse_lineage(_lineage(autointerp={"enabled": True, "model": "m2"})).config_versions()
+    assert other["autointerp/base"] != versions["autointerp/base"]

@@ -1,5 +1,6 @@
 """The micro lineage materialized through Dagster itself, and what Dagster then knows about staleness."""
 
+import json
 import os
 import re
 import shutil
@@ -556,3 +557,48 @@ def test_feature_pages_are_served_and_render_in_headless_chromium(micro):
     assert "Persisting through every model" in pages[3].text and "LLR" in pages[3].text and "error" not in pages[3].text.lower()
     assert "emerged in merged" in pages[4].text and "all features" in pages[4].text
     assert "feature 99999 is out of range; code has features 0 to 1023" in pages[5].text
+
+
+def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
+    """Off by default; enabled against the tests' OpenAI-compatible server: explanations and scores per
+    node, a second materialization sends nothing, an over-cap configuration is refused before any
+    request, and the API key appears nowhere in the run's logs or metadata."""
+    import pandas as pd
+
+    from llm_server import MODEL, FakeLLM
+
+    lineage, home, instance, defs, _ = micro
+    assert "autointerp" not in {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    key = "sk-secret-abc123"
+    monkeypatch.setenv("FF_TEST_LLM_KEY", key)
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    with FakeLLM(api_key=key) as server:
+        settings = {"enabled": True, "base_url": server.base_url, "model": MODEL, "api_key_env": "FF_TEST_LLM_KEY",
+                    "features_per_node": 6, "explain_records": 4, "score_records": 4, "prompt_usd_per_mtok": 10.0,
+                    "completion_usd_per_mtok": 30.0, "max_usd": 1.0}
+        on = build_definitions(parse_lineage({**raw, "autointerp": settings}, "micro-ai"), home=str(home), device="cpu")
+        report = materialize_lineage(on, instance, only={dg.AssetKey("autointerp")}, partitions={"code"}, echo=lambda *_: None)
+        assert [(k.to_user_string(), pk) for k, pk in report.done] == [("autointerp", "code")]
+        sent = server.requests
+        table = pd.read_parquet(home / "autointerp" / "code" / "scores.parquet")
+        assert len(table) == 6 and table["persisting"].sum() == 3 and sent == 6 * (1 + 4)
+        assert table["explanation"].str.startswith("the token").all() and table["score"].notna().any()
+        meta = _meta_partition(instance, "autointerp", "code")
+        assert meta["usage"]["requests"] == sent and meta["usage"]["cache_hits"] == 0 and meta["usage"]["usd"] > 0
+        # again, forced: every answer from the cache
+        materialize_lineage(on, instance, only={dg.AssetKey("autointerp")}, partitions={"code"}, force=True, echo=lambda *_: None)
+        assert server.requests == sent
+        assert _meta_partition(instance, "autointerp", "code")["usage"]["cache_hits"] == sent
+        # over the cap: refused before any request, naming the setting
+        capped = build_definitions(parse_lineage({**raw, "autointerp": {**settings, "max_usd": 1e-6}}, "micro-ai"),
+                                   home=str(home), device="cpu")
+        result = dg.materialize(list(capped.assets), selection=["autointerp"], partition_key="prose", instance=instance,
+                                resources=capped.resources, raise_on_error=False)
+        assert not result.success and server.requests == sent
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        assert "autointerp.max_usd = 1e-06" in str(failure.event_specific_data.error)
+        # the key: sent to the server, never written anywhere
+        assert server.keys and all(k == f"Bearer {key}" for k in server.keys)
+        logs = "".join(str(e.dagster_event) + e.message for r in instance.get_runs() for e in instance.all_logs(r.run_id))
+        assert len(logs) > 1000 and key not in logs and key not in str(meta)
+        assert not any(key in p.read_text(errors="ignore") for p in home.rglob("*") if p.is_file() and p.suffix in (".json", ".html"))

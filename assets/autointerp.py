@@ -1,0 +1,160 @@
+"""The `autointerp` group: LLM explanations and simulation scores per node (Bills et al. 2023), off
+unless the lineage's `autointerp: enabled: true`."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from featureflow_dagster import site
+from featureflow_dagster.autointerp import (
+    LLMError,
+    Price,
+    ResponseCache,
+    choose_features,
+    clean_explanation,
+    estimate,
+    explain_and_score,
+    feature_requests,
+    records_from_evidence,
+    simulate_max_tokens,
+    simulator_messages,
+)
+from featureflow_dagster.lineage import Lineage
+from featureflow_dagster.model import load_model
+from featureflow_dagster.plots import write_html
+from featureflow_dagster.provenance import versions
+from featureflow_dagster.resources import ArtifactStore, DeviceResource, LLMResource
+from featureflow_dagster.sae import load_sae
+from featureflow_dagster.storage import file_sha256
+from featureflow_dagster.tokenizer import load_tokenizer
+from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
+from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
+from featureflow_dagster.assets.partitions import model_key, node_partitions, per_node_models
+
+
+def build_autointerp_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
+    return [_autointerp(lineage)] if lineage.autointerp.enabled else []
+
+
+def _persisting(store: ArtifactStore, lineage: Lineage, node: str, d_sae: int) -> np.ndarray:
+    """Per feature of `node`: persisted from some parent or persists into some child."""
+    out = np.zeros(d_sae, bool)
+    if not lineage.edges():
+        return out
+    cls = pd.read_parquet(store.feature_flow_dir() / "classification.parquet")
+    rows = cls[(cls["node"] == node) & cls["status"].isin(["persists", "persisted"])]
+    out[rows["feature"].to_numpy().astype(np.int64)] = True
+    return out
+
+
+def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
+    nodes = lineage.node_names
+    spec = lineage.autointerp
+    deps = [dg.AssetDep("feature_examples"), dg.AssetDep("sae"), dg.AssetDep("tokenizer"),
+            *per_node_models([(n, n) for n in nodes]), config_dep("autointerp", nodes)]
+    if lineage.edges():
+        deps.append(dg.AssetDep("feature_flow"))
+
+    @dg.asset(
+        partitions_def=node_partitions(lineage),
+        deps=deps,
+        group_name="autointerp",
+        kinds={"openai", "parquet"},
+        code_version=CODE_VERSIONS["autointerp"],
+        description="Per node, LLM explanations of a seeded choice of features (persisting ones and as many others) "
+        "and their simulation scores (Bills et al. 2023), with every answer cached and the cost capped.",
+    )
+    @locked
+    def autointerp(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource, llm: LLMResource
+                   ) -> dg.MaterializeResult:
+        node = context.partition_key
+        require_passing_saes(store, [node])
+        price = Price(spec.prompt_usd_per_mtok, spec.completion_usd_per_mtok)
+        cache = store.path / "llm_cache"
+        try:
+            client = llm.client(cache, price)
+            client.check()
+        except LLMError as e:
+            raise dg.Failure(description=str(e), allow_retries=False) from None
+        dev = device.torch_device()
+        ev = site.load_evidence(node, store.examples_dir(node), load_model(store.model_dir(node), dev),
+                                load_sae(store.sae_dir(node), dev), dev, lineage.examples.batch_windows)
+        vocab = [load_tokenizer(store.tokenizer_dir()).decode([i]) for i in range(len(ev.examples.token_counts))]
+        live = ev.table["density"].to_numpy() > 0
+        persisting = _persisting(store, lineage, node, live.size)
+        keep, others = choose_features(live, persisting, spec.features_per_node, lineage.seed_of(node))
+        chosen = keep + others
+        records = {f: records_from_evidence(ev, f, vocab, spec.explain_records, spec.score_records, lineage.seed_of(node))
+                   for f in chosen}
+        max_act = {f: float(ev.examples.top_values[f, 0]) for f in chosen}
+        # the cost of what is not cached yet, before any request
+        pending = []
+        for f in chosen:
+            explain, score = records[f]
+            reqs = feature_requests(explain, score, max_act[f])
+            hit = client.cache.get(ResponseCache.key(client.model, reqs[0][0], {"max_tokens": reqs[0][1], "temperature": 0.0,
+                                                                               "logprobs": False, "top_logprobs": 0}))
+            if hit is None:
+                pending += reqs
+                continue
+            for r in score:
+                msgs = simulator_messages(clean_explanation(hit["text"]), r.tokens)
+                params = {"max_tokens": simulate_max_tokens(len(r.tokens)), "temperature": 0.0, "logprobs": True, "top_logprobs": 5}
+                if client.cache.get(ResponseCache.key(client.model, msgs, params)) is None:
+                    pending.append((msgs, params["max_tokens"]))
+        est = estimate(pending, price)
+        if est.usd > spec.max_usd or est.requests > spec.max_requests:
+            raise dg.Failure(
+                description=f"autointerp[{node}] would send {est.describe()}, above the cap (autointerp.max_usd = "
+                f"{spec.max_usd}, autointerp.max_requests = {spec.max_requests}); raise them in the lineage file's "
+                "`autointerp:` section or lower autointerp.features_per_node",
+                allow_retries=False)
+        log = step_log(context)
+        log(f"autointerp: {len(chosen)} features of {node}, {est.describe()} not cached")
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=llm.max_in_flight) as pool:
+            results = list(pool.map(lambda f: explain_and_score(client, *records[f], max_act[f]), chosen))
+        seconds = time.perf_counter() - started
+        table = pd.DataFrame([{"feature": f, "persisting": f in set(keep), "explanation": r["explanation"], "score": r["score"],
+                               "records_scored": r["records_scored"], "malformed": len(r["malformed"]),
+                               "simulation": r["simulation"]} for f, r in zip(chosen, results)])
+        out = store.path / "autointerp" / node
+        with store.write_dir(out) as tmp:
+            table.to_parquet(tmp / "scores.parquet", index=False)
+            (tmp / "usage.json").write_text(json.dumps(client.usage.as_dict(), indent=1))
+            write_html(_score_histogram(table, node), tmp / "scores.html", store.plotly_js(), final=out / "scores.html")
+        means = table.groupby("persisting")["score"].mean()
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(file_sha256(out / "scores.parquet")),
+            metadata={
+                "path": dg.MetadataValue.path(str(out)),
+                "histogram": dg.MetadataValue.path(str(out / "scores.html")),
+                "features": len(chosen), "persisting_features": len(keep),
+                "mean_score_persisting": float(means.get(True, float("nan"))),
+                "mean_score_others": float(means.get(False, float("nan"))),
+                "usage": dg.MetadataValue.json(client.usage.as_dict()),
+                "estimate_before_run": est.describe(),
+                "model": llm.model, "base_url": llm.base_url,
+                "seconds": round(seconds, 2),
+                "versions": dg.MetadataValue.json(versions()),
+            },
+        )
+
+    return autointerp
+
+
+def _score_histogram(table: pd.DataFrame, node: str):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for flag, name, color in ((True, "persisting", "#1f77b4"), (False, "emerged / disappearing / others", "#d62728")):
+        fig.add_trace(go.Histogram(x=table.loc[table["persisting"] == flag, "score"], name=name, opacity=0.6,
+                                   xbins={"start": -1, "end": 1, "size": 0.1}, marker_color=color))
+    fig.update_layout(barmode="overlay", title=f"{node}: explanation scores (Bills et al.), persisting vs other features",
+                      xaxis_title="score (pooled correlation of simulated and true activations)", yaxis_title="features",
+                      template="plotly_white")
+    return fig
