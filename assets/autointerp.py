@@ -25,7 +25,7 @@ from featureflow_dagster.autointerp import (
 )
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.model import load_model
-from featureflow_dagster.plots import write_html
+from featureflow_dagster.plots import markdown_table, write_html
 from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource, LLMResource
 from featureflow_dagster.sae import load_sae
@@ -37,7 +37,7 @@ from featureflow_dagster.assets.partitions import model_key, node_partitions, pe
 
 
 def build_autointerp_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
-    return [_autointerp(lineage)] if lineage.autointerp.enabled else []
+    return [_autointerp(lineage), _autointerp_summary(lineage)] if lineage.autointerp.enabled else []
 
 
 def _persisting(store: ArtifactStore, lineage: Lineage, node: str, d_sae: int) -> np.ndarray:
@@ -122,7 +122,7 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
         table = pd.DataFrame([{"feature": f, "persisting": f in set(keep), "explanation": r["explanation"], "score": r["score"],
                                "records_scored": r["records_scored"], "malformed": len(r["malformed"]),
                                "simulation": r["simulation"]} for f, r in zip(chosen, results)])
-        out = store.path / "autointerp" / node
+        out = store.autointerp_dir(node)
         with store.write_dir(out) as tmp:
             table.to_parquet(tmp / "scores.parquet", index=False)
             (tmp / "usage.json").write_text(json.dumps(client.usage.as_dict(), indent=1))
@@ -158,3 +158,72 @@ def _score_histogram(table: pd.DataFrame, node: str):
                       xaxis_title="score (pooled correlation of simulated and true activations)", yaxis_title="features",
                       template="plotly_white")
     return fig
+
+
+def feature_groups(lineage: Lineage, classification: pd.DataFrame | None, node: str, features) -> list[str]:
+    """Per feature of `node`: 'persisting' (persisted from a parent or persists into a child), else
+    'emerged' (emerged on an incoming edge), else 'disappearing' (disappears on an outgoing edge),
+    else 'other' (a lineage without edges)."""
+    if classification is None:
+        return ["other"] * len(features)
+    rows = classification[classification["node"] == node]
+    by = {s: set(rows.loc[rows["status"] == s, "feature"].astype(int)) for s in ("persists", "persisted", "emerged", "disappears")}
+    out = []
+    for f in features:
+        f = int(f)
+        out.append("persisting" if f in by["persists"] | by["persisted"] else "emerged" if f in by["emerged"]
+                   else "disappearing" if f in by["disappears"] else "other")
+    return out
+
+
+def _autointerp_summary(lineage: Lineage) -> dg.AssetsDefinition:
+    deps = [dg.AssetDep("autointerp"), config_dep("autointerp_summary")]
+    if lineage.edges():
+        deps.append(dg.AssetDep("feature_flow"))
+
+    @dg.asset(
+        deps=deps,
+        group_name="autointerp",
+        kinds={"plotly", "parquet"},
+        code_version=CODE_VERSIONS["autointerp_summary"],
+        description="Explanation scores over the lineage, persisting against emerged and disappearing features "
+        "(Horn & Elliott's comparison of score histograms).",
+    )
+    @locked
+    def autointerp_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        import plotly.graph_objects as go
+
+        cls = pd.read_parquet(store.feature_flow_dir() / "classification.parquet") if lineage.edges() else None
+        frames = []
+        for node in lineage.node_names:
+            t = pd.read_parquet(store.autointerp_dir(node) / "scores.parquet")
+            frames.append(t.assign(node=node, group=feature_groups(lineage, cls, node, t["feature"])))
+        table = pd.concat(frames, ignore_index=True)
+        fig = go.Figure()
+        for group, color in (("persisting", "#1f77b4"), ("emerged", "#2ca02c"), ("disappearing", "#d62728"), ("other", "#7f7f7f")):
+            scores = table.loc[table["group"] == group, "score"].dropna()
+            if len(scores):
+                fig.add_trace(go.Histogram(x=scores, name=f"{group} ({len(scores)})", opacity=0.55, marker_color=color,
+                                           xbins={"start": -1, "end": 1, "size": 0.1}))
+        fig.update_layout(barmode="overlay", title=f"{lineage.name}: explanation scores by feature fate",
+                          xaxis_title="score (pooled correlation of simulated and true activations)", yaxis_title="features",
+                          template="plotly_white")
+        out = store.path / "autointerp" / "summary.parquet"
+        with store.write_file(out) as tmp:
+            table.to_parquet(tmp, index=False)
+        page = store.report_dir("autointerp", "lineage") / "scores.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        write_html(fig, page, store.plotly_js())
+        stats = table.groupby("group")["score"].agg(["count", "mean", "median"])
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(file_sha256(out)),
+            metadata={
+                "path": dg.MetadataValue.path(str(out)),
+                "histogram": dg.MetadataValue.path(str(page)),
+                "scores_by_group": dg.MetadataValue.md(markdown_table(stats)),
+                "features": len(table),
+                "versions": dg.MetadataValue.json(versions()),
+            },
+        )
+
+    return autointerp_summary

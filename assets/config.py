@@ -21,7 +21,7 @@ CODE_VERSIONS = {
     "corpus": "1", "tokenizer": "1", "tokens": "1", "model": "1", "slerp_sweep": "1", "activation_store": "1",
     "sae": "2", "sae_transfer": "1", "feature_activations": "1", "feature_correlation": "1", "feature_flow": "2",
     "feature_examples": "3", "case_studies": "1", "feature_pages": "1",
-    "autointerp": "1",
+    "autointerp": "1", "autointerp_summary": "1",
 }
 
 

@@ -195,6 +195,8 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
             *[dg.AssetDep(model_key(n)) for n in nodes], config_dep("feature_pages")]
     if has_edges:
         deps += [dg.AssetDep("feature_correlation"), dg.AssetDep("feature_flow"), dg.AssetDep("case_studies")]
+    if lineage.autointerp.enabled:
+        deps.append(dg.AssetDep("autointerp"))  # its explanations appear on the pages
 
     @dg.asset(
         deps=deps,
@@ -215,7 +217,8 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
         evidence = []
         for n in nodes:
             evidence.append(site.load_evidence(n, store.examples_dir(n), load_model(store.model_dir(n), dev),
-                                               load_sae(store.sae_dir(n), dev), dev, lineage.examples.batch_windows))
+                                               load_sae(store.sae_dir(n), dev), dev, lineage.examples.batch_windows,
+                                               store.autointerp_dir(n) if lineage.autointerp.enabled else None))
             log(f"pages: encoded the examples' windows of {n}")
         tok = load_tokenizer(store.tokenizer_dir())
         vocab = [tok.decode([i]) for i in range(len(tok))]

@@ -303,6 +303,13 @@ def _feature(args) -> int:
               f"{feature_llr(ex, f, {top[0][0]}):.3f}")
     if args.hypothesis is not None:
         print(f"  LLR of /{args.hypothesis}/ ({len(hypothesis)} tokens): {feature_llr(ex, f, hypothesis):.3f}")
+    scores = featureflow_home(lineage.name) / "autointerp" / args.node / "scores.parquet"
+    if scores.is_file():
+        import pandas as pd
+
+        t = pd.read_parquet(scores).set_index("feature")
+        if f in t.index:
+            print(f"  LLM explanation: {t.loc[f, 'explanation']} (simulation score {t.loc[f, 'score']:.3f})")
     print("  top contexts:")
     for value, pos in zip(ex.top_values[f][:5].tolist(), ex.top_positions[f][:5].tolist()):
         if pos < 0:

@@ -650,6 +650,7 @@ class Lineage(_Strict):
             for n in self.nodes:  # timeouts, concurrency and retries change how, not what
                 out[f"autointerp/{n.name}"] = {**a.model_dump(mode="json", exclude={"timeout", "max_in_flight", "retries", "enabled", "api_key_env"}),
                                                "seed": self.seed_of(n.name)}
+            out["autointerp_summary"] = {}
         if self.edges():
             out["case_studies"] = {"min_fired": self.examples.case_min_fired}
         f = self.flow

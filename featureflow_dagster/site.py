@@ -58,6 +58,7 @@ class NodeEvidence:
     table: pd.DataFrame
     logits: dict[str, torch.Tensor]
     codes: sp.csc_matrix
+    explanations: dict[int, tuple[str, float]] | None = None  # feature -> (LLM explanation, its score), from autointerp
 
     def __post_init__(self):
         self.columns = {k: self.table[k].to_numpy() for k in ("density", "max_activation", "top_token_id", "llr_top_token")}
@@ -191,6 +192,8 @@ def feature_record(ev: NodeEvidence, f: int, lineage: LineageTables | None, inac
         "node": ev.node, "feature": f, "density": _r(row["density"]), "fired": int(ex.fired[f]), "tokens": ex.tokens,
         "max_activation": _r(row["max_activation"]), "top_token": int(row["top_token_id"]),
         "llr_top_token": _r(row["llr_top_token"]),
+        "explanation": ({"text": ev.explanations[f][0], "score": _r(ev.explanations[f][1], 3)}
+                        if ev.explanations and f in ev.explanations else None),
         "histogram": [[b, int(hist[b])] for b in nz],
         "top_tokens": [[t, _r(m), c] for t, m, c in ex.top_tokens(f, n=10, min_count=5) or ex.top_tokens(f, n=10)],
         "logits": {side: [[i, _r(v, 3)] for i, v in zip(ev.logit_lists[f"{side}_ids"][f], ev.logit_lists[f"{side}_values"][f])]
@@ -220,6 +223,8 @@ def index_rows(ev: NodeEvidence, lineage: LineageTables | None) -> dict:
         for edge, side in [(f"{p}->{ev.node}", "child") for p in parents] + [(f"{ev.node}->{c}", "parent") for c in children]:
             cols["status"][edge] = lineage.status[(edge, side)][live].tolist()
             cols["best_r"][edge] = [_r(x, 3) for x in lineage.best_r[(edge, side)][live]]
+    if ev.explanations:
+        cols["explanation"] = [ev.explanations[f][0] if f in ev.explanations else "" for f in live.tolist()]
     return cols
 
 
@@ -228,14 +233,20 @@ def _js(path: Path, name: str, payload) -> None:
     path.write_text(f"FF.{name}({json.dumps(payload, separators=(',', ':'), allow_nan=False)});\n")
 
 
-def load_evidence(node: str, examples_dir: Path, model, sae, device, batch_windows: int = 64) -> NodeEvidence:
-    """A node's feature_examples folder, with the codes over its windows computed again."""
+def load_evidence(node: str, examples_dir: Path, model, sae, device, batch_windows: int = 64,
+                  autointerp_dir: Path | None = None) -> NodeEvidence:
+    """A node's feature_examples folder, with the codes over its windows computed again, and the
+    LLM explanations of `autointerp_dir` (scores.parquet) where there are any."""
     from safetensors.torch import load_file
 
     ex = FeatureExamples.load(examples_dir / "examples.safetensors")
+    explanations = None
+    if autointerp_dir is not None and (autointerp_dir / "scores.parquet").is_file():
+        t = pd.read_parquet(autointerp_dir / "scores.parquet")
+        explanations = {int(f): (str(e), float(sc)) for f, e, sc in zip(t["feature"], t["explanation"], t["score"])}
     return NodeEvidence(node, ex, pd.read_parquet(examples_dir / "features.parquet"),
                         load_file(str(examples_dir / "logit_effects.safetensors")),
-                        context_codes(model, sae, ex.windows, device, batch_windows))
+                        context_codes(model, sae, ex.windows, device, batch_windows), explanations)
 
 
 def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeEvidence], lineage: LineageTables | None,

@@ -97,6 +97,9 @@ class ArtifactStore(dg.ConfigurableResource):
     def examples_dir(self, node: str) -> Path:
         return self.path / "feature_examples" / node
 
+    def autointerp_dir(self, node: str) -> Path:
+        return self.path / "autointerp" / node
+
     def sweep_dir(self, node: str) -> Path:
         return self.path / "slerp_sweep" / node
 

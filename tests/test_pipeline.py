@@ -597,6 +597,37 @@ def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
         assert not result.success and server.requests == sent
         failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
         assert "autointerp.max_usd = 1e-06" in str(failure.event_specific_data.error)
+        # the rest of the lineage, the lineage-wide comparison, and the explanations on the pages and in the shell
+        report = materialize_lineage(on, instance, only={dg.AssetKey("autointerp"), dg.AssetKey("autointerp_summary"),
+                                                         dg.AssetKey("feature_pages")}, echo=lambda *_: None)
+        done = {(k.to_user_string(), pk) for k, pk in report.done}
+        assert done == {("autointerp", "base"), ("autointerp", "prose"), ("autointerp", "merged"),
+                        ("autointerp_summary", None), ("feature_pages", None)}
+        summary = pd.read_parquet(home / "autointerp" / "summary.parquet")
+        assert len(summary) == 24 and set(summary["group"]) <= {"persisting", "emerged", "disappearing"}
+        assert (summary["group"] == "persisting").sum() == summary["persisting"].sum()  # the asset's choice, the same rule
+        assert "persisting" in _meta(instance, "autointerp_summary")["scores_by_group"]
+        f = int(table["feature"][0])
+        rec = _record(home / "reports" / "features", "code", f)
+        assert rec["explanation"]["text"] == table["explanation"][0] and rec["explanation"]["text"].startswith("the token")
+        from featureflow_dagster.cli import main
+
+        monkeypatch.setenv("FEATUREFLOW_HOME", str(home))
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(["feature", "code", str(f), "--lineage", "micro"]) == 0
+        assert f"LLM explanation: {table['explanation'][0]}" in out.getvalue()
+        from browser import chromium_path, load_pages
+
+        if chromium_path() is not None:  # the page shows it (rendered where Chromium is installed)
+            site = home / "reports" / "features"
+            page, index = load_pages([f"file://{site}/feature.html#node=code&f={f}", f"file://{site}/index.html#node=code"],
+                                     ready="document.body && document.body.dataset.ready === '1'")
+            assert page.errors == [] and "LLM explanation: the token" in page.text and "simulation score" in page.text
+            assert index.errors == [] and "explanation" in index.text
         # the key: sent to the server, never written anywhere
         assert server.keys and all(k == f"Bearer {key}" for k in server.keys)
         logs = "".join(str(e.dagster_event) + e.message for r in instance.get_runs() for e in instance.all_logs(r.run_id))

@@ -127,6 +127,10 @@ FF.featurePage = function () {
 FF.renderFeature = function (main, rec) {
   var node = rec.node, f = rec.feature;
   main.appendChild(FF.el("h1", {}, node + " · feature " + f + " ", FF.el("span", { cls: "muted", text: "top token " }), FF.tok(rec.top_token)));
+  if (rec.explanation) {
+    main.appendChild(FF.el("p", { cls: "explanation" }, FF.el("strong", { text: "LLM explanation: " }), rec.explanation.text,
+      FF.el("span", { cls: "muted", text: "  (simulation score " + FF.fmt(rec.explanation.score) + ")" })));
+  }
   var nav = document.getElementById("nav");
   if (nav) { nav.textContent = ""; if (f > 0) nav.appendChild(FF.link(node, f - 1, "← #" + (f - 1))); nav.appendChild(document.createTextNode(" ")); if (f + 1 < FF.I.d_sae[node]) nav.appendChild(FF.link(node, f + 1, "#" + (f + 1) + " →")); }
   var grid = FF.el("div", { cls: "grid" });
@@ -232,14 +236,15 @@ FF.indexPage = async function () {
     var key = function (i) {
       if (sortKey === "top token") return FF.V[R.top_token[i]];
       if (sortKey.indexOf("r ") === 0) return R.best_r[sortKey.slice(2)][i];
-      return { feature: R.feature, density: R.density, max: R.max, LLR: R.llr, origin: R.origin }[sortKey][i];
+      return { feature: R.feature, density: R.density, max: R.max, LLR: R.llr, origin: R.origin, explanation: R.explanation }[sortKey][i];
     };
     idx.sort(function (a, b) {
       var x = key(a), y = key(b);
       if (x === y) return 0; if (x === null) return 1; if (y === null) return -1;
       return (x < y ? -1 : 1) * (sortDesc ? -1 : 1);
     });
-    var head = ["feature", "density", "max", "top token", "LLR", "origin"].concat(edges).concat(edges.map(function (e) { return "r " + e; }));
+    var head = ["feature", "density", "max", "top token", "LLR", "origin"].concat(edges).concat(edges.map(function (e) { return "r " + e; }))
+      .concat(R.explanation ? ["explanation"] : []);
     var thead = document.querySelector("#table thead"), tbody = document.querySelector("#table tbody");
     thead.textContent = ""; tbody.textContent = "";
     var tr = FF.el("tr");
@@ -258,6 +263,7 @@ FF.indexPage = async function () {
         FF.el("td", { cls: R.origin[i], text: R.origin[i] }));
       edges.forEach(function (e) { row.appendChild(FF.el("td", { cls: R.status[e][i], text: R.status[e][i] })); });
       edges.forEach(function (e) { row.appendChild(FF.el("td", { cls: "num", text: FF.fmt(R.best_r[e][i]) })); });
+      if (R.explanation) row.appendChild(FF.el("td", { text: R.explanation[i] }));
       tbody.appendChild(row);
     });
     count.textContent = idx.length.toLocaleString() + " of " + R.feature.length.toLocaleString() + " live features of " + node +
