@@ -11,6 +11,7 @@ import pandas as pd
 
 from featureflow_dagster import site
 from featureflow_dagster.autointerp import (
+    EXPLAIN_PARAMS,
     LLMError,
     Price,
     ResponseCache,
@@ -19,9 +20,9 @@ from featureflow_dagster.autointerp import (
     estimate,
     explain_and_score,
     feature_requests,
+    inactive_records,
     records_from_evidence,
-    simulate_max_tokens,
-    simulator_messages,
+    scoring_requests,
 )
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.model import load_model
@@ -90,20 +91,19 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
         chosen = keep + others
         records = {f: records_from_evidence(ev, f, vocab, spec.explain_records, spec.score_records, lineage.seed_of(node))
                    for f in chosen}
+        inactive = {f: inactive_records(ev, f, vocab, spec.score_records) if "detection" in spec.scorers else [] for f in chosen}
         max_act = {f: float(ev.examples.top_values[f, 0]) for f in chosen}
-        # the cost of what is not cached yet, before any request
+        seed = lineage.seed_of(node)
+        # the cost of what is not cached yet, before any request: a cached explanation leads to its scoring requests
         pending = []
         for f in chosen:
             explain, score = records[f]
-            reqs = feature_requests(explain, score, max_act[f])
-            hit = client.cache.get(ResponseCache.key(client.model, reqs[0][0], {"max_tokens": reqs[0][1], "temperature": 0.0,
-                                                                               "logprobs": False, "top_logprobs": 0}))
+            reqs = feature_requests(explain, score, max_act[f], inactive[f], spec.scorers, seed)
+            hit = client.cache.get(ResponseCache.key(client.model, reqs[0][0], EXPLAIN_PARAMS))
             if hit is None:
                 pending += reqs
                 continue
-            for r in score:
-                msgs = simulator_messages(clean_explanation(hit["text"]), r.tokens)
-                params = {"max_tokens": simulate_max_tokens(len(r.tokens)), "temperature": 0.0, "logprobs": True, "top_logprobs": 5}
+            for _, msgs, params, _ in scoring_requests(clean_explanation(hit["text"]), score, inactive[f], spec.scorers, seed):
                 if client.cache.get(ResponseCache.key(client.model, msgs, params)) is None:
                     pending.append((msgs, params["max_tokens"]))
         est = estimate(pending, price)
@@ -117,9 +117,11 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
         log(f"autointerp: {len(chosen)} features of {node}, {est.describe()} not cached")
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=llm.max_in_flight) as pool:
-            results = list(pool.map(lambda f: explain_and_score(client, *records[f], max_act[f]), chosen))
+            results = list(pool.map(lambda f: explain_and_score(client, *records[f], max_act[f], inactive[f], spec.scorers, seed),
+                                    chosen))
         seconds = time.perf_counter() - started
         table = pd.DataFrame([{"feature": f, "persisting": f in set(keep), "explanation": r["explanation"], "score": r["score"],
+                               "detection": r["detection"], "fuzzing": r["fuzzing"],
                                "records_scored": r["records_scored"], "malformed": len(r["malformed"]),
                                "simulation": r["simulation"]} for f, r in zip(chosen, results)])
         out = store.autointerp_dir(node)
@@ -128,6 +130,7 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
             (tmp / "usage.json").write_text(json.dumps(client.usage.as_dict(), indent=1))
             write_html(_score_histogram(table, node), tmp / "scores.html", store.plotly_js(), final=out / "scores.html")
         means = table.groupby("persisting")["score"].mean()
+        scored = {k: float(table[k].mean()) for k in ("detection", "fuzzing") if k in spec.scorers}
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_sha256(out / "scores.parquet")),
             metadata={
@@ -136,6 +139,8 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
                 "features": len(chosen), "persisting_features": len(keep),
                 "mean_score_persisting": float(means.get(True, float("nan"))),
                 "mean_score_others": float(means.get(False, float("nan"))),
+                **{f"mean_{k}": v for k, v in scored.items()},
+                "scorers": ", ".join(spec.scorers),
                 "usage": dg.MetadataValue.json(client.usage.as_dict()),
                 "estimate_before_run": est.describe(),
                 "model": llm.model, "base_url": llm.base_url,
@@ -214,7 +219,9 @@ def _autointerp_summary(lineage: Lineage) -> dg.AssetsDefinition:
         page = store.report_dir("autointerp", "lineage") / "scores.html"
         page.parent.mkdir(parents=True, exist_ok=True)
         write_html(fig, page, store.plotly_js())
-        stats = table.groupby("group")["score"].agg(["count", "mean", "median"])
+        stats = table.groupby("group").agg(features=("feature", "size"), simulation_mean=("score", "mean"),
+                                           simulation_median=("score", "median"), detection_mean=("detection", "mean"),
+                                           fuzzing_mean=("fuzzing", "mean"))
         return dg.MaterializeResult(
             data_version=dg.DataVersion(file_sha256(out)),
             metadata={

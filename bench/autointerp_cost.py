@@ -19,7 +19,8 @@ import numpy as np
 def main() -> None:
     warnings.simplefilter("ignore")
     from featureflow_dagster import site
-    from featureflow_dagster.autointerp import Estimate, Price, choose_features, estimate, feature_requests, records_from_evidence
+    from featureflow_dagster.autointerp import (Estimate, Price, choose_features, estimate, feature_requests, inactive_records,
+                                                records_from_evidence)
     from featureflow_dagster.instance import featureflow_home
     from featureflow_dagster.lineage import load_lineage
     from featureflow_dagster.model import load_model
@@ -31,10 +32,13 @@ def main() -> None:
     ap.add_argument("--home", default=None)
     ap.add_argument("--prompt-usd", type=float, default=10.0)
     ap.add_argument("--completion-usd", type=float, default=30.0)
+    ap.add_argument("--scorers", default=None, help="comma-separated (default: the lineage's autointerp.scorers)")
     args = ap.parse_args()
     lineage = load_lineage(args.lineage)
     home = Path(args.home) if args.home else featureflow_home(lineage.name)
     spec, price = lineage.autointerp, Price(args.prompt_usd, args.completion_usd)
+    scorers = args.scorers.split(",") if args.scorers else spec.scorers
+    print(f"scorers: {', '.join(scorers)}; USD {price.prompt} / {price.completion} per million prompt / completion tokens")
     vocab = None
     totals = {"chosen": [], "all": []}
     print(f"{'node':12} {'features':>9} {'requests':>9} {'prompt tok':>11} {'compl. tok':>11} {'USD':>9}   (all live features: USD)")
@@ -51,7 +55,8 @@ def main() -> None:
             reqs = []
             for f in feats:
                 explain, score = records_from_evidence(ev, f, vocab, spec.explain_records, spec.score_records, lineage.seed_of(node))
-                reqs += feature_requests(explain, score, float(ev.examples.top_values[f, 0]))
+                off = inactive_records(ev, f, vocab, spec.score_records) if "detection" in scorers else []
+                reqs += feature_requests(explain, score, float(ev.examples.top_values[f, 0]), off, scorers, lineage.seed_of(node))
             per[name] = estimate(reqs, price)
             totals[name].append((len(feats), per[name]))
         e = per["chosen"]

@@ -159,6 +159,78 @@ def pooled_correlation(true: list[list[float]], predicted: list[list[float]]) ->
     return float(np.corrcoef(a, b)[0, 1])
 
 
+# Cheaper scorers (EleutherAI's delphi): one request per feature each, balanced accuracy.
+
+DETECTION_SYSTEM = (
+    "You will read an explanation of a feature of a language model and a numbered list of short text contexts. "
+    "For each context, say whether the feature as explained is present in it. Answer with JSON only: "
+    "{\"present\": [1 or 0 for each context, in order]}."
+)
+
+FUZZING_SYSTEM = (
+    "You will read an explanation of a feature of a language model and a numbered list of short text contexts in "
+    "which some tokens are marked <<like this>>. For each context, say whether the marked tokens are the ones the "
+    "explanation describes. Answer with JSON only: {\"correct\": [1 or 0 for each context, in order]}."
+)
+
+
+def detection_messages(explanation: str, contexts: list[list[str]]) -> list[dict]:
+    lines = [f"{i + 1}. {''.join(_show(t) for t in c)}" for i, c in enumerate(contexts)]
+    return [{"role": "system", "content": DETECTION_SYSTEM},
+            {"role": "user", "content": f"Explanation: {explanation}\nContexts:\n" + "\n".join(lines)}]
+
+
+def fuzzing_messages(explanation: str, contexts: list[tuple[list[str], set[int]]]) -> list[dict]:
+    lines = [f"{i + 1}. " + "".join(f"<<{_show(t)}>>" if j in marked else _show(t) for j, t in enumerate(c))
+             for i, (c, marked) in enumerate(contexts)]
+    return [{"role": "system", "content": FUZZING_SYSTEM},
+            {"role": "user", "content": f"Explanation: {explanation}\nContexts:\n" + "\n".join(lines)}]
+
+
+def parse_flags(text: str, key: str, n: int) -> list[int]:
+    """The 0/1 list under `key` of a JSON answer, n long. Raises Malformed."""
+    match = re.search(r"\{.*\}", text, flags=re.S)
+    try:
+        values = json.loads(match.group(0))[key] if match else None
+    except (ValueError, KeyError, TypeError):
+        values = None
+    if not isinstance(values, list) or len(values) != n or not all(v in (0, 1, True, False) for v in values):
+        raise Malformed(f"expected {{\"{key}\": [{n} zeros and ones]}}, got {text[:80]!r}")
+    return [int(v) for v in values]
+
+
+def balanced_accuracy(truth: list[int], predicted: list[int]) -> float:
+    """Mean of the recall on positives and on negatives; NaN when one class is absent."""
+    t, p = np.asarray(truth, bool), np.asarray(predicted, bool)
+    if t.all() or not t.any():
+        return float("nan")
+    return float(((p & t).sum() / t.sum() + (~p & ~t).sum() / (~t).sum()) / 2)
+
+
+def detection_contexts(activating: list[Record], inactive: list[Record], seed: int) -> tuple[list[list[str]], list[int]]:
+    """Activating and non-activating contexts in a seeded order, with the truth (1: activating)."""
+    items = [(r.tokens, 1) for r in activating] + [(r.tokens, 0) for r in inactive]
+    order = np.random.default_rng(seed).permutation(len(items))
+    return [items[i][0] for i in order], [items[i][1] for i in order]
+
+
+def fuzzing_contexts(activating: list[Record], seed: int) -> tuple[list[tuple[list[str], set[int]]], list[int]]:
+    """Every activating context with its active tokens marked (truth 1) or, for every other one in a
+    seeded choice, as many tokens where the feature is zero (truth 0)."""
+    rng = np.random.default_rng(seed)
+    out, truth = [], []
+    for i, r in enumerate(activating):
+        active = {j for j, a in enumerate(r.activations) if a > 0}
+        zero = [j for j, a in enumerate(r.activations) if a <= 0]
+        if i % 2 == 1 and zero and active:
+            out.append((r.tokens, set(rng.choice(zero, size=min(len(active), len(zero)), replace=False).tolist())))
+            truth.append(0)
+        else:
+            out.append((r.tokens, active))
+            truth.append(1)
+    return out, truth
+
+
 # ---------------------------------------------------------------------------------------------
 # Cost: estimated before any request
 # ---------------------------------------------------------------------------------------------
@@ -329,43 +401,92 @@ class LLMClient:
 # ---------------------------------------------------------------------------------------------
 
 EXPLAIN_MAX_TOKENS = 60
+EXPLAIN_PARAMS = {"max_tokens": EXPLAIN_MAX_TOKENS, "temperature": 0.0, "logprobs": False, "top_logprobs": 0}
+SCORERS = ("simulation", "detection", "fuzzing")
 
 
 def simulate_max_tokens(n_tokens: int) -> int:
     return 16 + 4 * n_tokens
 
 
+def scoring_requests(explanation: str, score_records: list[Record], inactive_records: list[Record],
+                     scorers=("simulation",), seed: int = 0) -> list[tuple[str, list[dict], dict, list[int] | None]]:
+    """Every request that scores an explanation: (scorer, messages, chat parameters, truth for the
+    detection and fuzzing flags). Simulation: one per held-out record; detection: one over the
+    held-out activating and the non-activating records; fuzzing: one over the held-out records, half
+    of them with wrong tokens marked."""
+    out = []
+    if "simulation" in scorers:
+        for r in score_records:
+            out.append(("simulation", simulator_messages(explanation, r.tokens),
+                        {"max_tokens": simulate_max_tokens(len(r.tokens)), "temperature": 0.0, "logprobs": True, "top_logprobs": 5},
+                        None))
+    if "detection" in scorers and score_records and inactive_records:
+        contexts, truth = detection_contexts(score_records, inactive_records, seed)
+        out.append(("detection", detection_messages(explanation, contexts),
+                    {"max_tokens": 16 + 3 * len(contexts), "temperature": 0.0, "logprobs": False, "top_logprobs": 0}, truth))
+    if "fuzzing" in scorers and score_records:
+        contexts, truth = fuzzing_contexts(score_records, seed)
+        out.append(("fuzzing", fuzzing_messages(explanation, contexts),
+                    {"max_tokens": 16 + 3 * len(contexts), "temperature": 0.0, "logprobs": False, "top_logprobs": 0}, truth))
+    return out
+
+
 def feature_requests(explain_records: list[Record], score_records: list[Record], max_activation: float,
-                     explanation: str = "x" * 60) -> list[tuple[list[dict], int]]:
-    """The requests `explain_and_score` will send for one feature (the simulator's with an
-    explanation as long as the explainer may write), for the cost estimate."""
+                     inactive_records: list[Record] = (), scorers=("simulation",), seed: int = 0,
+                     explanation: str = "x" * 4 * EXPLAIN_MAX_TOKENS) -> list[tuple[list[dict], int]]:
+    """The requests `explain_and_score` will send for one feature (scored with an explanation as long
+    as the explainer may write), as (messages, max completion tokens), for the cost estimate."""
     out = [(explainer_messages(explain_records, max_activation), EXPLAIN_MAX_TOKENS)]
-    out += [(simulator_messages(explanation, r.tokens), simulate_max_tokens(len(r.tokens))) for r in score_records]
+    out += [(m, p["max_tokens"]) for _, m, p, _ in scoring_requests(explanation, score_records, list(inactive_records), scorers, seed)]
     return out
 
 
 def explain_and_score(client: LLMClient, explain_records: list[Record], score_records: list[Record],
-                      max_activation: float) -> dict:
-    """Explain from `explain_records`, simulate each of `score_records` from the explanation, score
-    the pooled correlation against their true (quantised) activations. Malformed simulator answers are
-    counted and left out of the score, not raised."""
-    answer = client.chat(explainer_messages(explain_records, max_activation), max_tokens=EXPLAIN_MAX_TOKENS)
+                      max_activation: float, inactive_records: list[Record] = (), scorers=("simulation",), seed: int = 0) -> dict:
+    """Explain from `explain_records`; score the explanation on the held-out `score_records` (and, for
+    detection, `inactive_records`) with each of `scorers`: 'simulation' (pooled correlation of simulated
+    and true quantised activations), 'detection' and 'fuzzing' (balanced accuracy). Malformed answers
+    are counted and left out, not raised."""
+    answer = client.chat(explainer_messages(explain_records, max_activation), **EXPLAIN_PARAMS)
     explanation = clean_explanation(answer["text"])
     true, predicted, malformed, how = [], [], [], set()
-    for r in score_records:
-        sim = client.chat(simulator_messages(explanation, r.tokens), max_tokens=simulate_max_tokens(len(r.tokens)),
-                          logprobs=True, top_logprobs=5)
+    result = {"explanation": explanation, "score": float("nan"), "detection": float("nan"), "fuzzing": float("nan")}
+    records = iter(score_records)
+    for scorer, messages, params, truth in scoring_requests(explanation, score_records, list(inactive_records), scorers, seed):
+        reply = client.chat(messages, **params)
         try:
-            values, source = parse_simulation(sim["text"], sim["logprobs"], len(r.tokens))
+            if scorer == "simulation":
+                r = next(records)
+                values, source = parse_simulation(reply["text"], reply["logprobs"], len(r.tokens))
+                how.add(source)
+                true.append([float(q) for q in quantize(r.activations, max_activation)])
+                predicted.append(values)
+            else:
+                flags = parse_flags(reply["text"], "present" if scorer == "detection" else "correct", len(truth))
+                result[scorer] = balanced_accuracy(truth, flags)
         except Malformed as e:
-            malformed.append(str(e))
+            malformed.append(f"{scorer}: {e}")
             client.usage.add(malformed=1)
-            continue
-        how.add(source)
-        true.append([float(q) for q in quantize(r.activations, max_activation)])
-        predicted.append(values)
-    return {"explanation": explanation, "score": pooled_correlation(true, predicted), "records_scored": len(true),
-            "malformed": malformed, "simulation": "+".join(sorted(how)) or "none"}
+    if "simulation" in scorers:
+        result["score"] = pooled_correlation(true, predicted)
+    return {**result, "records_scored": len(true), "malformed": malformed, "simulation": "+".join(sorted(how)) or "none"}
+
+
+def inactive_records(ev, feature: int, vocab: list[str], n: int) -> list[Record]:
+    """Up to n windows of the node's examples where the feature is zero on every token."""
+    ex = ev.examples
+    ctx = ex.windows.shape[1]
+    start, end = ev.codes.indptr[feature], ev.codes.indptr[feature + 1]
+    active_windows = set((ev.codes.indices[start:end] // ctx).tolist())
+    out = []
+    for p in ex.inactive_positions.tolist():
+        w = p // ctx
+        if w not in active_windows and all(r.tokens != [vocab[i] for i in ex.windows[w].tolist()] for r in out):
+            out.append(Record([vocab[i] for i in ex.windows[w].tolist()], [0.0] * ctx))
+        if len(out) == n:
+            break
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

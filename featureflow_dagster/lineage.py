@@ -388,6 +388,9 @@ class AutointerpSpec(_Strict):
                                    "up to half of this, and as many others), chosen by a seeded rule.")
     explain_records: int = Field(default=10, gt=0, description="Top contexts the explainer reads per feature.")
     score_records: int = Field(default=10, gt=0, description="Held-out contexts simulated per feature (top and quantile samples).")
+    scorers: list[Literal["simulation", "detection", "fuzzing"]] = Field(
+        default=["simulation"], min_length=1, description="simulation (Bills et al., one request per held-out context), "
+        "detection and fuzzing (delphi's, one request per feature each; balanced accuracy).")
     prompt_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million prompt tokens, for the cap.")
     completion_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million completion tokens.")
     max_usd: float = Field(default=1.0, ge=0, description="Refuse to start when the estimated cost of a node exceeds this.")

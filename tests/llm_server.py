@@ -3,7 +3,8 @@
 Answers are computed from the prompt: the explainer names the token that carries the highest
 activation in the records ('the token "X"'); the simulator predicts 10 on every token equal to the
 quoted one and 0 elsewhere, as JSON, with logprobs on request (p = 0.8 for its answer, 0.2 for the
-other end of the scale). `faults` is a list of scripted misbehaviours consumed one per request:
+other end of the scale); detection calls a context present when it contains the quoted token,
+fuzzing calls a marking correct when every marked token is the quoted one. `faults` is a list of scripted misbehaviours consumed one per request:
 '429', '500', 'slow' (sleeps past the client's timeout), 'garbage' (no JSON), 'range' (numbers out
 of 0–10). `requests` counts what arrived; `keys` the Authorization headers seen."""
 
@@ -89,6 +90,17 @@ class FakeLLM:
                 if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) > best_v:
                     best, best_v = parts[0], int(parts[1])
             text = f' the token "{best}".'
+        elif '{"present"' in prompt or '{"correct"' in prompt:  # detection / fuzzing: judge from the quoted token
+            quoted = re.search(r'the token "(.*?)"', prompt)
+            target = quoted.group(1) if quoted else None
+            contexts = [line.split(". ", 1)[1] for line in prompt.split("Contexts:\n", 1)[1].splitlines() if ". " in line]
+            if '{"present"' in prompt:
+                text = json.dumps({"present": [int(target is not None and target in c) for c in contexts]})
+            else:
+                marked = [re.findall(r"<<(.*?)>>", c) for c in contexts]
+                text = json.dumps({"correct": [int(bool(m) and all(t == target for t in m)) for m in marked]})
+            if fault == "garbage":
+                text = "no idea"
         else:
             quoted = re.search(r'the token "(.*?)"', prompt)
             target = quoted.group(1) if quoted else None

@@ -143,3 +143,27 @@ def test_the_estimate_bounds_what_a_feature_costs(tmp_path):
     assert used.requests == est.requests and used.completion_tokens <= est.completion_tokens
     assert 0.5 < used.prompt_tokens / est.prompt_tokens < 1.5 and used.usd <= est.usd * 1.5
     assert json.dumps(used.as_dict())  # JSON-able, for metadata
+
+
+def test_detection_and_fuzzing_score_balanced_accuracy_against_a_shuffled_null(tmp_path):
+    from featureflow_dagster.autointerp import balanced_accuracy, fuzzing_contexts, parse_flags
+
+    assert balanced_accuracy([1, 1, 0, 0], [1, 0, 0, 0]) == 0.75 and math.isnan(balanced_accuracy([1, 1], [1, 0]))
+    with pytest.raises(Malformed, match='expected {"present": \\[3'):
+        parse_flags('{"present": [1, 0]}', "present", 3)
+    contexts, truth = fuzzing_contexts(_records(12), seed=0)
+    for (tokens, marked), ok in zip(contexts, truth):  # correct markings are the active tokens, wrong ones none of them
+        assert ({tokens[j] for j in marked} == {"="}) == bool(ok)
+    inactive = [Record(r.tokens, [0.0] * len(r.tokens)) for r in _records(13, target="x")]
+    for r in inactive:
+        r.tokens = [t if "=" not in t else "(" for t in r.tokens]  # no "=" anywhere: truly non-activating
+    scorers = ("simulation", "detection", "fuzzing")
+    with FakeLLM() as server:
+        client = _client(server, tmp_path)
+        good = explain_and_score(client, _records(14), _records(15), 3.0, inactive, scorers, seed=1)
+        null = explain_and_score(client, _records(16), _records(17, shuffled=True), 3.0, inactive, scorers, seed=1)
+        assert server.requests == 2 * (1 + 6 + 2)
+    assert good["detection"] == 1.0 and good["fuzzing"] == 1.0 and good["score"] == pytest.approx(1.0)
+    # shuffled held-out activations: fuzzing marks tokens the explanation does not describe; detection still
+    # finds '=' in every context, the activating and the (shuffled) ones alike
+    assert null["fuzzing"] <= 0.75 and null["score"] < 0.3

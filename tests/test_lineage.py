@@ -287,6 +287,8 @@ def test_autointerp_is_off_by_default_and_needs_a_model_when_on():
     assert parse_lineage(_lineage()).autointerp.enabled is False
     _rejects(_lineage(autointerp={"enabled": True}), None, "autointerp", "needs autointerp.model")
     _rejects(_lineage(autointerp={"enabled": True, "model": "m", "max_usd": -1}), None, "autointerp.max_usd", "greater than or equal")
+    _rejects(_lineage(autointerp={"enabled": True, "model": "m", "scorers": ["vibes"]}), None, "autointerp.scorers.0", "simulation")
+    _rejects(_lineage(autointerp={"enabled": True, "model": "m", "scorers": []}), None, "autointerp.scorers", "at least 1")
     on = parse_lineage(_lineage(autointerp={"enabled": True, "model": "m"}))
     versions = on.config_versions()
     assert {k for k in versions if k.startswith("autointerp/")} == {f"autointerp/{n}" for n in on.node_names}

@@ -575,13 +575,15 @@ def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
     with FakeLLM(api_key=key) as server:
         settings = {"enabled": True, "base_url": server.base_url, "model": MODEL, "api_key_env": "FF_TEST_LLM_KEY",
                     "features_per_node": 6, "explain_records": 4, "score_records": 4, "prompt_usd_per_mtok": 10.0,
-                    "completion_usd_per_mtok": 30.0, "max_usd": 1.0}
+                    "completion_usd_per_mtok": 30.0, "max_usd": 1.0, "scorers": ["simulation", "detection", "fuzzing"]}
         on = build_definitions(parse_lineage({**raw, "autointerp": settings}, "micro-ai"), home=str(home), device="cpu")
         report = materialize_lineage(on, instance, only={dg.AssetKey("autointerp")}, partitions={"code"}, echo=lambda *_: None)
         assert [(k.to_user_string(), pk) for k, pk in report.done] == [("autointerp", "code")]
         sent = server.requests
         table = pd.read_parquet(home / "autointerp" / "code" / "scores.parquet")
-        assert len(table) == 6 and table["persisting"].sum() == 3 and sent == 6 * (1 + 4)
+        # per feature: the explainer, 4 simulations, fuzzing, and detection where non-activating windows exist
+        assert len(table) == 6 and table["persisting"].sum() == 3 and sent == 6 * (1 + 4 + 1) + table["detection"].notna().sum()
+        assert table["fuzzing"].notna().all() and table["detection"].notna().sum() >= 3
         assert table["explanation"].str.startswith("the token").all() and table["score"].notna().any()
         meta = _meta_partition(instance, "autointerp", "code")
         assert meta["usage"]["requests"] == sent and meta["usage"]["cache_hits"] == 0 and meta["usage"]["usd"] > 0
