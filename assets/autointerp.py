@@ -142,6 +142,7 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
                 **{f"mean_{k}": v for k, v in scored.items()},
                 "scorers": ", ".join(spec.scorers),
                 "usage": dg.MetadataValue.json(client.usage.as_dict()),
+                "requests": client.usage.requests, "cache_hits": client.usage.cache_hits, "usd": round(client.usage.usd, 6),
                 "estimate_before_run": est.describe(),
                 "model": llm.model, "base_url": llm.base_url,
                 "seconds": round(seconds, 2),

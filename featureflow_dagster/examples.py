@@ -95,17 +95,18 @@ class FeatureExamples:
     def quantile_groups(self, feature: int, groups: int = 10, per_group: int = 5) -> list[list[tuple[float, int]]]:
         """`groups` groups of the sampled activations by quantile (lowest first), `per_group` evenly
         spread (value, position) pairs from each; empty groups where the feature fired too rarely."""
-        keep = self.sample_positions[feature] >= 0
-        vals, pos = self.sample_values[feature][keep], self.sample_positions[feature][keep]
-        order = torch.argsort(vals)
+        pos = self.sample_positions[feature].numpy()
+        keep = pos >= 0
+        vals, pos = self.sample_values[feature].numpy()[keep], pos[keep]
+        order = np.argsort(vals, kind="stable")
         vals, pos = vals[order], pos[order]
         out = []
         for g in range(groups):
-            lo, hi = (g * vals.numel()) // groups, ((g + 1) * vals.numel()) // groups
+            lo, hi = (g * vals.size) // groups, ((g + 1) * vals.size) // groups
             if hi <= lo:
                 out.append([])
                 continue
-            pick = torch.linspace(lo, hi - 1, min(per_group, hi - lo)).round().long().unique()
+            pick = np.unique(np.round(np.linspace(lo, hi - 1, min(per_group, hi - lo))).astype(np.int64))
             out.append([(float(vals[i]), int(pos[i])) for i in pick])
         return out
 

@@ -262,6 +262,8 @@ KEY_FIGURES = {
     "feature_activations": ["parent_l0", "child_l0"], "feature_correlation": ["at_threshold/parent_persisting", "parent_features"],
     "feature_flow": ["persisting_share"], "feature_examples": ["live_features", "median_llr_top_token"],
     "case_studies": ["min_fired"], "feature_pages": ["pages", "megabytes"],
+    "autointerp": ["requests", "cache_hits", "usd", "mean_score_persisting", "mean_score_others"],
+    "autointerp_summary": ["features"],
 }
 
 

@@ -166,8 +166,7 @@ def _contexts(ev: NodeEvidence, f: int, col_rows: np.ndarray, col_vals: np.ndarr
     ctx = ex.windows.shape[1]
 
     def refs(pairs: list[tuple[float, int]]) -> list[list]:
-        values = _sig([v for v, _ in pairs])
-        return [[p // ctx, p % ctx, v] for (_, p), v in zip(pairs, values)]
+        return [[p // ctx, p % ctx, _r(v)] for v, p in pairs]
 
     top = refs([(v, p) for v, p in zip(ex.top_values[f].tolist(), ex.top_positions[f].tolist()) if p >= 0])
     groups = [refs(group) for group in ex.quantile_groups(f)]

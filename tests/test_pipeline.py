@@ -577,9 +577,18 @@ def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
                     "features_per_node": 6, "explain_records": 4, "score_records": 4, "prompt_usd_per_mtok": 10.0,
                     "completion_usd_per_mtok": 30.0, "max_usd": 1.0, "scorers": ["simulation", "detection", "fuzzing"]}
         on = build_definitions(parse_lineage({**raw, "autointerp": settings}, "micro-ai"), home=str(home), device="cpu")
+        # without the key: one sentence naming the setting, before any request
+        monkeypatch.delenv("FF_TEST_LLM_KEY")
+        result = dg.materialize(list(on.assets), selection=["autointerp"], partition_key="code", instance=instance,
+                                resources=on.resources, raise_on_error=False)
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        assert "FF_TEST_LLM_KEY (autointerp.api_key_env) is not set" in str(failure.event_specific_data.error)
+        assert server.requests == 0
+        monkeypatch.setenv("FF_TEST_LLM_KEY", key)
+        server.faults = ["429", "500"]  # rate-limited, then a server error: both retried
         report = materialize_lineage(on, instance, only={dg.AssetKey("autointerp")}, partitions={"code"}, echo=lambda *_: None)
         assert [(k.to_user_string(), pk) for k, pk in report.done] == [("autointerp", "code")]
-        sent = server.requests
+        sent = server.requests - 2  # answered requests (two were refused and retried)
         table = pd.read_parquet(home / "autointerp" / "code" / "scores.parquet")
         # per feature: the explainer, 4 simulations, fuzzing, and detection where non-activating windows exist
         assert len(table) == 6 and table["persisting"].sum() == 3 and sent == 6 * (1 + 4 + 1) + table["detection"].notna().sum()
@@ -587,10 +596,12 @@ def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
         assert table["explanation"].str.startswith("the token").all() and table["score"].notna().any()
         meta = _meta_partition(instance, "autointerp", "code")
         assert meta["usage"]["requests"] == sent and meta["usage"]["cache_hits"] == 0 and meta["usage"]["usd"] > 0
+        assert meta["usage"]["retries"] == 2 and meta["usage"]["malformed"] == 0
+        answered, sent = sent, server.requests
         # again, forced: every answer from the cache
         materialize_lineage(on, instance, only={dg.AssetKey("autointerp")}, partitions={"code"}, force=True, echo=lambda *_: None)
         assert server.requests == sent
-        assert _meta_partition(instance, "autointerp", "code")["usage"]["cache_hits"] == sent
+        assert _meta_partition(instance, "autointerp", "code")["usage"]["cache_hits"] == answered
         # over the cap: refused before any request, naming the setting
         capped = build_definitions(parse_lineage({**raw, "autointerp": {**settings, "max_usd": 1e-6}}, "micro-ai"),
                                    home=str(home), device="cpu")
