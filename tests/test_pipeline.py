@@ -575,7 +575,8 @@ def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
     with FakeLLM(api_key=key) as server:
         settings = {"enabled": True, "base_url": server.base_url, "model": MODEL, "api_key_env": "FF_TEST_LLM_KEY",
                     "features_per_node": 6, "explain_records": 4, "score_records": 4, "prompt_usd_per_mtok": 10.0,
-                    "completion_usd_per_mtok": 30.0, "max_usd": 1.0, "scorers": ["simulation", "detection", "fuzzing"]}
+                    "completion_usd_per_mtok": 30.0, "max_usd": 1.0, "scorers": ["simulation", "detection", "fuzzing"],
+                    "max_in_flight": 1}  # one request at a time: the injected faults hit known requests
         on = build_definitions(parse_lineage({**raw, "autointerp": settings}, "micro-ai"), home=str(home), device="cpu")
         # without the key: one sentence naming the setting, before any request
         monkeypatch.delenv("FF_TEST_LLM_KEY")
@@ -585,7 +586,9 @@ def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
         assert "FF_TEST_LLM_KEY (autointerp.api_key_env) is not set" in str(failure.event_specific_data.error)
         assert server.requests == 0
         monkeypatch.setenv("FF_TEST_LLM_KEY", key)
-        server.faults = ["429", "500"]  # rate-limited, then a server error: both retried
+        # the first explainer request is rate-limited, then meets a server error (both retried); the first
+        # simulation gets an answer that is not JSON: counted, left out of that feature's score, the run goes on
+        server.faults = ["429", "500", None, "garbage"]
         report = materialize_lineage(on, instance, only={dg.AssetKey("autointerp")}, partitions={"code"}, echo=lambda *_: None)
         assert [(k.to_user_string(), pk) for k, pk in report.done] == [("autointerp", "code")]
         sent = server.requests - 2  # answered requests (two were refused and retried)
@@ -596,7 +599,8 @@ def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
         assert table["explanation"].str.startswith("the token").all() and table["score"].notna().any()
         meta = _meta_partition(instance, "autointerp", "code")
         assert meta["usage"]["requests"] == sent and meta["usage"]["cache_hits"] == 0 and meta["usage"]["usd"] > 0
-        assert meta["usage"]["retries"] == 2 and meta["usage"]["malformed"] == 0
+        assert meta["usage"]["retries"] == 2 and meta["usage"]["malformed"] == 1
+        assert table["malformed"].tolist() == [1, 0, 0, 0, 0, 0] and table["records_scored"].tolist() == [3, 4, 4, 4, 4, 4]
         answered, sent = sent, server.requests
         # again, forced: every answer from the cache
         materialize_lineage(on, instance, only={dg.AssetKey("autointerp")}, partitions={"code"}, force=True, echo=lambda *_: None)

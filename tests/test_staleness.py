@@ -99,11 +99,11 @@ def _edit_n_ctx(raw):
 
 
 def _edit_examples(raw):
-    raw["examples"] = {"tokens": 2000}
+    raw["examples"] = {**raw.get("examples", {}), "tokens": 2000}
 
 
 def _edit_case_min_fired(raw):
-    raw["examples"] = {"case_min_fired": 5}
+    raw["examples"] = {**raw.get("examples", {}), "case_min_fired": 5}
 
 
 def _edit_description(raw):
