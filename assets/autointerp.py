@@ -11,45 +11,35 @@ import pandas as pd
 
 from featureflow_dagster import site
 from featureflow_dagster.autointerp import (
-    EXPLAIN_PARAMS,
     LLMError,
     Price,
-    ResponseCache,
     choose_features,
-    clean_explanation,
     estimate,
     explain_and_score,
-    feature_requests,
+    feature_groups,
     inactive_records,
     records_from_evidence,
-    scoring_requests,
+    uncached_requests,
 )
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.model import load_model
-from featureflow_dagster.plots import markdown_table, write_html
+from featureflow_dagster.plots import markdown_table, score_histogram_figure, write_html
 from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource, LLMResource
 from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
-from featureflow_dagster.tokenizer import load_tokenizer
+from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
 from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
-from featureflow_dagster.assets.partitions import model_key, node_partitions, per_node_models
+from featureflow_dagster.assets.partitions import node_partitions, per_node_models
 
 
 def build_autointerp_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     return [_autointerp(lineage), _autointerp_summary(lineage)] if lineage.autointerp.enabled else []
 
 
-def _persisting(store: ArtifactStore, lineage: Lineage, node: str, d_sae: int) -> np.ndarray:
-    """Per feature of `node`: persisted from some parent or persists into some child."""
-    out = np.zeros(d_sae, bool)
-    if not lineage.edges():
-        return out
-    cls = pd.read_parquet(store.feature_flow_dir() / "classification.parquet")
-    rows = cls[(cls["node"] == node) & cls["status"].isin(["persists", "persisted"])]
-    out[rows["feature"].to_numpy().astype(np.int64)] = True
-    return out
+def _classification(store: ArtifactStore, lineage: Lineage) -> pd.DataFrame | None:
+    return pd.read_parquet(store.feature_flow_dir() / "classification.parquet") if lineage.edges() else None
 
 
 def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
@@ -84,9 +74,9 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
         dev = device.torch_device()
         ev = site.load_evidence(node, store.examples_dir(node), load_model(store.model_dir(node), dev),
                                 load_sae(store.sae_dir(node), dev), dev, lineage.examples.batch_windows)
-        vocab = [load_tokenizer(store.tokenizer_dir()).decode([i]) for i in range(len(ev.examples.token_counts))]
+        vocab = token_strings(load_tokenizer(store.tokenizer_dir()))
         live = ev.table["density"].to_numpy() > 0
-        persisting = _persisting(store, lineage, node, live.size)
+        persisting = np.array(feature_groups(_classification(store, lineage), node, range(live.size))) == "persisting"
         keep, others = choose_features(live, persisting, spec.features_per_node, lineage.seed_of(node))
         chosen = keep + others
         records = {f: records_from_evidence(ev, f, vocab, spec.explain_records, spec.score_records, lineage.seed_of(node))
@@ -95,17 +85,8 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
         max_act = {f: float(ev.examples.top_values[f, 0]) for f in chosen}
         seed = lineage.seed_of(node)
         # the cost of what is not cached yet, before any request: a cached explanation leads to its scoring requests
-        pending = []
-        for f in chosen:
-            explain, score = records[f]
-            reqs = feature_requests(explain, score, max_act[f], inactive[f], spec.scorers, seed)
-            hit = client.cache.get(ResponseCache.key(client.model, reqs[0][0], EXPLAIN_PARAMS))
-            if hit is None:
-                pending += reqs
-                continue
-            for _, msgs, params, _ in scoring_requests(clean_explanation(hit["text"]), score, inactive[f], spec.scorers, seed):
-                if client.cache.get(ResponseCache.key(client.model, msgs, params)) is None:
-                    pending.append((msgs, params["max_tokens"]))
+        pending = [req for f in chosen
+                   for req in uncached_requests(client, *records[f], max_act[f], inactive[f], spec.scorers, seed)]
         est = estimate(pending, price)
         if est.usd > spec.max_usd or est.requests > spec.max_requests:
             raise dg.Failure(
@@ -128,7 +109,11 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
         with store.write_dir(out) as tmp:
             table.to_parquet(tmp / "scores.parquet", index=False)
             (tmp / "usage.json").write_text(json.dumps(client.usage.as_dict(), indent=1))
-            write_html(_score_histogram(table, node), tmp / "scores.html", store.plotly_js(), final=out / "scores.html")
+            figure = score_histogram_figure(
+                [("persisting", table.loc[table["persisting"], "score"], "#1f77b4"),
+                 ("emerged / disappearing / others", table.loc[~table["persisting"], "score"], "#d62728")],
+                f"{node}: explanation scores (Bills et al.), persisting vs other features")
+            write_html(figure, tmp / "scores.html", store.plotly_js(), final=out / "scores.html")
         means = table.groupby("persisting")["score"].mean()
         scored = {k: float(table[k].mean()) for k in ("detection", "fuzzing") if k in spec.scorers}
         return dg.MaterializeResult(
@@ -153,35 +138,6 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
     return autointerp
 
 
-def _score_histogram(table: pd.DataFrame, node: str):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for flag, name, color in ((True, "persisting", "#1f77b4"), (False, "emerged / disappearing / others", "#d62728")):
-        fig.add_trace(go.Histogram(x=table.loc[table["persisting"] == flag, "score"], name=name, opacity=0.6,
-                                   xbins={"start": -1, "end": 1, "size": 0.1}, marker_color=color))
-    fig.update_layout(barmode="overlay", title=f"{node}: explanation scores (Bills et al.), persisting vs other features",
-                      xaxis_title="score (pooled correlation of simulated and true activations)", yaxis_title="features",
-                      template="plotly_white")
-    return fig
-
-
-def feature_groups(lineage: Lineage, classification: pd.DataFrame | None, node: str, features) -> list[str]:
-    """Per feature of `node`: 'persisting' (persisted from a parent or persists into a child), else
-    'emerged' (emerged on an incoming edge), else 'disappearing' (disappears on an outgoing edge),
-    else 'other' (a lineage without edges)."""
-    if classification is None:
-        return ["other"] * len(features)
-    rows = classification[classification["node"] == node]
-    by = {s: set(rows.loc[rows["status"] == s, "feature"].astype(int)) for s in ("persists", "persisted", "emerged", "disappears")}
-    out = []
-    for f in features:
-        f = int(f)
-        out.append("persisting" if f in by["persists"] | by["persisted"] else "emerged" if f in by["emerged"]
-                   else "disappearing" if f in by["disappears"] else "other")
-    return out
-
-
 def _autointerp_summary(lineage: Lineage) -> dg.AssetsDefinition:
     deps = [dg.AssetDep("autointerp"), config_dep("autointerp_summary")]
     if lineage.edges():
@@ -197,23 +153,16 @@ def _autointerp_summary(lineage: Lineage) -> dg.AssetsDefinition:
     )
     @locked
     def autointerp_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
-        import plotly.graph_objects as go
-
-        cls = pd.read_parquet(store.feature_flow_dir() / "classification.parquet") if lineage.edges() else None
+        cls = _classification(store, lineage)
         frames = []
         for node in lineage.node_names:
             t = pd.read_parquet(store.autointerp_dir(node) / "scores.parquet")
-            frames.append(t.assign(node=node, group=feature_groups(lineage, cls, node, t["feature"])))
+            frames.append(t.assign(node=node, group=feature_groups(cls, node, t["feature"])))
         table = pd.concat(frames, ignore_index=True)
-        fig = go.Figure()
-        for group, color in (("persisting", "#1f77b4"), ("emerged", "#2ca02c"), ("disappearing", "#d62728"), ("other", "#7f7f7f")):
-            scores = table.loc[table["group"] == group, "score"].dropna()
-            if len(scores):
-                fig.add_trace(go.Histogram(x=scores, name=f"{group} ({len(scores)})", opacity=0.55, marker_color=color,
-                                           xbins={"start": -1, "end": 1, "size": 0.1}))
-        fig.update_layout(barmode="overlay", title=f"{lineage.name}: explanation scores by feature fate",
-                          xaxis_title="score (pooled correlation of simulated and true activations)", yaxis_title="features",
-                          template="plotly_white")
+        fig = score_histogram_figure(
+            [(g, table.loc[table["group"] == g, "score"], color)
+             for g, color in (("persisting", "#1f77b4"), ("emerged", "#2ca02c"), ("disappearing", "#d62728"), ("other", "#7f7f7f"))],
+            f"{lineage.name}: explanation scores by feature fate")
         out = store.path / "autointerp" / "summary.parquet"
         with store.write_file(out) as tmp:
             table.to_parquet(tmp, index=False)

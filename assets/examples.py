@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from featureflow_dagster.blocks import load_blocks
 from featureflow_dagster.examples import collect_examples, direct_logit_effects, feature_llr, model_logit_path
-from featureflow_dagster.flow import case_studies, edge_windows, trajectories
+from featureflow_dagster.flow import case_studies, edge_windows, tables_from_classification, trajectories
 from featureflow_dagster.serve import reports_url
 from featureflow_dagster import site
 from featureflow_dagster.lineage import Lineage
@@ -25,7 +25,7 @@ from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
-from featureflow_dagster.tokenizer import load_tokenizer
+from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
 from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
 from featureflow_dagster.assets.partitions import ancestry_token_edges, fan_out, model_key, node_partitions, per_node_models
@@ -120,11 +120,7 @@ def _flow_tables(store: ArtifactStore, lineage: Lineage) -> tuple[dict, pd.DataF
     """Per edge (parent table, child table) from feature_flow's classification, the classification, the trajectories."""
     folder = store.feature_flow_dir()
     cls = pd.read_parquet(folder / "classification.parquet")
-    tables = {}
-    for p, c in lineage.edges():
-        rows = cls[cls["edge"] == f"{p}->{c}"]
-        tables[(p, c)] = tuple(rows[rows["side"] == side].sort_values("feature").reset_index(drop=True) for side in ("parent", "child"))
-    return tables, cls, pd.read_parquet(folder / "trajectories.parquet")
+    return tables_from_classification(lineage, cls), cls, pd.read_parquet(folder / "trajectories.parquet")
 
 
 def _case_studies(lineage: Lineage) -> dg.AssetsDefinition:
@@ -220,8 +216,7 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
                                                load_sae(store.sae_dir(n), dev), dev, lineage.examples.batch_windows,
                                                store.autointerp_dir(n) if lineage.autointerp.enabled else None))
             log(f"pages: encoded the examples' windows of {n}")
-        tok = load_tokenizer(store.tokenizer_dir())
-        vocab = [tok.decode([i]) for i in range(len(tok))]
+        vocab = token_strings(load_tokenizer(store.tokenizer_dir()))
         tables = cases = volumes = None
         if has_edges:
             _, cls, traj = _flow_tables(store, lineage)

@@ -25,7 +25,7 @@ def main() -> None:
     from featureflow_dagster.lineage import load_lineage
     from featureflow_dagster.model import load_model
     from featureflow_dagster.sae import load_sae
-    from featureflow_dagster.tokenizer import load_tokenizer
+    from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lineage", default="demo")
@@ -46,8 +46,7 @@ def main() -> None:
         ev = site.load_evidence(node, home / "feature_examples" / node, load_model(home / "model" / node, "cpu"),
                                 load_sae(home / "sae" / node, "cpu"), "cpu")
         if vocab is None:
-            tok = load_tokenizer(home / "tokenizer")
-            vocab = [tok.decode([i]) for i in range(len(tok))]
+            vocab = token_strings(load_tokenizer(home / "tokenizer"))
         live = ev.table["density"].to_numpy() > 0
         keep, others = choose_features(live, np.zeros_like(live), spec.features_per_node, lineage.seed_of(node))
         per = {}

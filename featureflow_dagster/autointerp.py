@@ -357,13 +357,21 @@ class LLMClient:
             raise LLMError(f"the server at {self.base_url} does not list model '{self.model}'; set autointerp.model to "
                            f"one of: {', '.join(listed[:20]) or '(none listed)'}")
 
+    def _key(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, logprobs: bool = False,
+             top_logprobs: int = 0) -> str:
+        params = {"max_tokens": max_tokens, "temperature": temperature, "logprobs": logprobs, "top_logprobs": top_logprobs}
+        return ResponseCache.key(self.model, messages, params)
+
+    def cached(self, messages: list[dict], **params) -> dict | None:
+        """The stored answer `chat(messages, **params)` would return without a request, else None."""
+        return self.cache.get(self._key(messages, **params))
+
     def chat(self, messages: list[dict], max_tokens: int, temperature: float = 0.0, logprobs: bool = False,
              top_logprobs: int = 0) -> dict:
         """{'text', 'logprobs' (list of {token, logprob, top_logprobs}) or None, 'cached'}."""
         import openai
 
-        params = {"max_tokens": max_tokens, "temperature": temperature, "logprobs": logprobs, "top_logprobs": top_logprobs}
-        key = ResponseCache.key(self.model, messages, params)
+        key = self._key(messages, max_tokens, temperature, logprobs, top_logprobs)
         hit = self.cache.get(key)
         if hit is not None:
             self.usage.add(cache_hits=1)
@@ -473,17 +481,35 @@ def explain_and_score(client: LLMClient, explain_records: list[Record], score_re
     return {**result, "records_scored": len(true), "malformed": malformed, "simulation": "+".join(sorted(how)) or "none"}
 
 
+def uncached_requests(client: LLMClient, explain_records: list[Record], score_records: list[Record], max_activation: float,
+                      inactive_records: list[Record] = (), scorers=("simulation",), seed: int = 0) -> list[tuple[list[dict], int]]:
+    """The requests of `explain_and_score` for one feature that the client's cache cannot answer, as
+    (messages, max completion tokens), for the cost estimate: all of them (scored with a worst-case
+    explanation) when the explanation is not cached, else the scoring requests of the cached one."""
+    explain = explainer_messages(explain_records, max_activation)
+    hit = client.cached(explain, **EXPLAIN_PARAMS)
+    if hit is None:
+        return feature_requests(explain_records, score_records, max_activation, inactive_records, scorers, seed)
+    return [(m, p["max_tokens"])
+            for _, m, p, _ in scoring_requests(clean_explanation(hit["text"]), score_records, list(inactive_records), scorers, seed)
+            if client.cached(m, **p) is None]
+
+
 def inactive_records(ev, feature: int, vocab: list[str], n: int) -> list[Record]:
     """Up to n windows of the node's examples where the feature is zero on every token."""
     ex = ev.examples
     ctx = ex.windows.shape[1]
     start, end = ev.codes.indptr[feature], ev.codes.indptr[feature + 1]
     active_windows = set((ev.codes.indices[start:end] // ctx).tolist())
-    out = []
+    out, seen = [], set()
     for p in ex.inactive_positions.tolist():
         w = p // ctx
-        if w not in active_windows and all(r.tokens != [vocab[i] for i in ex.windows[w].tolist()] for r in out):
-            out.append(Record([vocab[i] for i in ex.windows[w].tolist()], [0.0] * ctx))
+        if w in active_windows:
+            continue
+        tokens = [vocab[i] for i in ex.windows[w].tolist()]
+        if tuple(tokens) not in seen:  # one record per distinct window text
+            seen.add(tuple(tokens))
+            out.append(Record(tokens, [0.0] * ctx))
         if len(out) == n:
             break
     return out
@@ -507,8 +533,8 @@ def records_from_evidence(ev, feature: int, vocab: list[str], n_explain: int, n_
 
     def record(window: int) -> Record:
         acts = [0.0] * ctx
-        for r, v in zip(rows[(rows >= window * ctx) & (rows < (window + 1) * ctx)].tolist(),
-                        vals[(rows >= window * ctx) & (rows < (window + 1) * ctx)].tolist()):
+        inside = (rows >= window * ctx) & (rows < (window + 1) * ctx)
+        for r, v in zip(rows[inside].tolist(), vals[inside].tolist()):
             acts[r - window * ctx] = float(v)
         return Record([vocab[i] for i in ex.windows[window].tolist()], acts)
 
@@ -533,3 +559,16 @@ def choose_features(live: np.ndarray, persisting: np.ndarray, n: int, seed: int)
     a = rng.permutation(keep)[: min(len(keep), n // 2)]
     b = rng.permutation(rest)[: min(len(rest), len(a) if len(a) else n)]
     return sorted(int(x) for x in a), sorted(int(x) for x in b)
+
+
+def feature_groups(classification, node: str, features) -> list[str]:
+    """Per feature of `node`, from feature_flow's classification (None: a lineage without edges):
+    'persisting' (persisted from a parent or persists into a child), else 'emerged' (on an incoming
+    edge), else 'disappearing' (on an outgoing edge), else 'other'."""
+    if classification is None:
+        return ["other"] * len(features)
+    rows = classification[classification["node"] == node]
+    by = {s: set(rows.loc[rows["status"] == s, "feature"].astype(int)) for s in ("persists", "persisted", "emerged", "disappears")}
+    persisting = by["persists"] | by["persisted"]
+    return ["persisting" if f in persisting else "emerged" if f in by["emerged"] else "disappearing" if f in by["disappears"]
+            else "other" for f in map(int, features)]

@@ -269,7 +269,6 @@ def _feature(args) -> int:
         print(f"error: feature_examples[{args.node}] is not materialized under {folder.parent.parent}; run "
               f"featureflow materialize --node {args.node}", file=sys.stderr)
         return BAD_INPUT
-    import torch
     from safetensors.torch import load_file
 
     from featureflow_dagster.examples import FeatureExamples, feature_llr

@@ -301,6 +301,17 @@ def trajectory_summary(traj: pd.DataFrame) -> pd.DataFrame:
     return traj.groupby(["path", "start_node", "end_node"], sort=False).size().rename("features").reset_index()
 
 
+def tables_from_classification(lineage, classification: pd.DataFrame) -> dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame]]:
+    """`classify_edge`'s (parent table, child table) per edge, read back from feature_flow's
+    classification.parquet (one row per edge, side and feature), each sorted by feature."""
+    tables = {}
+    for p, c in lineage.edges():
+        rows = classification[classification["edge"] == f"{p}->{c}"]
+        tables[(p, c)] = tuple(rows[rows["side"] == side].sort_values("feature").reset_index(drop=True)
+                               for side in ("parent", "child"))
+    return tables
+
+
 def node_origin(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame]], node: str) -> np.ndarray | None:
     """Per feature of `node`, over all its incoming edges (a merge has several, each measured on its own
     shared data): 'persisted' when matched in some parent, else 'emerged' when live on some edge, else

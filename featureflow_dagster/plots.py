@@ -131,3 +131,17 @@ def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[
     note = " · ".join(f"{edge.replace('->', ' → ')}: {share:.0%} persist" for edge, share in shares.items())
     fig.update_layout(title=f"{title}<br><sup>{note} (r > {threshold})</sup>", font_size=12, template="plotly_white")
     return fig
+
+
+def score_histogram_figure(groups: list[tuple[str, object, str]], title: str) -> go.Figure:
+    """Overlaid histograms of explanation scores on [-1, 1], one per (name, scores, colour) group
+    (NaN scores left out, empty groups skipped), each named with its count."""
+    fig = go.Figure()
+    for name, scores, color in groups:
+        scores = [float(x) for x in scores if x == x]
+        if scores:
+            fig.add_trace(go.Histogram(x=scores, name=f"{name} ({len(scores)})", opacity=0.55, marker_color=color,
+                                       xbins={"start": -1, "end": 1, "size": 0.1}))
+    fig.update_layout(barmode="overlay", title=title, xaxis_title="score (pooled correlation of simulated and true activations)",
+                      yaxis_title="features", template="plotly_white")
+    return fig

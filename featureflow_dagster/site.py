@@ -29,7 +29,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from featureflow_dagster.activations import run_to_hook
 from featureflow_dagster.examples import HIST_EDGES, FeatureExamples
+from featureflow_dagster.flow import _to_csr, node_origin, tables_from_classification
 
 CHUNK = 64  # features per data file
 STATIC = ("index.html", "feature.html", "case_studies.html", "site.js", "site.css")
@@ -38,9 +40,6 @@ STATIC = ("index.html", "feature.html", "case_studies.html", "site.js", "site.cs
 @torch.no_grad()
 def context_codes(model, sae, windows: torch.Tensor, device, batch_windows: int = 64) -> sp.csc_matrix:
     """The SAE's codes at every position of `windows` [n, context], [n * context, d_sae] sparse (by column)."""
-    from featureflow_dagster.activations import run_to_hook
-    from featureflow_dagster.flow import _to_csr
-
     parts = []
     for start in range(0, windows.shape[0], batch_windows):
         acts = run_to_hook(model, windows[start:start + batch_windows].to(device, torch.long))
@@ -107,12 +106,14 @@ class LineageTables:
                  traj: pd.DataFrame):
         self.lineage = lineage
         self.partners = {e: _Partners(m) for e, m in matches.items()}
-        self.status: dict[tuple[str, str, str], np.ndarray] = {}  # (edge, side) -> status per feature
+        self.tables = tables_from_classification(lineage, classification)
+        # (edge 'p->c', side) -> status and best r per feature
+        self.status: dict[tuple[str, str], np.ndarray] = {}
         self.best_r: dict[tuple[str, str], np.ndarray] = {}
-        for (edge, side), rows in classification.groupby(["edge", "side"]):
-            rows = rows.sort_values("feature")
-            self.status[(edge, side)] = rows["status"].to_numpy()
-            self.best_r[(edge, side)] = rows["best_r"].to_numpy()
+        for (p, c), sides in self.tables.items():
+            for side, table in zip(("parent", "child"), sides):
+                self.status[(f"{p}->{c}", side)] = table["status"].to_numpy()
+                self.best_r[(f"{p}->{c}", side)] = table["best_r"].to_numpy()
         self.trajectories: dict[tuple[str, int], list[dict]] = {}
         for row in traj.itertuples(index=False):
             nodes = row.path.split(">")
@@ -143,11 +144,7 @@ class LineageTables:
 
     def origin(self, node: str) -> np.ndarray | None:
         """Per feature: 'persisted' from some parent, else 'emerged' (live on an incoming edge), else 'dead'."""
-        parents, _ = self.edges_of(node)
-        if not parents:
-            return None
-        status = np.stack([self.status[(f"{p}->{node}", "child")] for p in parents], 1)
-        return np.where((status == "persisted").any(1), "persisted", np.where((status == "emerged").any(1), "emerged", "dead"))
+        return node_origin(self.lineage, self.tables, node)
 
 
 def _sig(values, digits: int = 4) -> list:

@@ -91,3 +91,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def token_strings(tok) -> list[str]:
+    """Every token id of the tokenizer as the text it decodes to (a byte-level piece that is not
+    valid UTF-8 on its own shows as U+FFFD)."""
+    return [tok.decode([i]) for i in range(len(tok))]

@@ -1,6 +1,5 @@
 """The micro lineage materialized through Dagster itself, and what Dagster then knows about staleness."""
 
-import json
 import os
 import re
 import shutil
