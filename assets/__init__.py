@@ -12,6 +12,7 @@ from featureflow_dagster.assets.examples import build_examples_assets
 from featureflow_dagster.assets.flow import build_flow_assets
 from featureflow_dagster.assets.merges import build_merge_assets
 from featureflow_dagster.assets.models import build_model_assets
+from featureflow_dagster.assets.patching import build_patching_assets
 from featureflow_dagster.assets.sae import build_sae_assets
 
 
@@ -48,7 +49,7 @@ def automation_condition(schedule: str | None) -> dg.AutomationCondition:
 def build_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     derived = [*build_data_assets(lineage), *build_model_assets(lineage), *build_merge_assets(lineage),
                *build_sae_assets(lineage), *build_examples_assets(lineage), *build_flow_assets(lineage),
-               *build_autointerp_assets(lineage)]
+               *build_autointerp_assets(lineage), *build_patching_assets(lineage)]
     cond = automation_condition(lineage.schedule)
     derived = [a.with_attributes(automation_condition=cond) for a in derived]
     observe = dg.AutomationCondition.cron_tick_passed(lineage.schedule).since_last_handled() if lineage.schedule else None

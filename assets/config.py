@@ -22,6 +22,7 @@ CODE_VERSIONS = {
     "sae": "2", "sae_transfer": "1", "feature_activations": "1", "feature_correlation": "1", "feature_flow": "2",
     "feature_examples": "3", "case_studies": "1", "feature_pages": "1",
     "autointerp": "1", "autointerp_summary": "1",
+    "tasks": "1", "task_performance": "1", "circuits": "1", "cmap": "1",
 }
 
 

@@ -52,4 +52,4 @@ def load_hooked_model(path: str | Path, device: str | torch.device = "cpu") -> H
     cfg = hooked_config(hf_model.config, device)
     model = HookedTransformer(cfg)
     model.load_state_dict(convert_mistral_weights(hf_model, cfg), strict=False)
-    return model.to(device).eval()
+    return model.to(device, print_details=False).eval()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
+from featureflow_dagster import tasks as _tasks
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -406,6 +407,38 @@ class AutointerpSpec(_Strict):
         return self
 
 
+class TaskSpec(_Strict):
+    """One task for circuits and cross-model activation patching (`featureflow_dagster.tasks`)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Lower-case identifier; names the task's files and plots.")
+    kind: Literal["close_bracket", "close_quote", "copy_identifier", "entity_tracking"] = Field(
+        description="close_bracket / close_quote / copy_identifier: mined from the base node's held-out text; "
+        "entity_tracking: Prakash et al.'s templated task (needs single-token objects and box labels).")
+    examples: int = Field(default=128, gt=1, description="Examples drawn (balanced over answers where the text allows).")
+    length: int = Field(default=16, gt=1, description="Prompt length in tokens (mined tasks); at most the model's n_ctx.")
+    min_examples: int = Field(default=16, gt=1, description="Refuse when the held-out text yields fewer examples.")
+    seed: int | None = Field(default=None, description="Default: the lineage seed.")
+    n_objects: int = Field(default=3, ge=2, description="entity_tracking: objects (and boxes) per prompt.")
+    objects: list[str] = Field(default_factory=lambda: list(_tasks.ENTITY_OBJECTS), min_length=2,
+                               description="entity_tracking: object words (each ' word' one token).")
+    boxes: list[str] = Field(default_factory=lambda: list(_tasks.ENTITY_BOXES), min_length=2,
+                             description="entity_tracking: box labels (each ' label' one token).")
+
+
+class PatchingSpec(_Strict):
+    """Within-model activation and path patching, circuits and CMAP (Prakash et al. 2024) on `tasks:`."""
+
+    components: list[Literal["embed", "attn", "heads", "mlp"]] = Field(
+        default=["embed", "attn", "heads", "mlp"], min_length=1,
+        description="Block 0's components patched: token embeddings, attention output, each head, MLP output.")
+    circuit_threshold: float = Field(default=0.1, gt=0, description="A head or MLP unit (one position) joins a task's "
+                                     "circuit when patching it alone recovers at least this share of the clean-corrupt gap.")
+    random_circuits: int = Field(default=20, ge=0, description="Random circuits of the same size drawn for the faithfulness null.")
+    feature_null_draws: int = Field(default=10, ge=0, description="Random feature sets (of the emerged/disappearing sizes) "
+                                    "patched per edge and task: the null of feature-level CMAP.")
+    batch: int = Field(default=256, gt=0, description="Examples per forward pass.")
+
+
 class FlowSpec(_Strict):
     """Feature flow between every parent and child (Horn & Elliott 2024, §3): both SAEs encode the
     same `tokens` tokens, `context`-token windows drawn uniformly from the training data the two
@@ -463,6 +496,8 @@ class Lineage(_Strict):
     flow: FlowSpec = Field(default_factory=FlowSpec)
     examples: ExamplesSpec = Field(default_factory=ExamplesSpec)
     autointerp: AutointerpSpec = Field(default_factory=AutointerpSpec)
+    tasks: list[TaskSpec] = Field(default_factory=list, description="Tasks for circuits and CMAP; none: those assets are not built.")
+    patching: PatchingSpec = Field(default_factory=PatchingSpec)
     schedule: str | None = Field(
         default=None,
         pattern=r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s*$",
@@ -654,6 +689,16 @@ class Lineage(_Strict):
                 out[f"autointerp/{n.name}"] = {**a.model_dump(mode="json", exclude={"timeout", "max_in_flight", "retries", "enabled", "api_key_env"}),
                                                "seed": self.seed_of(n.name)}
             out["autointerp_summary"] = {}
+        if self.tasks:
+            out["tasks"] = {"tasks": [t.model_dump(mode="json") for t in self.tasks], "seed": self.seed,
+                            "source": self.data_ancestry(self.base.name), "n_ctx": self.model_spec(self.base.name).n_ctx}
+            p = self.patching
+            for n in self.nodes:
+                out[f"task_performance/{n.name}"] = {}
+                out[f"circuits/{n.name}"] = p.model_dump(mode="json", exclude={"feature_null_draws", "batch"})
+            for pa, c in self.edges():
+                out[f"cmap/{pa}__{c}"] = {"components": p.components, "feature_null_draws": p.feature_null_draws,
+                                          "seed": self.seed_of(c)}
         if self.edges():
             out["case_studies"] = {"min_fired": self.examples.case_min_fired}
         f = self.flow
@@ -803,6 +848,16 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
             raise LineageError(file, node.name, "sae.context", f"{context}-token windows exceed the model's n_ctx {n_ctx}")
     if lineage.flow.context is not None and lineage.flow.context > lineage.model.n_ctx:
         raise LineageError(file, None, "flow.context", f"{lineage.flow.context}-token windows exceed the models' n_ctx {lineage.model.n_ctx}")
+    names = [t.name for t in lineage.tasks]
+    for i, t in enumerate(lineage.tasks):
+        if t.name in names[:i]:
+            raise LineageError(file, None, f"tasks.{i}.name", f"duplicate task name '{t.name}'")
+        if t.kind != "entity_tracking" and t.length > lineage.model.n_ctx:
+            raise LineageError(file, None, f"tasks.{i}.length", f"task '{t.name}': prompts of {t.length} tokens exceed "
+                               f"the models' n_ctx {lineage.model.n_ctx}")
+        if t.kind == "entity_tracking" and t.n_objects > min(len(t.objects), len(t.boxes)):
+            raise LineageError(file, None, f"tasks.{i}.n_objects", f"task '{t.name}': {t.n_objects} objects per prompt "
+                               f"need as many objects and boxes ({len(t.objects)}, {len(t.boxes)} given)")
     if lineage.tokenizer.kind == "pretrained" and not Path(os.path.expanduser(lineage.tokenizer.path)).is_dir():
         raise LineageError(file, None, "tokenizer.path", f"no such tokenizer folder: {lineage.tokenizer.path}")
 

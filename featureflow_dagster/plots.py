@@ -145,3 +145,28 @@ def score_histogram_figure(groups: list[tuple[str, object, str]], title: str) ->
     fig.update_layout(barmode="overlay", title=title, xaxis_title="score (pooled correlation of simulated and true activations)",
                       yaxis_title="features", template="plotly_white")
     return fig
+
+
+def patching_heatmap_figure(panels: list[tuple[str, object, str]], title: str) -> go.Figure:
+    """Component x position heatmaps side by side, one per (subtitle, table, value column); a table holds
+    rows (component, position relative to the end, value); the 'all' column is every position at once."""
+    import pandas as pd
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.08)
+    for i, (_, table, column) in enumerate(panels, start=1):
+        comps = list(dict.fromkeys(table["component"]))
+        positions = sorted(int(p) for p in table["position"].dropna().unique())
+        cols = [str(p) for p in positions] + ["all"]
+        z = [[None] * len(cols) for _ in comps]
+        for comp, pos, value in zip(table["component"], table["position"].astype(object), table[column]):
+            j = len(cols) - 1 if pd.isna(pos) else positions.index(int(pos))
+            z[comps.index(comp)][j] = None if pd.isna(value) else float(value)
+        fig.add_trace(go.Heatmap(z=z, x=cols, y=comps, colorscale="RdBu", zmid=0, zmin=-1, zmax=1,
+                                 colorbar=dict(title="share of gap") if i == 1 else None, showscale=i == 1,
+                                 hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>"), row=1, col=i)
+        fig.update_xaxes(title_text="position (from the end; all = every position)", type="category", row=1, col=i)
+        fig.update_yaxes(autorange="reversed", row=1, col=i)
+    fig.update_layout(title=title, height=120 + 40 * max(len(set(p[1]["component"])) for p in panels),
+                      width=max(700, 560 * len(panels)))
+    return fig

@@ -263,7 +263,8 @@ KEY_FIGURES = {
     "feature_flow": ["persisting_share"], "feature_examples": ["live_features", "median_llr_top_token"],
     "case_studies": ["min_fired"], "feature_pages": ["pages", "megabytes"],
     "autointerp": ["requests", "cache_hits", "usd", "mean_score_persisting", "mean_score_others"],
-    "autointerp_summary": ["features"],
+    "autointerp_summary": ["features"], "tasks": ["examples"], "task_performance": ["accuracy"],
+    "circuits": ["faithfulness", "random_faithfulness"], "cmap": ["gap", "persisted_share", "emerged_share"],
 }
 
 

@@ -14,6 +14,10 @@ Layout under `root` ($FEATUREFLOW_HOME):
   feature_examples/<node>/       examples.safetensors (top contexts, quantile samples, histograms, token sums), logit_effects.safetensors, features.parquet
   case_studies/case_studies.json per path the persisting feature, per edge the disappearing one (Horn & Elliott's Figures 3-4)
   autointerp/<node>/             scores.parquet (explanation and score per chosen feature), usage.json, scores.html
+  tasks/                         <task>.safetensors (clean/corrupt prompts, answers, key positions), tasks.json (settings, samples)
+  task_performance/<node>.parquet  accuracy, top-1, logit difference per task
+  circuits/<node>/               patching.parquet (per unit), paths.parquet (head -> MLP / logits), circuits.json (units, faithfulness)
+  cmap/<parent>__<child>/        cmap.parquet (per unit, both directions), features.parquet (feature-level CMAP), summary.json
   llm_cache/<xx>/<sha256>.json   every LLM answer, keyed by (model, messages, sampling parameters)
   slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
   reports/<asset>/<key>/         plots (plotly HTML) and tables; reports/plotly.min.js, the one plotly.js they all load
@@ -99,6 +103,18 @@ class ArtifactStore(dg.ConfigurableResource):
 
     def autointerp_dir(self, node: str) -> Path:
         return self.path / "autointerp" / node
+
+    def tasks_dir(self) -> Path:
+        return self.path / "tasks"
+
+    def task_performance_path(self, node: str) -> Path:
+        return self.path / "task_performance" / f"{node}.parquet"
+
+    def circuits_dir(self, node: str) -> Path:
+        return self.path / "circuits" / node
+
+    def cmap_dir(self, edge: str) -> Path:
+        return self.path / "cmap" / edge
 
     def sweep_dir(self, node: str) -> Path:
         return self.path / "slerp_sweep" / node
