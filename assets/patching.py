@@ -14,7 +14,7 @@ import torch
 
 from featureflow_dagster import patching as P
 from featureflow_dagster.blocks import load_blocks
-from featureflow_dagster.flow import tables_from_classification
+from featureflow_dagster.flow import classify_edge
 from featureflow_dagster.hooked import load_hooked_model
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.plots import markdown_table, patching_heatmap_figure, write_html
@@ -195,7 +195,7 @@ def _cmap(lineage: Lineage) -> dg.AssetsDefinition:
         name="cmap",
         partitions_def=edge_partitions(lineage),
         deps=[dg.AssetDep("tasks"), dg.AssetDep("sae", partition_mapping=fan_out(pairs)), *per_node_models(pairs),
-              dg.AssetDep("feature_flow"), config_dep("cmap", keys)],
+              dg.AssetDep("feature_correlation"), config_dep("cmap", keys)],
         group_name="circuits",
         kinds={"pytorch", "parquet", "plotly"},
         pool="gpu",
@@ -214,16 +214,17 @@ def _cmap(lineage: Lineage) -> dg.AssetsDefinition:
         dev = device.torch_device()
         models = {n: load_hooked_model(store.model_dir(n), dev) for n in (parent, child)}
         saes = {n: load_sae(store.sae_dir(n), dev) for n in (parent, child)}
-        classification = pd.read_parquet(store.feature_flow_dir() / "classification.parquet")
-        p_table, c_table = tables_from_classification(lineage, classification)[(parent, child)]
+        # the edge's own matches, classified as feature_flow does: an edit elsewhere leaves this edge fresh
+        matches = pd.read_parquet(store.feature_correlation_dir(edge) / "matches.parquet")
+        p_table, c_table = classify_edge(matches, lineage.flow.threshold)
         sets = P.feature_sets(p_table, c_table, spec.feature_null_draws, lineage.seed_of(child))
         batches = load_tasks(store.tasks_dir())
         comps = P.component_names(models[parent], spec.components)
         started = time.perf_counter()
         units, features, summary, figures = [], [], {}, {}
         for name, batch in batches.items():
-            c = P.cmap(models[parent], models[child], batch, comps, spec.batch, log)
-            fc = P.feature_cmap(models[parent], models[child], saes[parent], saes[child], batch, sets, spec.batch)
+            c = P.cmap(models[parent], models[child], batch, comps, spec.batch, log, spec.min_gap_se)
+            fc = P.feature_cmap(models[parent], models[child], saes[parent], saes[child], batch, sets, spec.batch, spec.min_gap_se)
             units.append(c.assign(task=name))
             features.append(fc.assign(task=name))
             summary[name] = {**c.attrs, "features": P.feature_summary(fc)}
@@ -233,7 +234,8 @@ def _cmap(lineage: Lineage) -> dg.AssetsDefinition:
             figures[name] = patching_heatmap_figure(
                 [(f"{child} → {parent} (share recovered)", c[c["direction"] == "child_into_parent"], "share"),
                  (f"{parent} → {child} (share removed)", c[c["direction"] == "parent_into_child"], "share")],
-                f"{parent} → {child}, {name}: CMAP (gap {c.attrs['gap']:+.3f} ± {c.attrs['gap_se']:.3f} logits)")
+                f"{parent} → {child}, {name}: CMAP (gap {c.attrs['gap']:+.3f} ± {c.attrs['gap_se']:.3f} logits"
+                + ("" if c.attrs["gap_resolved"] else f"; within {spec.min_gap_se:g} se of zero: no shares") + ")")
             log(f"{name}: gap {c.attrs['gap']:+.3f}; persisted features recover {summary[name]['features']['persisted']:.3f}, "
                 f"emerged {summary[name]['features']['emerged']:.3f}")
         out, report = store.cmap_dir(edge), store.report_dir("cmap", edge)

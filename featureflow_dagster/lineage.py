@@ -436,6 +436,8 @@ class PatchingSpec(_Strict):
     random_circuits: int = Field(default=20, ge=0, description="Random circuits of the same size drawn for the faithfulness null.")
     feature_null_draws: int = Field(default=10, ge=0, description="Random feature sets (of the emerged/disappearing sizes) "
                                     "patched per edge and task: the null of feature-level CMAP.")
+    min_gap_se: float = Field(default=2.0, ge=0, description="CMAP shares are reported only when an edge's parent-child "
+                              "gap is at least this many standard errors from zero (else the share of nothing is noise).")
     batch: int = Field(default=256, gt=0, description="Examples per forward pass.")
 
 
@@ -695,10 +697,10 @@ class Lineage(_Strict):
             p = self.patching
             for n in self.nodes:
                 out[f"task_performance/{n.name}"] = {}
-                out[f"circuits/{n.name}"] = p.model_dump(mode="json", exclude={"feature_null_draws", "batch"})
+                out[f"circuits/{n.name}"] = p.model_dump(mode="json", exclude={"feature_null_draws", "batch", "min_gap_se"})
             for pa, c in self.edges():
                 out[f"cmap/{pa}__{c}"] = {"components": p.components, "feature_null_draws": p.feature_null_draws,
-                                          "seed": self.seed_of(c)}
+                                          "seed": self.seed_of(c), "threshold": self.flow.threshold, "min_gap_se": p.min_gap_se}
         if self.edges():
             out["case_studies"] = {"min_fired": self.examples.case_min_fired}
         f = self.flow

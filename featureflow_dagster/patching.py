@@ -262,61 +262,73 @@ def head_results(model, z: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nphd,hdm->nphm", z, model.blocks[0].attn.W_O)
 
 
-def cross_hooks(units: list[Unit], donor: dict[str, torch.Tensor], recipient: dict[str, torch.Tensor]):
-    """Forward hooks that put the donor model's activation of each unit into the recipient model on the
-    same examples. A head's output is its residual contribution (`hook_result`): added to the
-    recipient's attention output as donor minus recipient result, exactly what patching hook_result
-    does, without making TransformerLens materialise every head's result on every pass."""
+def cross_hooks(units: list[Unit], donor: dict[str, torch.Tensor], recipient):
+    """Forward hooks that put the donor model's activation of each unit into the `recipient` model on the
+    same examples. A head's output is its residual contribution (`hook_result`): the recipient's
+    attention output gets the donor's result minus the recipient's own result in this very pass (read
+    from its hook_z), exactly what patching hook_result does, without making TransformerLens
+    materialise every head's result on every pass."""
     plain = [u for u in units if not u[0].startswith("head.")]
     hooks = patch_hooks(plain, donor)
     heads = [u for u in units if u[0].startswith("head.")]
     if heads:
+        w_o = recipient.blocks[0].attn.W_O
+        seen = {}
+
+        def keep(act, hook, rows):
+            seen["z"] = act
+            return act
+
         def add(act, hook, rows):
             for comp, pos in heads:
                 h = int(comp.split(".")[1])
                 idx = _index(pos, None)
-                act[idx] = act[idx] + (donor[HEAD_RESULT][rows][:, :, h] - recipient[HEAD_RESULT][rows][:, :, h])[idx]
+                own = seen["z"][:, :, h] @ w_o[h]
+                act[idx] = act[idx] + (donor[HEAD_RESULT][rows][:, :, h] - own)[idx]
             return act
-        hooks.append((HOOKS["attn"], add))
+        hooks += [(HEAD_Z, keep), (HOOKS["attn"], add)]
     return hooks
 
 
-def _cross_cache(model, tokens: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+def cross_cache(model, tokens: torch.Tensor, size: int = 256) -> dict[str, torch.Tensor]:
+    """The activations CMAP patches across models: embed, attn, mlp outputs and each head's result."""
     cache = run_cache(model, tokens, [*HOOKS.values(), HEAD_Z], size)
     cache[HEAD_RESULT] = head_results(model, cache.pop(HEAD_Z))
     return cache
 
 
-def cmap(parent, child, batch: TaskBatch, components: list[str], size: int = 256, log=None) -> pd.DataFrame:
+def cmap(parent, child, batch: TaskBatch, components: list[str], size: int = 256, log=None, min_gap_se: float = 2.0) -> pd.DataFrame:
     """Cross-model activation patching on the clean prompts, both directions, for every component at
-    every position and at all positions. One row per (direction, component, position): ld, share."""
+    every position and at all positions. One row per (direction, component, position): ld, share.
+    Shares are NaN when the gap is within `min_gap_se` standard errors of zero (nothing to recover)."""
     units = [(c, p) for c in components for p in [None, *range(batch.length)]]
-    cache = {"parent": _cross_cache(parent, batch.clean, size), "child": _cross_cache(child, batch.clean, size)}
-    ld_p = mean_ld(final_logits(parent, batch.clean, batch=size), batch)
-    ld_c = mean_ld(final_logits(child, batch.clean, batch=size), batch)
-    gap = ld_c - ld_p
+    cache = {"parent": cross_cache(parent, batch.clean, size), "child": cross_cache(child, batch.clean, size)}
+    ld_p, ld_c, gap, se, real = edge_gap(parent, child, batch, size, min_gap_se)
     rows = []
     for i, unit in enumerate(units):
-        into_parent = mean_ld(final_logits(parent, batch.clean, cross_hooks([unit], cache["child"], cache["parent"]), size), batch)
-        into_child = mean_ld(final_logits(child, batch.clean, cross_hooks([unit], cache["parent"], cache["child"]), size), batch)
+        into_parent = mean_ld(final_logits(parent, batch.clean, cross_hooks([unit], cache["child"], parent), size), batch)
+        into_child = mean_ld(final_logits(child, batch.clean, cross_hooks([unit], cache["parent"], child), size), batch)
         pos = _rel(unit[1], batch.length)
         rows.append({"direction": "child_into_parent", "component": unit[0], "position": pos, "ld": into_parent,
-                     "share": _share(into_parent - ld_p, gap)})
+                     "share": _share(into_parent - ld_p, gap) if real else float("nan")})
         rows.append({"direction": "parent_into_child", "component": unit[0], "position": pos, "ld": into_child,
-                     "share": _share(ld_c - into_child, gap)})
+                     "share": _share(ld_c - into_child, gap) if real else float("nan")})
         if log and (i + 1) % 50 == 0:
             log(f"cross-patched {i + 1}/{len(units)} units")
     out = pd.DataFrame(rows).astype({"position": "Int64"})
-    out.attrs.update(parent_ld=ld_p, child_ld=ld_c, gap=gap, gap_se=gap_se(parent, child, batch, size))
+    out.attrs.update(parent_ld=ld_p, child_ld=ld_c, gap=gap, gap_se=se, gap_resolved=real)
     return out
 
 
-def gap_se(parent, child, batch: TaskBatch, size: int = 256) -> float:
-    """Standard error of the mean parent-child logit-difference gap over examples (paired)."""
+def edge_gap(parent, child, batch: TaskBatch, size: int = 256, min_gap_se: float = 2.0) -> tuple[float, float, float, float, bool]:
+    """(parent LD, child LD, gap = child - parent, its standard error over examples (paired), whether
+    |gap| is at least `min_gap_se` standard errors)."""
     d = [logit_diff(final_logits(m, batch.clean, batch=size), batch.answer.to(next(m.parameters()).device),
-                    batch.wrong.to(next(m.parameters()).device)) for m in (parent, child)]
-    diff = (d[1] - d[0]).double()
-    return float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else float("nan")
+                    batch.wrong.to(next(m.parameters()).device)).double().cpu() for m in (parent, child)]
+    diff = d[1] - d[0]
+    se = float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else float("nan")
+    gap = float(diff.mean())
+    return float(d[0].mean()), float(d[1].mean()), gap, se, bool(abs(gap) >= min_gap_se * se)
 
 
 def feature_contribution(model, sae, post: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -329,7 +341,7 @@ def feature_contribution(model, sae, post: torch.Tensor, mask: torch.Tensor) -> 
 
 
 def feature_cmap(parent, child, sae_parent, sae_child, batch: TaskBatch, sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 size: int = 256) -> pd.DataFrame:
+                 size: int = 256, min_gap_se: float = 2.0) -> pd.DataFrame:
     """Feature-level CMAP: per named set (child mask, parent mask), the parent's MLP output at every
     position becomes its own minus what its features in the parent mask carry plus what the child's
     features in the child mask carry (on the same clean prompts); share of the gap recovered."""
@@ -337,8 +349,7 @@ def feature_cmap(parent, child, sae_parent, sae_child, batch: TaskBatch, sets: d
     with torch.no_grad():
         cp = run_cache(parent, batch.clean, names, size)
         cc = run_cache(child, batch.clean, [MLP_POST], size)
-        ld_p = mean_ld(final_logits(parent, batch.clean, batch=size), batch)
-        ld_c = mean_ld(final_logits(child, batch.clean, batch=size), batch)
+        ld_p, ld_c, gap, se, real = edge_gap(parent, child, batch, size, min_gap_se)
         rows = []
         for name, (child_mask, parent_mask) in sets.items():
             out = cp[HOOKS["mlp"]] - feature_contribution(parent, sae_parent, cp[MLP_POST], parent_mask) \
@@ -349,9 +360,9 @@ def feature_cmap(parent, child, sae_parent, sae_child, batch: TaskBatch, sets: d
 
             ld = mean_ld(final_logits(parent, batch.clean, [(HOOKS["mlp"], put)], size), batch)
             rows.append({"set": name, "child_features": int(child_mask.sum()), "parent_features": int(parent_mask.sum()),
-                         "ld": ld, "share": _share(ld - ld_p, ld_c - ld_p)})
+                         "ld": ld, "share": _share(ld - ld_p, gap) if real else float("nan")})
     out = pd.DataFrame(rows)
-    out.attrs.update(parent_ld=ld_p, child_ld=ld_c, gap=ld_c - ld_p)
+    out.attrs.update(parent_ld=ld_p, child_ld=ld_c, gap=gap, gap_se=se, gap_resolved=real)
     return out
 
 

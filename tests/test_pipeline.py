@@ -649,3 +649,54 @@ def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
         logs = "".join(str(e.dagster_event) + e.message for r in instance.get_runs() for e in instance.all_logs(r.run_id))
         assert len(logs) > 1000 and key not in logs and key not in str(meta)
         assert not any(key in p.read_text(errors="ignore") for p in home.rglob("*") if p.is_file() and p.suffix in (".json", ".html"))
+
+
+def test_circuits_and_cmap_through_dagster_agree_with_each_other_and_the_models(micro):
+    """Micro's tasks, circuits and CMAP, as the assets wrote them: the accuracies are the models' own on
+    the stored prompts, every circuit is judged against random circuits of its size, each edge's gap is
+    the two nodes' performance difference, and the heatmaps exist."""
+    import json
+
+    import pandas as pd
+
+    from featureflow_dagster import patching as P
+    from featureflow_dagster.hooked import load_hooked_model
+    from featureflow_dagster.tasks import load_tasks, task_metrics
+
+    lineage, home, instance, defs, done = micro
+    assert {k.to_user_string() for k, _ in done} >= {"tasks", "task_performance", "circuits", "cmap"}
+    tasks = load_tasks(home / "tasks")
+    assert list(tasks) == [t.name for t in lineage.tasks]
+    perf = {}
+    for node in lineage.node_names:
+        table = pd.read_parquet(home / "task_performance" / f"{node}.parquet").set_index("task")
+        model = load_hooked_model(home / "model" / node)
+        for name, batch in tasks.items():
+            again = task_metrics(P.final_logits(model, batch.clean), batch)
+            assert table.loc[name, "accuracy"] == pytest.approx(again["accuracy"])
+            assert table.loc[name, "logit_diff"] == pytest.approx(again["logit_diff"], abs=1e-4)
+            perf[(node, name)] = again["logit_diff"]
+        summary = json.loads((home / "circuits" / node / "circuits.json").read_text())
+        effects = pd.read_parquet(home / "circuits" / node / "patching.parquet")
+        for name, s in summary.items():
+            e = effects[effects["task"] == name]
+            above = e[e["position"].notna() & e["component"].str.match(r"^(head\.\d+|mlp)$") & (e["effect"] >= lineage.patching.circuit_threshold)]
+            assert len(s["units"]) == s["size"] == len(above)
+            assert 0 <= s["random_at_least"] <= 1 and s["universe"] == batch.length * (model.cfg.n_heads + 1)
+            assert (home / "reports" / "circuits" / node / f"{name}.html").is_file()
+    for parent, child in lineage.edges():
+        edge = f"{parent}__{child}"
+        summary = json.loads((home / "cmap" / edge / "summary.json").read_text())
+        units = pd.read_parquet(home / "cmap" / edge / "cmap.parquet")
+        features = pd.read_parquet(home / "cmap" / edge / "features.parquet")
+        for name, s in summary.items():
+            assert s["gap"] == pytest.approx(perf[(child, name)] - perf[(parent, name)], abs=1e-4)
+            u = units[units["task"] == name]
+            assert len(u) == 2 * len(P.component_names(model, lineage.patching.components)) * (tasks[name].length + 1)
+            assert u["share"].notna().all() == s["gap_resolved"]
+            f = features[features["task"] == name]
+            assert {"persisted", "emerged", "all_live"} <= set(f["set"])
+            assert (f["set"].str.startswith("random_")).sum() == lineage.patching.feature_null_draws
+            assert (home / "reports" / "cmap" / edge / f"{name}.html").is_file()
+        meta = _meta_partition(instance, "cmap", edge)
+        assert meta["persisted_child_features"] + meta["emerged_child_features"] <= 1024

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 NODES = ["base", "code", "prose", "merged"]
 EDGES = ["base__code", "base__prose", "code__merged", "prose__merged"]
-EDGE_ASSETS = ("feature_activations", "sae_transfer", "feature_correlation")
+EDGE_ASSETS = ("feature_activations", "sae_transfer", "feature_correlation", "cmap")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def _node_stage(*nodes):
     """A node's model and everything per node below it (store, SAE)."""
     out = set()
     for n in nodes:
-        out |= {(f"model/{n}", n), ("activation_store", n), ("sae", n), ("feature_examples", n)}
+        out |= {(f"model/{n}", n), ("activation_store", n), ("sae", n), ("feature_examples", n), ("task_performance", n),
+                ("circuits", n)}
     return out
 
 
@@ -106,11 +107,24 @@ def _edit_case_min_fired(raw):
     raw["examples"] = {**raw.get("examples", {}), "case_min_fired": 5}
 
 
+def _edit_task(raw):
+    raw["tasks"][0]["examples"] = 48
+
+
+def _edit_circuit_threshold(raw):
+    raw["patching"] = {**raw["patching"], "circuit_threshold": 0.2}
+
+
+def _edit_feature_null(raw):
+    raw["patching"] = {**raw["patching"], "feature_null_draws": 2}
+
+
 def _edit_description(raw):
     _node(raw, "code")["description"] = "words change no bytes"
 
 
-EVERYTHING_BELOW_TOKENS = {("tokens", n) for n in ("base", "code", "prose")} | _node_stage(*NODES) | MERGE | _edges(*EDGES) | FLOW
+TASKS = {("tasks", None)} | {(a, n) for a in ("task_performance", "circuits") for n in NODES} | _edges(*EDGES, assets=("cmap",))
+EVERYTHING_BELOW_TOKENS = {("tokens", n) for n in ("base", "code", "prose")} | _node_stage(*NODES) | MERGE | _edges(*EDGES) | FLOW | TASKS
 
 ROWS = {
     # one node's data: a budget re-cuts its token blocks (not its documents); a glob changes both
@@ -127,12 +141,16 @@ ROWS = {
     "sae training (prose)": (_edit_sae, {("sae", "prose"), ("feature_examples", "prose")} | _edges("base__prose", "prose__merged") | FLOW),
     "sae store tokens (prose)": (_edit_store, {("activation_store", "prose"), ("sae", "prose"), ("feature_examples", "prose")}
                                  | _edges("base__prose", "prose__merged") | FLOW),
-    "flow threshold": (_edit_threshold, FLOW),
-    "flow top_k": (_edit_top_k, _edges(*EDGES, assets=("feature_correlation",)) | FLOW),
+    # feature flow's threshold also re-draws every edge's persisted/emerged feature sets for CMAP
+    "flow threshold": (_edit_threshold, FLOW | _edges(*EDGES, assets=("cmap",))),
+    "flow top_k": (_edit_top_k, _edges(*EDGES, assets=("feature_correlation", "cmap")) | FLOW),
     "tokenizer": (_edit_tokenizer, {("tokenizer", None)} | EVERYTHING_BELOW_TOKENS),
     "n_ctx": (_edit_n_ctx, EVERYTHING_BELOW_TOKENS),
     "examples budget": (_edit_examples, {("feature_examples", n) for n in NODES} | PAGES),
     "case studies min_fired": (_edit_case_min_fired, PAGES),
+    "task examples": (_edit_task, TASKS),
+    "circuit threshold": (_edit_circuit_threshold, {("circuits", n) for n in NODES}),
+    "feature-level CMAP null draws": (_edit_feature_null, _edges(*EDGES, assets=("cmap",))),
     "description only": (_edit_description, set()),
 }
 
