@@ -250,8 +250,8 @@ def _cmap(lineage: Lineage) -> dg.AssetsDefinition:
             "task": n, f"LD {parent}": s["parent_ld"], f"LD {child}": s["child_ld"], "gap": s["gap"], "gap se": s["gap_se"],
             "top child→parent": ", ".join(f"{r['component']} {r['share']:.2f}" for r in s["top"]["child_into_parent"]),
             "top parent→child": ", ".join(f"{r['component']} {r['share']:.2f}" for r in s["top"]["parent_into_child"]),
-            "persisted": s["features"]["persisted"], "emerged": s["features"]["emerged"],
-            "random (mean ± sd)": f"{s['features']['random_mean']:.3f} ± {s['features']['random_std']:.3f}",
+            "persisted (random same size)": f"{s['features']['persisted']:.3f} ({s['features']['random_persisted_mean']:.3f} ± {s['features']['random_persisted_std']:.3f})",
+            "emerged (random same size)": f"{s['features']['emerged']:.3f} ({s['features']['random_emerged_mean']:.3f} ± {s['features']['random_emerged_std']:.3f})",
         } for n, s in summary.items()]).set_index("task")
         return dg.MaterializeResult(
             data_version=dg.DataVersion(_folder_version(out)),

@@ -369,7 +369,8 @@ def feature_cmap(parent, child, sae_parent, sae_child, batch: TaskBatch, sets: d
 def feature_sets(parent_table: pd.DataFrame, child_table: pd.DataFrame, draws: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The feature sets of one edge from feature flow's tables (classify_edge): persisted child features
     with the persisting parent features, emerged child features with the disappearing parent ones,
-    all live features on both sides, and `draws` random sets of the emerged/disappearing sizes (null)."""
+    all live features on both sides; and the null: per named set, `draws` random sets of live features
+    of the same sizes on both sides (`random_persisted_<d>`, `random_emerged_<d>`)."""
     def mask(table, statuses, n):
         m = torch.zeros(n, dtype=torch.bool)
         m[torch.as_tensor(table.loc[table["status"].isin(statuses), "feature"].to_numpy().copy())] = True
@@ -381,20 +382,25 @@ def feature_sets(parent_table: pd.DataFrame, child_table: pd.DataFrame, draws: i
             "all_live": (mask(child_table, ["persisted", "emerged"], nc), mask(parent_table, ["persists", "disappears"], np_))}
     live_c = child_table.loc[child_table["status"] != "dead", "feature"].tolist()
     live_p = parent_table.loc[parent_table["status"] != "dead", "feature"].tolist()
-    k_c, k_p = int(sets["emerged"][0].sum()), int(sets["emerged"][1].sum())
     rng = random.Random(seed)
-    for d in range(draws):
-        mc, mp = torch.zeros(nc, dtype=torch.bool), torch.zeros(np_, dtype=torch.bool)
-        mc[rng.sample(live_c, k_c)] = True
-        mp[rng.sample(live_p, k_p)] = True
-        sets[f"random_{d}"] = (mc, mp)
+    for name in ("persisted", "emerged"):
+        k_c, k_p = int(sets[name][0].sum()), int(sets[name][1].sum())
+        for d in range(draws):
+            mc, mp = torch.zeros(nc, dtype=torch.bool), torch.zeros(np_, dtype=torch.bool)
+            mc[rng.sample(live_c, k_c)] = True
+            mp[rng.sample(live_p, k_p)] = True
+            sets[f"random_{name}_{d}"] = (mc, mp)
     return sets
 
 
 def feature_summary(fc: pd.DataFrame) -> dict:
-    """Shares recovered by the named sets and the random sets' mean and spread (the null)."""
+    """Shares recovered by the named sets, and per named set the mean and spread of its size-matched
+    random sets (the null), and how many standard deviations the set lies above them."""
     named = fc[~fc["set"].str.startswith("random_")].set_index("set")["share"]
-    rand = fc[fc["set"].str.startswith("random_")]["share"].to_numpy()
-    return {**{k: float(v) for k, v in named.items()},
-            "random_mean": float(np.mean(rand)) if len(rand) else float("nan"),
-            "random_std": float(np.std(rand)) if len(rand) else float("nan")}
+    out = {k: float(v) for k, v in named.items()}
+    for name in ("persisted", "emerged"):
+        rand = fc[fc["set"].str.startswith(f"random_{name}_")]["share"].to_numpy()
+        mean, std = (float(np.mean(rand)), float(np.std(rand))) if len(rand) else (float("nan"), float("nan"))
+        out[f"random_{name}_mean"], out[f"random_{name}_std"] = mean, std
+        out[f"{name}_z"] = (out[name] - mean) / std if std > 0 else float("nan")
+    return out

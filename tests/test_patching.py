@@ -269,8 +269,11 @@ def test_feature_sets_follow_the_flow_tables_with_random_sets_of_the_same_sizes(
     assert sets["persisted"][0].nonzero()[:, 0].tolist() == [1, 2, 5] and sets["persisted"][1].nonzero()[:, 0].tolist() == [0, 3]
     assert sets["emerged"][0].nonzero()[:, 0].tolist() == [0, 4] and sets["emerged"][1].nonzero()[:, 0].tolist() == [1, 4, 5]
     for d in range(4):
-        c, p = sets[f"random_{d}"]
+        c, p = sets[f"random_emerged_{d}"]
         assert int(c.sum()) == 2 and int(p.sum()) == 3 and not c[3] and not p[2]  # live features only
+        c, p = sets[f"random_persisted_{d}"]
+        assert int(c.sum()) == 3 and int(p.sum()) == 2 and not c[3] and not p[2]
+    assert len(sets) == 3 + 2 * 4
 
 
 def test_lineage_tasks_and_components_are_validated_with_the_field_named():
@@ -287,3 +290,14 @@ def test_lineage_tasks_and_components_are_validated_with_the_field_named():
             parse_lineage({**raw, **change}, "bad")
     assert [t.kind for t in load_lineage("demo").tasks] == ["close_bracket", "close_quote"]
     assert [t.kind for t in load_lineage("paper").tasks] == ["entity_tracking", "close_bracket"]
+
+
+def test_feature_summary_sets_each_named_set_against_its_size_matched_random_sets():
+    import pandas as pd
+
+    fc = pd.DataFrame({"set": ["persisted", "emerged", "all_live", "random_persisted_0", "random_persisted_1",
+                               "random_emerged_0", "random_emerged_1"],
+                       "share": [0.5, 0.2, 0.6, 0.1, 0.3, 0.2, 0.2]})
+    s = P.feature_summary(fc)
+    assert s["persisted"] == 0.5 and s["random_persisted_mean"] == pytest.approx(0.2)
+    assert s["persisted_z"] == pytest.approx(3.0) and s["random_emerged_std"] == 0 and s["emerged_z"] != s["emerged_z"]
