@@ -108,8 +108,8 @@ def test_changing_one_node_marks_exactly_its_descendants_stale(micro, tmp_path):
     stale = {k for k, s in status.items() if s != "FRESH"}
     nodes, edges = ["base", "code", "prose", "merged"], ["base__code", "base__prose", "code__merged", "prose__merged"]
     assert stale == {("model/code", "code"), ("model/prose", "prose"), ("slerp_sweep", "merged"), ("model/merged", "merged")} | {
-        (a, n) for a in ("activation_store", "sae", "feature_examples") for n in nodes} | {
-        (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation") for e in edges} | {
+        (a, n) for a in ("activation_store", "sae", "feature_examples", "task_performance", "circuits") for n in nodes} | {
+        (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation", "cmap") for e in edges} | {
         ("feature_flow", None), ("case_studies", None), ("feature_pages", None)}
 
 
@@ -125,8 +125,8 @@ def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
     materialize_lineage(changed, instance, only={dg.AssetKey(["model", "prose"])}, echo=lambda *_: None)
     stale = {k for k, s in _status(changed, instance).items() if s != "FRESH"}
     assert stale == {("slerp_sweep", "merged"), ("model/merged", "merged")} | {
-        (a, n) for a in ("activation_store", "sae", "feature_examples") for n in ("prose", "merged")} | {
-        (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation")
+        (a, n) for a in ("activation_store", "sae", "feature_examples", "task_performance", "circuits") for n in ("prose", "merged")} | {
+        (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation", "cmap")
         for e in ("base__prose", "prose__merged", "code__merged")} | {("feature_flow", None), ("case_studies", None), ("feature_pages", None)}
     materialize_lineage(defs, instance, echo=lambda *_: None)
 
@@ -293,7 +293,7 @@ def test_an_asset_check_fails_on_a_deliberately_broken_sae(micro):
     report = materialize_lineage(broken, instance, partitions={"base__code"}, echo=lambda *_: None)
     assert not report.done and set(report.blocked) == {
         "feature_activations[base__code]", "sae_transfer[base__code]", "feature_correlation[base__code]", "feature_flow",
-        "case_studies", "feature_pages"}
+        "case_studies", "feature_pages", "cmap[base__code]"}
     with pytest.raises(Exception, match="the SAE of node 'base' failed its quality checks"):
         dg.materialize(list(broken.assets), selection=["feature_examples"], partition_key="base",
                        instance=instance, resources=broken.resources)
@@ -356,7 +356,7 @@ def test_micro_feature_flow_end_to_end(micro):
     site = home / "reports" / "features"
     plots = [flow / "sankey.html", home / "slerp_sweep" / "merged" / "sweep.html",
              *(p for p in (home / "reports").rglob("*.html") if site not in p.parents)]
-    assert len(plots) == 9  # 3 loss curves, 4 densities, sweep, Sankey
+    assert len(plots) == 9 + 4 + 4  # 3 loss curves, 4 densities, sweep, Sankey; a heatmap per node (circuits) and edge (cmap)
     pages = plots + [site / "sankey.html", site / "feature.html"]
     assert all(p.stat().st_size < 100_000 for p in pages)
     for page in pages:
@@ -696,7 +696,7 @@ def test_circuits_and_cmap_through_dagster_agree_with_each_other_and_the_models(
             assert u["share"].notna().all() == s["gap_resolved"]
             f = features[features["task"] == name]
             assert {"persisted", "emerged", "all_live"} <= set(f["set"])
-            assert (f["set"].str.startswith("random_")).sum() == lineage.patching.feature_null_draws
+            assert (f["set"].str.startswith("random_")).sum() == 2 * lineage.patching.feature_null_draws
             assert (home / "reports" / "cmap" / edge / f"{name}.html").is_file()
         meta = _meta_partition(instance, "cmap", edge)
         assert meta["persisted_child_features"] + meta["emerged_child_features"] <= 1024
