@@ -8,7 +8,6 @@ import json
 import time
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 import torch
 
@@ -19,6 +18,7 @@ from featureflow_dagster.hooked import load_hooked_model
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.plots import markdown_table, patching_heatmap_figure, write_html
 from featureflow_dagster.provenance import versions
+from featureflow_dagster.serve import reports_url
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
@@ -34,6 +34,21 @@ def build_patching_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
         return []
     out = [_tasks(lineage), _task_performance(lineage), _circuits(lineage)]
     return out + ([_cmap(lineage)] if lineage.edges() else [])
+
+
+def _write_results(store: ArtifactStore, out, report: tuple[str, str], tables: dict[str, list], json_name: str, summary: dict,
+                   figures: dict) -> dict:
+    """Write `<name>.parquet` per table (the tasks' frames concatenated) and `<json_name>.json` into `out`,
+    one heatmap page per task under reports/<asset>/<key>/, each atomically; the heatmaps' metadata."""
+    with store.write_dir(out) as tmp:
+        for name, frames in tables.items():
+            pd.concat(frames).to_parquet(tmp / f"{name}.parquet", index=False)
+        (tmp / f"{json_name}.json").write_text(json.dumps(summary, indent=1))
+    folder = store.report_dir(*report)
+    with store.write_dir(folder) as tmp:
+        for name, fig in figures.items():
+            write_html(fig, tmp / f"{name}.html", store.plotly_js(), final=folder / f"{name}.html")
+    return {f"heatmap/{name}": dg.MetadataValue.url(reports_url(f"{report[0]}/{report[1]}/{name}.html")) for name in figures}
 
 
 def _folder_version(folder) -> str:
@@ -158,14 +173,8 @@ def _circuits(lineage: Lineage) -> dg.AssetsDefinition:
             figures[name] = patching_heatmap_figure([("clean → counterfactual", e, "effect")],
                                                     f"{node}, {name}: activation patching (share of the clean–counterfactual gap)")
             log(f"{name}: circuit of {len(units)} units, faithfulness {f.faithfulness:.3f} (random {f.random_faithfulness:.3f})")
-        out, report = store.circuits_dir(node), store.report_dir("circuits", node)
-        with store.write_dir(out) as tmp:
-            pd.concat(effects).to_parquet(tmp / "patching.parquet", index=False)
-            pd.concat(paths).to_parquet(tmp / "paths.parquet", index=False)
-            (tmp / "circuits.json").write_text(json.dumps(summary, indent=1))
-        with store.write_dir(report) as tmp:
-            for name, fig in figures.items():
-                write_html(fig, tmp / f"{name}.html", store.plotly_js(), final=report / f"{name}.html")
+        out = store.circuits_dir(node)
+        heatmaps = _write_results(store, out, ("circuits", node), {"patching": effects, "paths": paths}, "circuits", summary, figures)
         table = pd.DataFrame([{"task": n, "circuit": ", ".join(f"{c}@{p}" for c, p in s["units"]) or "(none)",
                                "accuracy": s["full_accuracy"], "circuit accuracy": s["accuracy"], "faithfulness": s["faithfulness"],
                                "random": s["random_faithfulness"], "LD faithfulness": s["ld_faithfulness"],
@@ -174,7 +183,7 @@ def _circuits(lineage: Lineage) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             data_version=dg.DataVersion(_folder_version(out)),
             metadata={"path": dg.MetadataValue.path(str(out)),
-                      **{f"heatmap/{n}": dg.MetadataValue.path(str(report / f"{n}.html")) for n in figures},
+                      **heatmaps,
                       "circuits": dg.MetadataValue.md(markdown_table(table)),
                       "faithfulness": dg.MetadataValue.json({n: round(s["faithfulness"], 4) for n, s in summary.items()}),
                       "random_faithfulness": dg.MetadataValue.json({n: round(s["random_faithfulness"], 4) for n, s in summary.items()}),
@@ -238,14 +247,8 @@ def _cmap(lineage: Lineage) -> dg.AssetsDefinition:
                 + ("" if c.attrs["gap_resolved"] else f"; within {spec.min_gap_se:g} se of zero: no shares") + ")")
             log(f"{name}: gap {c.attrs['gap']:+.3f}; persisted features recover {summary[name]['features']['persisted']:.3f}, "
                 f"emerged {summary[name]['features']['emerged']:.3f}")
-        out, report = store.cmap_dir(edge), store.report_dir("cmap", edge)
-        with store.write_dir(out) as tmp:
-            pd.concat(units).to_parquet(tmp / "cmap.parquet", index=False)
-            pd.concat(features).to_parquet(tmp / "features.parquet", index=False)
-            (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
-        with store.write_dir(report) as tmp:
-            for name, fig in figures.items():
-                write_html(fig, tmp / f"{name}.html", store.plotly_js(), final=report / f"{name}.html")
+        out = store.cmap_dir(edge)
+        heatmaps = _write_results(store, out, ("cmap", edge), {"cmap": units, "features": features}, "summary", summary, figures)
         table = pd.DataFrame([{
             "task": n, f"LD {parent}": s["parent_ld"], f"LD {child}": s["child_ld"], "gap": s["gap"], "gap se": s["gap_se"],
             "top child→parent": ", ".join(f"{r['component']} {r['share']:.2f}" for r in s["top"]["child_into_parent"]),
@@ -256,7 +259,7 @@ def _cmap(lineage: Lineage) -> dg.AssetsDefinition:
         return dg.MaterializeResult(
             data_version=dg.DataVersion(_folder_version(out)),
             metadata={"path": dg.MetadataValue.path(str(out)),
-                      **{f"heatmap/{n}": dg.MetadataValue.path(str(report / f"{n}.html")) for n in figures},
+                      **heatmaps,
                       "cmap": dg.MetadataValue.md(markdown_table(table)),
                       "gap": dg.MetadataValue.json({n: round(s["gap"], 4) for n, s in summary.items()}),
                       "persisted_share": dg.MetadataValue.json({n: round(s["features"]["persisted"], 4) for n, s in summary.items()}),
