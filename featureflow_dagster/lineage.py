@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from featureflow_dagster import tasks as _tasks
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,6 +31,11 @@ from pydantic import (
 )
 
 DEFAULT_LINEAGE = "demo"
+# entity tracking's default objects and box labels (featureflow_dagster.tasks); here so that reading a lineage needs no torch
+ENTITY_OBJECTS = ["apple", "book", "bottle", "car", "cat", "chair", "clock", "coat", "cup", "dog", "door",
+                  "egg", "fish", "flower", "glass", "hat", "key", "lamp", "letter", "map", "milk", "paper", "pen",
+                  "phone", "plate", "ring", "shoe", "stone", "table", "toy", "watch"]
+ENTITY_BOXES = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 SHIPPED_LINEAGES = ("micro", "demo", "paper")
 
 
@@ -419,9 +423,9 @@ class TaskSpec(_Strict):
     min_examples: int = Field(default=16, gt=1, description="Refuse when the held-out text yields fewer examples.")
     seed: int | None = Field(default=None, description="Default: the lineage seed.")
     n_objects: int = Field(default=3, ge=2, description="entity_tracking: objects (and boxes) per prompt.")
-    objects: list[str] = Field(default_factory=lambda: list(_tasks.ENTITY_OBJECTS), min_length=2,
+    objects: list[str] = Field(default_factory=lambda: list(ENTITY_OBJECTS), min_length=2,
                                description="entity_tracking: object words (each ' word' one token).")
-    boxes: list[str] = Field(default_factory=lambda: list(_tasks.ENTITY_BOXES), min_length=2,
+    boxes: list[str] = Field(default_factory=lambda: list(ENTITY_BOXES), min_length=2,
                              description="entity_tracking: box labels (each ' label' one token).")
 
 

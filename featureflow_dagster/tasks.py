@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from featureflow_dagster.lineage import ENTITY_BOXES, ENTITY_OBJECTS  # the entity-tracking defaults (torch-free module)
+
 OPEN_CLOSE = {"(": ")", "[": "]", "{": "}"}
 QUOTES = ("'", '"')
 IDENTIFIER = re.compile(r"^ ?[A-Za-z_][A-Za-z0-9_]{2,}$")
-ENTITY_OBJECTS = ["apple", "book", "bottle", "box", "car", "cat", "chair", "clock", "coat", "cup", "dog", "door",
-                  "egg", "fish", "flower", "glass", "hat", "key", "lamp", "letter", "map", "milk", "paper", "pen",
-                  "phone", "plate", "ring", "shoe", "stone", "table", "toy", "watch"]
-ENTITY_BOXES = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 class TaskError(ValueError):
