@@ -244,13 +244,17 @@ def entity_prompt(objects: list[str], boxes: list[str], query: int) -> str:
     return f"{pairs[0].upper()}{pairs[1:]}. Box {boxes[query]} contains the"
 
 
-def single_token(tokenizer, text: str, task: str, field: str) -> int:
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        pieces = [tokenizer.decode([i]) for i in ids]
-        raise TaskError(task, field, f"{text!r} is {len(ids)} tokens under this lineage's tokenizer ({pieces}); "
+def single_token(tokenizer, text: str, task: str, field: str, context: str = "the") -> int:
+    """The one token `text` (with its leading space) becomes after `context`, as it appears inside a
+    prompt (a SentencePiece tokenizer encodes a lone " apple" differently from "the apple")."""
+    before = tokenizer.encode(context, add_special_tokens=False)
+    ids = tokenizer.encode(context + text, add_special_tokens=False)
+    if ids[:len(before)] != before or len(ids) - len(before) != 1:
+        extra = ids[len(before):] if ids[:len(before)] == before else ids
+        pieces = [tokenizer.decode([i]) for i in extra]
+        raise TaskError(task, field, f"{text!r} is {len(extra)} tokens under this lineage's tokenizer ({pieces}); "
                         "answers and labels must be single tokens")
-    return ids[0]
+    return ids[-1]
 
 
 def entity_tracking(tokenizer, name: str, n: int, n_objects: int, objects: list[str], boxes: list[str], seed: int,
@@ -262,7 +266,7 @@ def entity_tracking(tokenizer, name: str, n: int, n_objects: int, objects: list[
     for o in objects:
         single_token(tokenizer, " " + o, name, "objects")
     for b in boxes:
-        single_token(tokenizer, " " + b, name, "boxes")
+        single_token(tokenizer, " " + b, name, "boxes", context="box")
     rng = random.Random(seed)
     clean, corrupt, answer, wrong, key = [], [], [], [], []
     length = None

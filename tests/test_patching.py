@@ -301,3 +301,18 @@ def test_feature_summary_sets_each_named_set_against_its_size_matched_random_set
     s = P.feature_summary(fc)
     assert s["persisted"] == 0.5 and s["random_persisted_mean"] == pytest.approx(0.2)
     assert s["persisted_z"] == pytest.approx(3.0) and s["random_emerged_std"] == 0 and s["emerged_z"] != s["emerged_z"]
+
+
+def test_the_paper_lineage_entity_tracking_builds_under_the_mistral_tokenizer():
+    """paper.yaml's task with its tokenizer (SentencePiece: ' apple' alone encodes differently from
+    'the apple', so single-token checks read the word in context)."""
+    from featureflow_dagster.tokenizer import mistral_tokenizer
+
+    tok = mistral_tokenizer()
+    spec = next(t for t in load_lineage("paper").tasks if t.kind == "entity_tracking")
+    batch = T.entity_tracking(tok, spec.name, 32, spec.n_objects, spec.objects, spec.boxes, seed=0, n_ctx=256)
+    for i in range(len(batch)):
+        full = tok.decode(batch.clean[i].tolist() + [int(batch.answer[i])])
+        box = tok.decode([int(batch.clean[i, batch.key[i]])]).strip()
+        obj = tok.decode([int(batch.answer[i])]).strip()
+        assert full.endswith(f"Box {box} contains the {obj}") and f"the {obj} is in box {box}".lower() in full.lower()
