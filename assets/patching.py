@@ -22,7 +22,7 @@ from featureflow_dagster.serve import reports_url
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
-from featureflow_dagster.tasks import TaskError, build_task, load_tasks, save_tasks
+from featureflow_dagster.tasks import TaskError, build_task, describe, load_tasks, save_tasks
 from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
 from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
@@ -90,7 +90,7 @@ def _tasks(lineage: Lineage) -> dg.AssetsDefinition:
             save_tasks(tmp, batches, strings)
         table = pd.DataFrame([{"task": n, "kind": b.kind, "examples": len(b), "prompt tokens": b.length,
                                "found": b.meta.get("available", len(b))} for n, b in batches.items()]).set_index("task")
-        samples = pd.DataFrame([{"task": n, **s} for n, b in batches.items() for s in json.loads((out / "tasks.json").read_text())[n]["samples"][:2]])
+        samples = pd.DataFrame([{"task": n, **s} for n, b in batches.items() for s in describe(b, strings, k=2)])
         return dg.MaterializeResult(
             data_version=dg.DataVersion(_folder_version(out)),
             metadata={"path": dg.MetadataValue.path(str(out)), "tasks": dg.MetadataValue.md(markdown_table(table)),

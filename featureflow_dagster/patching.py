@@ -50,10 +50,10 @@ def component_names(model, kinds=COMPONENT_KINDS) -> list[str]:
     return out
 
 
-def hook_of(component: str, cross: bool = False) -> tuple[str, int | None]:
-    """(hook name, head index or None) of a component."""
+def hook_of(component: str) -> tuple[str, int | None]:
+    """(hook name, head index or None) of a component within one model (across models see cross_hooks)."""
     if component.startswith("head."):
-        return (HEAD_RESULT if cross else HEAD_Z), int(component.split(".")[1])
+        return HEAD_Z, int(component.split(".")[1])
     if component not in HOOKS:
         raise ValueError(f"unknown component {component!r}; use embed, attn, mlp or head.<h>")
     return HOOKS[component], None
@@ -90,12 +90,12 @@ def run_cache(model, tokens: torch.Tensor, names: list[str], batch: int = 256) -
     return {n: torch.cat(v) for n, v in parts.items()}
 
 
-def patch_hooks(units: list[Unit], source: dict[str, torch.Tensor], cross: bool = False):
+def patch_hooks(units: list[Unit], source: dict[str, torch.Tensor]):
     """Forward hooks that overwrite each unit's activation with the one in `source` (a cache of the
     same examples: another prompt in the same model, or the same prompt in another model)."""
     by_hook: dict[str, list] = {}
     for comp, pos in units:
-        name, head = hook_of(comp, cross)
+        name, head = hook_of(comp)
         by_hook.setdefault(name, []).append(_index(pos, head))
 
     def make(name, indices):
@@ -109,8 +109,8 @@ def patch_hooks(units: list[Unit], source: dict[str, torch.Tensor], cross: bool 
     return [(name, make(name, idx)) for name, idx in by_hook.items()]
 
 
-def cache_names(units: list[Unit], cross: bool = False) -> list[str]:
-    return sorted({hook_of(c, cross)[0] for c, _ in units})
+def cache_names(units: list[Unit]) -> list[str]:
+    return sorted({hook_of(c)[0] for c, _ in units})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,18 +194,25 @@ def circuit_from_effects(effects: pd.DataFrame, length: int, threshold: float) -
     return sorted((c, int(p) + length) for c, p in zip(e["component"], e["position"]))
 
 
-def ablated_logits(model, batch: TaskBatch, keep: list[Unit], size: int = 256) -> torch.Tensor:
+def ablation_means(model, batch: TaskBatch, size: int = 256) -> dict[str, torch.Tensor]:
+    """Each head's and the MLP's output per position, averaged over the task's clean prompts."""
+    return {k: v.mean(0) for k, v in run_cache(model, batch.clean, [HEAD_Z, HOOKS["mlp"]], size).items()}
+
+
+def ablated_logits(model, batch: TaskBatch, keep: list[Unit], size: int = 256,
+                   means: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Clean-prompt logits with every circuit-universe unit outside `keep` mean-ablated (its mean over
-    the task's clean prompts at that position), as Prakash et al. evaluate a circuit."""
-    means = {k: v.mean(0) for k, v in run_cache(model, batch.clean, [HEAD_Z, HOOKS["mlp"]], size).items()}
+    the task's clean prompts at that position, `ablation_means`), as Prakash et al. evaluate a circuit."""
+    means = means if means is not None else ablation_means(model, batch, size)
     L, H = batch.length, model.cfg.n_heads
     keep_heads = torch.zeros(L, H, dtype=torch.bool)
     keep_mlp = torch.zeros(L, dtype=torch.bool)
     for comp, pos in keep:
-        if comp == "mlp":
+        head = hook_of(comp)[1]
+        if head is None:
             keep_mlp[pos] = True
         else:
-            keep_heads[pos, int(comp.split(".")[1])] = True
+            keep_heads[pos, head] = True
     dev = next(model.parameters()).device
     kh, km = keep_heads.to(dev), keep_mlp.to(dev)
 
@@ -235,9 +242,10 @@ class Faithfulness:
 def faithfulness(model, batch: TaskBatch, keep: list[Unit], random_draws: int = 20, seed: int = 0, size: int = 256) -> Faithfulness:
     full = final_logits(model, batch.clean, batch=size)
     full_m = task_metrics(full, batch)
+    means = ablation_means(model, batch, size)  # once for the circuit and every random draw
 
     def score(units):
-        m = task_metrics(ablated_logits(model, batch, units, size), batch)
+        m = task_metrics(ablated_logits(model, batch, units, size, means), batch)
         return _share(m["accuracy"], full_m["accuracy"]), _share(m["logit_diff"], full_m["logit_diff"]), m["accuracy"]
 
     f_acc, f_ld, acc = score(keep)
@@ -281,7 +289,7 @@ def cross_hooks(units: list[Unit], donor: dict[str, torch.Tensor], recipient):
 
         def add(act, hook, rows):
             for comp, pos in heads:
-                h = int(comp.split(".")[1])
+                h = hook_of(comp)[1]
                 idx = _index(pos, None)
                 own = seen["z"][:, :, h] @ w_o[h]
                 act[idx] = act[idx] + (donor[HEAD_RESULT][rows][:, :, h] - own)[idx]

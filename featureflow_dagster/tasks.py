@@ -17,11 +17,14 @@ Two families:
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from featureflow_dagster.lineage import ENTITY_BOXES, ENTITY_OBJECTS  # the entity-tracking defaults (torch-free module)
 
@@ -292,11 +295,10 @@ def entity_tracking(tokenizer, name: str, n: int, n_objects: int, objects: list[
 
 
 def build_task(spec, tokenizer, strings: list[str], rows: torch.Tensor | None, n_ctx: int, seed: int) -> TaskBatch:
-    """The TaskBatch a lineage `tasks:` entry describes (`spec`: lineage.TaskSpec)."""
+    """The TaskBatch a lineage `tasks:` entry describes (`spec`: lineage.TaskSpec, validated: a mined
+    task's `length` is within n_ctx there; an entity prompt's length is only known here)."""
     if spec.kind == "entity_tracking":
         return entity_tracking(tokenizer, spec.name, spec.examples, spec.n_objects, spec.objects, spec.boxes, seed, n_ctx)
-    if spec.length > n_ctx:
-        raise TaskError(spec.name, "length", f"prompts of {spec.length} tokens exceed the model's n_ctx {n_ctx}")
     return MINED[spec.kind](rows, strings, spec.name, spec.examples, spec.length, seed, minimum=spec.min_examples)
 
 
@@ -314,11 +316,6 @@ def describe(batch: TaskBatch, strings: list[str], k: int = 5) -> list[dict]:
 
 def save_tasks(folder, batches: dict[str, TaskBatch], strings: list[str]) -> None:
     """<name>.safetensors per task and tasks.json (kind, sizes, the first examples as text)."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     index = {}
     for name, b in batches.items():
@@ -328,11 +325,6 @@ def save_tasks(folder, batches: dict[str, TaskBatch], strings: list[str]) -> Non
 
 
 def load_tasks(folder) -> dict[str, TaskBatch]:
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     index = json.loads((folder / "tasks.json").read_text())
     return {name: TaskBatch.from_tensors(name, m["kind"], load_file(str(folder / f"{name}.safetensors")), m)
