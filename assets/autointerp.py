@@ -30,7 +30,7 @@ from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
-from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
+from featureflow_dagster.assets.config import CODE_VERSIONS, ON_DEVICE, config_dep
 from featureflow_dagster.assets.partitions import node_partitions, per_node_models
 
 
@@ -55,6 +55,7 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
         deps=deps,
         group_name="autointerp",
         kinds={"openai", "parquet"},
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["autointerp"],
         description="Per node, LLM explanations of a seeded choice of features (persisting ones and as many others) "
         "and their simulation scores (Bills et al. 2023), with every answer cached and the cost capped.",
@@ -65,7 +66,7 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
         node = context.partition_key
         require_passing_saes(store, [node])
         price = Price(spec.prompt_usd_per_mtok, spec.completion_usd_per_mtok)
-        cache = store.path / "llm_cache"
+        cache = store.llm_cache_dir()
         try:
             client = llm.client(cache, price)
             client.check()
@@ -163,7 +164,7 @@ def _autointerp_summary(lineage: Lineage) -> dg.AssetsDefinition:
             [(g, table.loc[table["group"] == g, "score"], color)
              for g, color in (("persisting", "#1f77b4"), ("emerged", "#2ca02c"), ("disappearing", "#d62728"), ("other", "#7f7f7f"))],
             f"{lineage.name}: explanation scores by feature fate")
-        out = store.path / "autointerp" / "summary.parquet"
+        out = store.autointerp_summary_path()
         with store.write_file(out) as tmp:
             table.to_parquet(tmp, index=False)
         page = store.report_dir("autointerp", "lineage") / "scores.html"

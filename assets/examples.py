@@ -27,7 +27,7 @@ from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
-from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
+from featureflow_dagster.assets.config import CODE_VERSIONS, ON_DEVICE, config_dep
 from featureflow_dagster.assets.partitions import ancestry_token_edges, fan_out, model_key, node_partitions, per_node_models
 
 
@@ -47,7 +47,7 @@ def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
         deps=deps,
         group_name="features",
         kinds={"pytorch", "safetensors", "parquet"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["feature_examples"],
         description="Per SAE feature, over held-out windows of the node's data: top contexts, quantile samples, "
         "activation histogram and density, top tokens, direct-path logit effects, LLR of the top-token hypothesis.",
@@ -166,7 +166,7 @@ def _case_studies(lineage: Lineage) -> dg.AssetsDefinition:
                              "top tokens": " / ".join(repr(e["top_token"]) for e in d["evidence"]),
                              "LLR": " / ".join(f"{e['llr_top_token']:.2f}" for e in d["evidence"]), "r": f"{d['best_r']:.3f}"})
         cases["min_fired"] = min_fired
-        out = store.path / "case_studies" / "case_studies.json"
+        out = store.case_studies_path()
         with store.write_file(out) as tmp:
             tmp.write_text(json.dumps(cases, indent=1))
         table = pd.DataFrame(rows, columns=["case", "features", "top tokens", "LLR", "r"]).set_index("case")
@@ -198,7 +198,7 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
         deps=deps,
         group_name="features",
         kinds={"html", "plotly"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["feature_pages"],
         description="Static site under reports/features/: an index of every live feature (filter and sort by node, "
         "status, density, top token, best r), a page per feature with its evidence and its partners along the "
@@ -222,9 +222,9 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
             _, cls, traj = _flow_tables(store, lineage)
             matches = {(p, c): pd.read_parquet(store.feature_correlation_dir(f"{p}__{c}") / "matches.parquet") for p, c in lineage.edges()}
             tables = site.LineageTables(lineage, matches, cls, traj)
-            cases = json.loads((store.path / "case_studies" / "case_studies.json").read_text())
+            cases = json.loads((store.case_studies_path()).read_text())
             volumes = json.loads((store.feature_flow_dir() / "volumes.json").read_text())
-        out = store.path / "reports" / "features"
+        out = store.feature_pages_dir()
         with store.write_dir(out) as tmp:
             info = site.write_site(tmp, lineage.name, vocab, evidence, tables, cases, volumes, lineage.flow.threshold,
                                    store.plotly_js(), final=out, log=log)

@@ -37,7 +37,7 @@ from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
-from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
+from featureflow_dagster.assets.config import CODE_VERSIONS, ON_DEVICE, config_dep
 from featureflow_dagster.assets.partitions import edge_ends, edge_key, edge_partitions, fan_out, per_node_models
 
 
@@ -62,7 +62,7 @@ def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
         deps=deps,
         group_name="flow",
         kinds={"pytorch", "safetensors"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["feature_activations"],
         description="Parent and child SAE codes (sparse: indices and values per token) on the same tokens, drawn "
         "uniformly from the data both models were trained on, with token ids and their origin.",
@@ -138,6 +138,7 @@ def _feature_correlation(lineage: Lineage) -> dg.AssetsDefinition:
               config_dep("feature_correlation", edge_partitions(lineage).get_partition_keys())],
         group_name="flow",
         kinds={"scipy", "parquet"},
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["feature_correlation"],
         description="Exact Pearson r over token positions between every parent and child feature (sparse-aware, "
         "float64), each feature's top-k partners both ways; and the data-free decoder-cosine matches.",

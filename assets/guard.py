@@ -3,6 +3,7 @@ terminal, and refuse SAEs that failed their (blocking) quality checks."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import json
@@ -19,14 +20,16 @@ from featureflow_dagster.runner import HOST_TAG, PID_TAG, partition_label
 CHECKS_FILE = "checks.json"
 
 
+@contextlib.contextmanager
 def _hold(context, store: ArtifactStore):
     """Record this process on the run (whoever launched it: featureflow, the UI's daemon, `dagster asset
-    materialize`), so that a later featureflow marks the run failed if the process dies, and take the
-    partition's lock."""
+    materialize`), so that a later featureflow marks the run failed if the process dies, take the
+    partition's lock, and on shared storage publish every artefact, report and checkpoint as it is written."""
     if PID_TAG not in context.run.tags:
         context.instance.add_run_tags(context.run_id, {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()})
     label = partition_label(context.asset_key, context.partition_key if context.has_partition_key else None)
-    return store.partition_lock(label, f"run {context.run_id}")
+    with store.partition_lock(label, f"run {context.run_id}"), store.publishing():
+        yield
 
 
 def locked(fn):

@@ -14,7 +14,7 @@ from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.training import evaluate
 from featureflow_dagster.assets.guard import locked, step_log
-from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
+from featureflow_dagster.assets.config import CODE_VERSIONS, ON_DEVICE, config_dep
 from featureflow_dagster.assets.partitions import fan_out, model_key, same_node, single_node_partition
 
 
@@ -53,7 +53,7 @@ def _slerp_sweep_asset(lineage: Lineage, nodes: list[str]) -> dg.AssetsDefinitio
         deps=deps,
         group_name="merges",
         kinds={"pytorch", "plotly"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["slerp_sweep"],
         description="SLERP of the two parents at every t of a grid, scored on each parent's own domain; "
         "chooses the t where the two accuracies balance.",
@@ -137,7 +137,7 @@ def _merged_model_asset(lineage: Lineage, node: str, auto_t: bool) -> dg.AssetsD
         deps=deps,
         group_name="models",
         kinds={"mergekit", "huggingface"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["model"],
         description=f"{spec.method} merge of {', '.join(parents)} (mergekit, in-process)",
     )

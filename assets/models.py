@@ -15,7 +15,7 @@ from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.tokenizer import load_tokenizer
 from featureflow_dagster.training import train_lineage_node
 from featureflow_dagster.assets.guard import locked, step_log
-from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
+from featureflow_dagster.assets.config import CODE_VERSIONS, ON_DEVICE, config_dep
 from featureflow_dagster.assets.partitions import model_key, same_node, single_node_partition
 
 
@@ -34,7 +34,7 @@ def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
         deps=deps,
         group_name="models",
         kinds={"pytorch", "huggingface"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["model"],
         description=f"{spec.kind} model of node '{node}'" + (f" (from '{spec.parents[0]}')" if spec.parents else ""),
     )

@@ -25,7 +25,7 @@ from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.tasks import TaskError, build_task, describe, load_tasks, save_tasks
 from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 from featureflow_dagster.assets.guard import locked, require_passing_saes, step_log
-from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
+from featureflow_dagster.assets.config import CODE_VERSIONS, ON_DEVICE, config_dep
 from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, node_partitions, per_node_models
 
 
@@ -111,7 +111,7 @@ def _task_performance(lineage: Lineage) -> dg.AssetsDefinition:
         deps=[dg.AssetDep("tasks"), *per_node_models([(n, n) for n in nodes]), config_dep("task_performance", nodes)],
         group_name="circuits",
         kinds={"pytorch", "parquet"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["task_performance"],
         description="Per task: two-way accuracy (answer vs the counterfactual's answer), top-1 accuracy and mean "
         "logit difference on the clean prompts, and the logit difference on the counterfactual prompts.",
@@ -147,7 +147,7 @@ def _circuits(lineage: Lineage) -> dg.AssetsDefinition:
         deps=[dg.AssetDep("tasks"), *per_node_models([(n, n) for n in nodes]), config_dep("circuits", nodes)],
         group_name="circuits",
         kinds={"pytorch", "parquet", "plotly"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["circuits"],
         description="Per task, within the node's model: activation patching clean -> counterfactual of every component "
         "at every position, path patching of each head into the MLP and to the logits, the circuit (units above "
@@ -207,7 +207,7 @@ def _cmap(lineage: Lineage) -> dg.AssetsDefinition:
               dg.AssetDep("feature_correlation"), config_dep("cmap", keys)],
         group_name="circuits",
         kinds={"pytorch", "parquet", "plotly"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["cmap"],
         description="Cross-model activation patching per edge and task, on the same clean prompts: each component at "
         "each position from the child into the parent (share of the parent-child gap it recovers) and back (share it "

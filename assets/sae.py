@@ -21,7 +21,7 @@ from featureflow_dagster.sae.evaluate import check_evaluation, configured_checks
 from featureflow_dagster.sae.train import train_sae
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.assets.guard import CHECKS_FILE, locked, require_passing_saes, step_log
-from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
+from featureflow_dagster.assets.config import CODE_VERSIONS, ON_DEVICE, config_dep
 from featureflow_dagster.assets.partitions import ancestry_token_edges, edge_ends, edge_partitions, fan_out, node_partitions, per_node_models
 
 
@@ -39,7 +39,7 @@ def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
         deps=deps,
         group_name="sae",
         kinds={"pytorch", "safetensors"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["activation_store"],
         description="blocks.0.mlp.hook_post over context-token windows sampled uniformly from the node's and its ancestors' data.",
     )
@@ -132,7 +132,7 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
         deps=deps,
         group_name="sae",
         kinds={"pytorch", "safetensors"},
-        pool="gpu",
+        **ON_DEVICE,
         check_specs=_check_specs(lineage),
         code_version=CODE_VERSIONS["sae"],
         description="Sparse autoencoder on the node's hook_post activations (SAELens layout), with its evaluations.",
@@ -227,7 +227,7 @@ def _sae_transfer(lineage: Lineage) -> dg.AssetsDefinition:
         deps=deps,
         group_name="sae",
         kinds={"pytorch", "parquet"},
-        pool="gpu",
+        **ON_DEVICE,
         code_version=CODE_VERSIONS["sae_transfer"],
         description="Kutsyk et al. (2024): the parent's SAE on the child's activations and the reverse, "
         "beside each SAE on its own model.",

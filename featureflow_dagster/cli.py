@@ -1,8 +1,9 @@
 """`featureflow`: validate a lineage, plan and materialize it in dependency order, open the web UI.
 
   featureflow validate [LINEAGE]
-  featureflow plan [--lineage L] [--node N ...] [--asset KEY ...] [--force]
-  featureflow materialize [--lineage L] [--node N ...] [--asset KEY ...] [--force] [--dry-run] [--device D] [--verbose]
+  featureflow plan [LINEAGE] [--node N ...] [--asset KEY ...] [--force] [--device D] [--no-estimate]
+  featureflow materialize [--lineage L] [--node N ...] [--asset KEY ...] [--force] [--dry-run] [--device D]
+                          [--executor in_process|multiprocess] [--workers N] [--verbose]
   featureflow status [--lineage L]
   featureflow ui [--lineage L] [--port 3000] [--reports-port 3001]
   featureflow reports [--lineage L] [--port 3001]
@@ -74,7 +75,13 @@ def _setup(args):
     from featureflow_dagster.instance import ensure_dagster_home
 
     ensure_dagster_home()
-    from featureflow_dagster.definitions import defs  # built from the lineage just validated (FEATUREFLOW_LINEAGE)
+    from featureflow_dagster.remote import RemoteStoreError
+
+    try:
+        from featureflow_dagster.definitions import defs  # built from the lineage just validated (FEATUREFLOW_LINEAGE)
+    except (RemoteStoreError, ValueError, RuntimeError) as e:  # FEATUREFLOW_STORE / _EXECUTOR / _WORKERS
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
     return lineage, defs, dg.DagsterInstance.get()
 
@@ -109,6 +116,8 @@ def _print_plan(steps, echo=print) -> None:
 
 
 def _plan(args) -> int:
+    if getattr(args, "lineage_arg", None):
+        args.lineage = args.lineage_arg
     selection = _selection(args)
     if selection is None:
         return BAD_INPUT
@@ -119,7 +128,21 @@ def _plan(args) -> int:
         recover_dead_runs(instance)
         observe_config(defs, instance)
         _print_plan(plan(defs, instance, chosen, args.force))
+    if getattr(args, "estimate", False):
+        _print_estimate(lineage, defs.resources["device"].torch_device())
     return 0
+
+
+def _print_estimate(lineage, device) -> None:
+    from featureflow_dagster.costs import estimate, format_estimate, measure, token_counts
+
+    log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
+    print(f"\ncost estimate for lineage '{lineage.name}' (tokens from the corpora and budgets; time from a "
+          f"throughput measured now on {device}):", flush=True)
+    counts = token_counts(lineage, log)
+    throughput = measure(lineage, device, log=log)
+    for line in format_estimate(estimate(lineage, counts, throughput, str(device))):
+        print(line)
 
 
 def _materialize(args) -> int:
@@ -129,13 +152,36 @@ def _materialize(args) -> int:
     if selection is None:
         return BAD_INPUT
     lineage, defs, instance, chosen = selection
-    from featureflow_dagster.runner import RunFailed, materialize_lineage
+    import functools
 
+    from featureflow_dagster.definitions import build_definitions
+    from featureflow_dagster.instance import executor_name, worker_count
+    from featureflow_dagster.runner import RunFailed, materialize_lineage, pool_limit
+
+    try:
+        executor = args.executor or executor_name()
+        workers = args.workers or worker_count()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return BAD_INPUT
+    if executor == "k8s":
+        print("error: with the k8s executor the cluster's Dagster launches the runs: open its UI and "
+              "'Materialize all' (a backfill), or let the automation sensor do it (README, 'Beyond one machine'); "
+              "`featureflow materialize --executor multiprocess` runs on this machine", file=sys.stderr)
+        return BAD_INPUT
     store = defs.resources["store"]
-    print(f"featureflow: lineage '{lineage.name}', artefacts under {store.root}, runs in {os.environ['DAGSTER_HOME']}")
+    parallel = executor == "multiprocess" and workers > 1
+    slots = args.device_slots
+    if parallel and slots is None and defs.resources["device"].torch_device().type == "cpu":
+        slots = workers  # no GPU to share: each worker may run a device step on its share of the cores
+    how = (f"; {workers} worker processes, at most {slots or pool_limit(instance)} device step(s) at once (pool 'gpu')"
+           if parallel else "")
+    print(f"featureflow: lineage '{lineage.name}', artefacts under {store.root}, runs in {os.environ['DAGSTER_HOME']}{how}")
+    rebuild = functools.partial(build_definitions, lineage, store.root, defs.resources["device"].device, "in_process", store.url)
     try:
         with instance:
-            report = materialize_lineage(defs, instance, chosen=chosen, force=args.force, verbose=args.verbose, echo=_echo)
+            report = materialize_lineage(defs, instance, chosen=chosen, force=args.force, verbose=args.verbose, echo=_echo,
+                                         workers=workers if parallel else 1, rebuild=rebuild, device_slots=slots)
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -336,9 +382,19 @@ def main(argv: list[str] | None = None) -> int:
         if name == "materialize":
             m.add_argument("--dry-run", action="store_true", help="print the plan and stop (same as `featureflow plan`)")
             m.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default $FEATUREFLOW_DEVICE or auto)")
+            m.add_argument("--executor", choices=["in_process", "multiprocess", "k8s"], default=None,
+                           help="one partition at a time, or independent ones at once (default $FEATUREFLOW_EXECUTOR or in_process)")
+            m.add_argument("--workers", type=int, default=None, help="processes for multiprocess (default $FEATUREFLOW_WORKERS or the CPU cores)")
+            m.add_argument("--device-slots", type=int, default=None,
+                           help="device steps at once (the 'gpu' pool's slots, kept on the instance); default: "
+                           "the instance's (1 per dagster.yaml), or the worker count when the device is a CPU")
             m.add_argument("--verbose", action="store_true", help="show Dagster's full event stream (DEBUG)")
             m.set_defaults(func=_materialize)
         else:
+            m.add_argument("lineage_arg", nargs="?", default=None, metavar="LINEAGE", help="same as --lineage")
+            m.add_argument("--device", default=None, help="where the throughput is measured (default $FEATUREFLOW_DEVICE or auto)")
+            m.add_argument("--no-estimate", dest="estimate", action="store_false",
+                           help="only the list of partitions, no token counts, FLOPs or time (faster)")
             m.set_defaults(func=_plan)
     s = sub.add_parser("status", help="MISSING / STALE / FRESH for every asset partition")
     s.add_argument("--lineage", default=None)

@@ -3,6 +3,11 @@
 FEATUREFLOW_LINEAGE  a shipped lineage name (micro, demo, paper) or a path; default 'demo'
 FEATUREFLOW_HOME     artefacts of that lineage; default ./.featureflow/<lineage name>
 FEATUREFLOW_DEVICE   'auto' (default), 'cpu', 'cuda' or 'cuda:N'
+FEATUREFLOW_EXECUTOR 'in_process' (default: one partition at a time), 'multiprocess' (independent
+                     partitions at once on this machine) or 'k8s' (every step a Kubernetes pod; the [k8s] extra)
+FEATUREFLOW_WORKERS  processes of the multiprocess executor; default: the number of CPU cores
+FEATUREFLOW_STORE    where artefacts live when not on this machine's disk: a URL such as s3://bucket/prefix
+                     (see resources/store.py); default FEATUREFLOW_HOME
 DAGSTER_HOME         Dagster's instance (run history, data versions); default ./.dagster
 """
 
@@ -46,8 +51,37 @@ def featureflow_home(lineage_name: str) -> Path:
     return Path(value).expanduser().resolve() if value else (Path.cwd() / ".featureflow" / lineage_name).resolve()
 
 
+def store_url() -> str | None:
+    """FEATUREFLOW_STORE, checked now (an unsupported backend is refused before any compute)."""
+    url = os.environ.get("FEATUREFLOW_STORE") or None
+    if url:
+        from featureflow_dagster.remote import open_remote
+
+        open_remote(url)
+    return url
+
+
 def device_name() -> str:
     return os.environ.get("FEATUREFLOW_DEVICE", "auto")
+
+
+EXECUTORS = ("in_process", "multiprocess", "k8s")
+
+
+def executor_name() -> str:
+    name = os.environ.get("FEATUREFLOW_EXECUTOR", "in_process").strip().lower().replace("-", "_")
+    if name not in EXECUTORS:
+        raise ValueError(f"FEATUREFLOW_EXECUTOR is '{name}'; use one of {', '.join(EXECUTORS)}")
+    return name
+
+
+def worker_count() -> int:
+    value = os.environ.get("FEATUREFLOW_WORKERS")
+    if value is None:
+        return os.cpu_count() or 1
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"FEATUREFLOW_WORKERS is '{value}'; give a positive whole number")
+    return int(value)
 
 
 def ensure_dagster_home() -> Path:

@@ -36,7 +36,7 @@ ENTITY_OBJECTS = ["apple", "book", "bottle", "car", "cat", "chair", "clock", "co
                   "egg", "fish", "flower", "glass", "hat", "key", "lamp", "letter", "map", "milk", "paper", "pen",
                   "phone", "plate", "ring", "shoe", "stone", "table", "toy", "watch"]
 ENTITY_BOXES = list("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-SHIPPED_LINEAGES = ("micro", "demo", "paper")
+SHIPPED_LINEAGES = ("micro", "demo", "paper", "paper-small")
 
 
 class LineageError(ValueError):
@@ -75,6 +75,9 @@ class _SourceBase(_Strict):
         default=0.05, gt=0, lt=0.5, description="Fraction of documents held out, chosen by content hash."
     )
     max_documents: int | None = Field(default=None, gt=0, description="Read at most this many documents.")
+    expected_tokens: int | None = Field(
+        default=None, gt=0, description="Planning only (`featureflow plan`): the training tokens this source "
+        "holds, for sources the planner cannot read (a hub data set); changes nothing that is computed.")
 
     @model_validator(mode="after")
     def _budget_or_weight(self):
@@ -672,8 +675,10 @@ class Lineage(_Strict):
             sae = self.sae_spec(n)
             if node.data is not None:
                 # budgets choose tokens, not documents: they version the token blocks only
-                out[f"corpus/{n}"] = [s.model_dump(mode="json", exclude={"tokens", "weight"}) for s in node.data.sources]
-                out[f"tokens/{n}"] = {"data": node.data.model_dump(mode="json"), "n_ctx": self.model_spec(n).n_ctx}
+                out[f"corpus/{n}"] = [s.model_dump(mode="json", exclude={"tokens", "weight", "expected_tokens"})
+                                      for s in node.data.sources]
+                out[f"tokens/{n}"] = {"data": node.data.model_dump(mode="json", exclude={"sources": {"__all__": {"expected_tokens"}}}),
+                                      "n_ctx": self.model_spec(n).n_ctx}
                 out[f"model/{n}"] = {"model": self.model_spec(n).model_dump(mode="json"),
                                      "training": self.training_spec(n).model_dump(mode="json"), "seed": self.seed_of(n)}
             else:
@@ -722,7 +727,7 @@ class Lineage(_Strict):
 
 
 def resolve_lineage_path(name_or_path: str | os.PathLike | None = None) -> Path:
-    """A shipped lineage name ('micro', 'demo', 'paper') or a path; default `FEATUREFLOW_LINEAGE` or 'demo'."""
+    """A shipped lineage name ('micro', 'demo', 'paper', 'paper-small') or a path; default `FEATUREFLOW_LINEAGE` or 'demo'."""
     value = str(name_or_path or os.environ.get("FEATUREFLOW_LINEAGE") or DEFAULT_LINEAGE)
     if value in SHIPPED_LINEAGES:
         return Path(str(importlib_resources.files("featureflow_dagster.lineages").joinpath(f"{value}.yaml")))

@@ -19,12 +19,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import dagster as dg
 
 from featureflow_dagster import progress
 
-PID_TAG, HOST_TAG = "featureflow/pid", "featureflow/host"
+PID_TAG, HOST_TAG, STEP_TAG = "featureflow/pid", "featureflow/host", "featureflow/partition"
 POOL = "gpu"
 
 
@@ -75,12 +76,18 @@ def observe_config(defs: dg.Definitions, instance: dg.DagsterInstance, verbose: 
         observe(sources, instance=instance, run_config=_log_config(verbose), tags=_run_tags())
 
 
-def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[tuple[dg.AssetKey, str | None], str]:
+def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
+                   previous: dict[tuple[dg.AssetKey, str | None], str] | None = None,
+                   ) -> dict[tuple[dg.AssetKey, str | None], str]:
     """'MISSING', 'STALE' or 'FRESH' for every (asset, partition), in dependency order.
 
     Dagster's own status marks a partition stale when a *direct* upstream changed (data version,
     code version, or its `lineage_config` partition). Here staleness is also passed down: a partition
-    below a stale or missing one is stale too, so a changed base shows every descendant as out of date."""
+    below a stale or missing one is stale too, so a changed base shows every descendant as out of date.
+
+    With `previous` (the statuses before some runs of this process), partitions that were FRESH keep
+    that status without asking the instance again: nothing above a fresh partition can be missing or
+    stale, so a run of this process cannot have changed it (the question costs a few SQL queries each)."""
     from dagster._core.definitions.data_version import CachingStaleStatusResolver
     from dagster._core.loader import LoadingContextForTest
 
@@ -88,6 +95,9 @@ def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[t
     resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
     out: dict[tuple[dg.AssetKey, str | None], str] = {}
     for key, pk in materialization_plan(defs):
+        if previous is not None and previous.get((key, pk)) == "FRESH":
+            out[(key, pk)] = "FRESH"
+            continue
         status = resolver.get_status(key, pk).value
         if status == "FRESH":
             parents = graph.get_parents_partitions(key, pk).parent_partitions
@@ -305,14 +315,24 @@ def materialize_lineage(
     chosen: set[tuple[dg.AssetKey, str | None]] | None = None,
     echo=print,
     verbose: bool = False,
+    workers: int = 1,
+    rebuild: Callable[[], dg.Definitions] | None = None,
+    device_slots: int | None = None,
 ) -> Report:
     """Materialize missing or stale partitions (all with `force`) in dependency order, one run each.
 
     `only`/`partitions` (or `chosen`, from `select`) restrict the plan. Raises RunFailed on the first
-    failed run, naming it and its error; partitions below an SAE that fails a check are skipped."""
+    failed run, naming it and its error; partitions below an SAE that fails a check are skipped.
+
+    With `workers` > 1 (the multiprocess executor) independent partitions run at once, each in one of
+    `workers` processes that build the definitions with `rebuild` (picklable); at most as many steps
+    that use the device run at once as the instance's `gpu` pool has slots (`device_slots` sets them,
+    on the instance, for this and later runs). Needs a persistent instance (the workers open it by reference)."""
     if not verbose:
         _quiet_libraries()
     recover_dead_runs(instance, echo)
+    if device_slots is not None:
+        instance.event_log_storage.set_concurrency_slots(POOL, device_slots)
     observe_config(defs, instance, verbose)
     assets, resources = list(defs.assets), defs.resources
     if chosen is None:
@@ -330,6 +350,10 @@ def materialize_lineage(
         counts = {r: sum(s.reason == r for s in first) for r in ("missing", "stale", "forced", "blocked", "fresh")}
         echo(f"{len(first)} asset partitions: " + ", ".join(f"{n} {r}" for r, n in counts.items() if n)
              + ("; materializing in dependency order" if len(first) > counts["fresh"] else ""))
+        if workers > 1:
+            _run_parallel(defs, instance, statuses, failed_checks, chosen, force, report, bar, width, echo,
+                          workers, rebuild, verbose)
+            return report
         while True:
             pending = [s for s in _steps(defs, statuses, failed_checks, chosen, force)
                        if s.reason != "fresh" and (s.key, s.partition) not in report.done and s.label not in report.blocked]
@@ -343,31 +367,160 @@ def materialize_lineage(
             if graph.get(step.key).pools and (holder := pool_holder(instance)):
                 echo(f"waiting  {step.label}: pool '{POOL}' is held by {holder}")
             bar.start(step.label)
-            started = time.perf_counter()
-            result = dg.materialize(assets, selection=[step.key], partition_key=step.partition, instance=instance,
-                                    resources=resources, raise_on_error=False, run_config=_log_config(verbose), tags=_run_tags())
+            outcome = run_step(assets, resources, instance, step, verbose)
             bar.clear()
-            seconds = time.perf_counter() - started
-            checks_only = not result.success and _only_blocking_checks_failed(result)
-            if not result.success and not checks_only:
-                echo(f"FAILED   {step.label} after {seconds:.1f} s")
-                raise RunFailed(f"materializing {step.label} failed (run {result.run_id}): {_failure(result)}")
-            report.done.append((step.key, step.partition))
-            meta = next((e.materialization.metadata for e in result.get_asset_materialization_events()), {})
-            failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-            checks = f"; checks FAILED: {', '.join(failed)}" if failed else ""
-            figure = key_figure(step.key, meta)
-            echo(f"{'done':8} {step.label:<{width}} {seconds:7.1f} s  {step.reason:<7}  {figure}{checks}")
-            if failed:
-                report.failed_checks[step.label] = failed
-                failed_checks[(step.key, step.partition)] = failed
-            else:
-                failed_checks.pop((step.key, step.partition), None)
-            statuses = stale_statuses(defs, instance)  # what this run changed decides what is stale below
+            _record(outcome, step, report, failed_checks, width, echo)
+            statuses = stale_statuses(defs, instance, statuses)  # what this run changed decides what is stale below
     finally:
         bar.clear()
         progress.set_sink(None)
     return report
+
+
+@dataclass
+class Outcome:
+    """What one partition's run produced, small enough to come back from a worker process."""
+    success: bool
+    seconds: float
+    run_id: str
+    checks_only: bool = False  # failed only because a blocking check failed (the asset was written)
+    metadata: dict = field(default_factory=dict)
+    failed_checks: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def run_step(assets, resources, instance: dg.DagsterInstance, step: Step, verbose: bool) -> Outcome:
+    """Materialize one asset partition as its own Dagster run (in this process)."""
+    started = time.perf_counter()
+    result = dg.materialize(assets, selection=[step.key], partition_key=step.partition, instance=instance,
+                            resources=resources, raise_on_error=False, run_config=_log_config(verbose),
+                            tags={**_run_tags(), STEP_TAG: step.label})
+    seconds = time.perf_counter() - started
+    meta = next((e.materialization.metadata for e in result.get_asset_materialization_events()), {})
+    plain = {k: (v.value if hasattr(v, "value") else v) for k, v in meta.items()
+             if k in KEY_FIGURES.get(step.key.path[0], ())}
+    checks_only = not result.success and _only_blocking_checks_failed(result)
+    return Outcome(success=result.success, seconds=seconds, run_id=result.run_id, checks_only=checks_only, metadata=plain,
+                   failed_checks=[e.check_name for e in result.get_asset_check_evaluations() if not e.passed],
+                   error="" if result.success or checks_only else _failure(result))
+
+
+def _record(outcome: Outcome, step: Step, report: Report, failed_checks: dict, width: int, echo) -> None:
+    """One line per finished partition; raise RunFailed on a failed run (not on a failed check)."""
+    if not outcome.success and not outcome.checks_only:
+        echo(f"FAILED   {step.label} after {outcome.seconds:.1f} s")
+        raise RunFailed(f"materializing {step.label} failed (run {outcome.run_id}): {outcome.error}")
+    report.done.append((step.key, step.partition))
+    checks = f"; checks FAILED: {', '.join(outcome.failed_checks)}" if outcome.failed_checks else ""
+    echo(f"{'done':8} {step.label:<{width}} {outcome.seconds:7.1f} s  {step.reason:<7}  {key_figure(step.key, outcome.metadata)}{checks}")
+    if outcome.failed_checks:
+        report.failed_checks[step.label] = outcome.failed_checks
+        failed_checks[(step.key, step.partition)] = outcome.failed_checks
+    else:
+        failed_checks.pop((step.key, step.partition), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The multiprocess executor: partitions in parallel, device steps limited by the pool
+# ---------------------------------------------------------------------------------------------
+
+
+def pool_limit(instance: dg.DagsterInstance) -> int:
+    """Slots of the `gpu` pool on this instance (dagster.yaml's default_limit unless set), 1 when unknown."""
+    try:
+        info = instance.event_log_storage.get_concurrency_info(POOL)
+    except Exception:
+        return 1
+    return info.slot_count if info.slot_count else 1
+
+
+_worker: dict = {}
+
+
+def _worker_init(rebuild, instance_ref, threads: int, counter, verbose: bool) -> None:
+    """Each worker process: its own definitions and instance handle, a share of the CPU cores, and on a
+    machine with several GPUs its own GPU (worker i takes cuda:i mod n) unless the device was pinned."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    if not verbose:
+        _quiet_libraries()
+    defs = rebuild()
+    resources = dict(defs.resources)
+    device = resources.get("device")
+    if device is not None and device.device in ("auto", "cuda") and torch.cuda.device_count() > 1:
+        resources["device"] = type(device)(device=f"cuda:{index % torch.cuda.device_count()}")
+    _worker.update(assets=list(defs.assets), resources=resources,
+                   instance=dg.DagsterInstance.from_ref(instance_ref), verbose=verbose)
+
+
+def _worker_run(key_path: list[str], partition: str | None, reason: str) -> Outcome:
+    step = Step(dg.AssetKey(key_path), partition, reason)
+    try:
+        return run_step(_worker["assets"], _worker["resources"], _worker["instance"], step, _worker["verbose"])
+    except Exception as e:  # the run itself could not start (Dagster's errors are inside the Outcome)
+        return Outcome(success=False, seconds=0.0, run_id="-", error=f"{type(e).__name__}: {e}")
+
+
+def _run_parallel(defs, instance, statuses, failed_checks, chosen, force, report, bar, width, echo,
+                  workers: int, rebuild, verbose: bool) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    if rebuild is None:
+        raise ValueError("the multiprocess executor needs `rebuild`, a picklable function that builds the definitions")
+    if instance.is_ephemeral:
+        raise ValueError("the multiprocess executor needs a persistent Dagster instance (DAGSTER_HOME); this one is ephemeral")
+    ref = instance.get_ref()
+    graph = defs.resolve_asset_graph()
+    on_device = {k for k in graph.toposorted_asset_keys if graph.get(k).pools}
+    limit = pool_limit(instance)
+    cores = os.cpu_count() or 1
+    ctx = mp.get_context("spawn")
+    counter = ctx.Value("i", 0)
+    running: dict = {}  # future -> Step
+    failure: RunFailed | None = None
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                             initargs=(rebuild, ref, max(1, cores // min(workers, limit)), counter, verbose)) as pool:
+        while True:
+            busy = {(s.key, s.partition) for s in running.values()}
+            pending = [s for s in _steps(defs, statuses, failed_checks, chosen, force)
+                       if s.reason != "fresh" and (s.key, s.partition) not in report.done
+                       and s.label not in report.blocked and (s.key, s.partition) not in busy]
+            waiting = {(s.key, s.partition) for s in pending} | busy
+            for step in pending if failure is None else []:
+                if step.reason == "blocked":
+                    if not any((p.asset_key, p.partition_key) in waiting
+                               for p in graph.get_parents_partitions(step.key, step.partition).parent_partitions):
+                        report.blocked.append(step.label)
+                        echo(f"blocked  {step.label}: an SAE it reads failed a quality check")
+                    continue
+                if len(running) >= workers:
+                    break
+                parents = {(p.asset_key, p.partition_key) for p in graph.get_parents_partitions(step.key, step.partition).parent_partitions}
+                if parents & waiting:
+                    continue  # something it reads is still to run (or running)
+                if step.key in on_device and sum(s.key in on_device for s in running.values()) >= limit:
+                    continue  # the device pool is full; a CPU step may still start
+                running[pool.submit(_worker_run, list(step.key.path), step.partition, step.reason)] = step
+                busy.add((step.key, step.partition))
+            if not running:
+                break
+            bar.start(", ".join(s.label for s in running.values()))
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            bar.clear()
+            for future in finished:
+                step = running.pop(future)
+                try:
+                    _record(future.result(), step, report, failed_checks, width, echo)
+                except RunFailed as e:
+                    failure = failure or e  # let the running ones finish, start nothing new
+            statuses = stale_statuses(defs, instance, statuses)
+    if failure is not None:
+        raise failure
 
 
 def _quiet_libraries() -> None:

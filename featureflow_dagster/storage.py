@@ -1,5 +1,9 @@
 """Atomic writes: every artefact is written to a temporary sibling and renamed into place, so a
-crash or a failed asset never leaves a half-written artefact nor destroys the previous one."""
+crash or a failed asset never leaves a half-written artefact nor destroys the previous one.
+
+Every completed write is then offered to the process's commit hook (`committing`), which is how a
+store on object storage (featureflow_dagster.remote) publishes each artefact, report and checkpoint
+the moment it exists locally."""
 
 from __future__ import annotations
 
@@ -8,7 +12,25 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+_commit_hook: Callable[[Path], None] | None = None
+
+
+@contextlib.contextmanager
+def committing(hook: Callable[[Path], None] | None) -> Iterator[None]:
+    """Call `hook(final)` after every atomic write completes in this process, while the block runs."""
+    global _commit_hook
+    previous, _commit_hook = _commit_hook, hook
+    try:
+        yield
+    finally:
+        _commit_hook = previous
+
+
+def _committed(final: Path) -> None:
+    if _commit_hook is not None:
+        _commit_hook(final)
 
 
 @contextlib.contextmanager
@@ -30,6 +52,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    _committed(final)
 
 
 @contextlib.contextmanager
@@ -44,6 +67,7 @@ def atomic_file(final: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, final)
+    _committed(final)
 
 
 def file_sha256(path: Path) -> str:

@@ -24,6 +24,12 @@ Layout under `root` ($FEATUREFLOW_HOME):
   reports/features/              the feature pages (index.html, feature.html, case_studies.html, sankey.html, data/)
   checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
   .locks/<asset>[<key>].lock     held (flock) while a process materializes that partition
+
+With `url` (FEATUREFLOW_STORE, e.g. s3://bucket/featureflow/demo) the artefacts live on shared storage
+and `root` is this machine's mirror of them (featureflow_dagster/remote.py): every path accessor first
+fetches what another machine published there, and every atomic write an asset makes is published
+as it completes (the asset guard installs the hook), checkpoints included, so a pod that is killed
+resumes on another machine from the last published checkpoint.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ from typing import Iterator
 import dagster as dg
 from pydantic import Field
 
-from featureflow_dagster.storage import atomic_dir, atomic_file
+from featureflow_dagster.storage import atomic_dir, atomic_file, committing
+
+_MIRRORS: dict = {}
 
 
 class PartitionBusy(RuntimeError):
@@ -48,86 +56,125 @@ class PartitionBusy(RuntimeError):
 class ArtifactStore(dg.ConfigurableResource):
     root: str = Field(description="Folder that holds one lineage's artefacts ($FEATUREFLOW_HOME).")
     lineage_name: str = Field(description="The lineage these artefacts belong to; guards against mixing two.")
+    url: str | None = Field(default=None, description="Shared storage for the artefacts (s3://, gs://, az://, "
+                            "file://, memory://); `root` is then this machine's mirror ($FEATUREFLOW_STORE).")
 
     @property
     def path(self) -> Path:
         return Path(self.root)
 
+    @property
+    def mirror(self):
+        """The shared-storage side (None for a store on local disk only)."""
+        if not self.url:
+            return None
+        key = (self.url, str(self.path))
+        if key not in _MIRRORS:
+            from featureflow_dagster.remote import Mirror
+
+            _MIRRORS[key] = Mirror(self.url, self.path)
+        return _MIRRORS[key]
+
+    def _at(self, rel: str) -> Path:
+        """`root/rel`, after fetching what was published at or below it elsewhere (shared storage only)."""
+        if self.url:
+            self.mirror.fetch(rel)
+        return self.path / rel
+
+    def publishing(self):
+        """While this block runs, every completed atomic write under the home is published (shared storage only)."""
+        return committing(self.mirror.publish) if self.url else contextlib.nullcontext()
+
     def claim(self) -> None:
         """Record which lineage owns this folder; refuse to write another lineage's artefacts into it."""
         self.path.mkdir(parents=True, exist_ok=True)
-        marker = self.path / "lineage.json"
+        marker = self._at("lineage.json")
+        where = self.url or self.path
         if marker.exists():
             owner = json.loads(marker.read_text())["lineage"]
             if owner != self.lineage_name:
                 raise RuntimeError(
-                    f"{self.path} holds artefacts of lineage '{owner}', not '{self.lineage_name}'; "
-                    "set FEATUREFLOW_HOME to another folder for this lineage"
+                    f"{where} holds artefacts of lineage '{owner}', not '{self.lineage_name}'; "
+                    "set FEATUREFLOW_HOME (and FEATUREFLOW_STORE) to another place for this lineage"
                 )
         else:
             with atomic_file(marker) as tmp:
                 tmp.write_text(json.dumps({"lineage": self.lineage_name}))
+        if self.url and self.mirror.local_version("lineage.json") is None:
+            self.mirror.publish(marker)  # the shared store is claimed too, even by a write that stays local
 
     def corpus_path(self, node: str) -> Path:
-        return self.path / "corpus" / f"{node}.parquet"
+        return self._at(f"corpus/{node}.parquet")
 
     def tokenizer_dir(self) -> Path:
-        return self.path / "tokenizer"
+        return self._at("tokenizer")
 
     def tokens_path(self, node: str) -> Path:
-        return self.path / "tokens" / f"{node}.safetensors"
+        return self._at(f"tokens/{node}.safetensors")
 
     def model_dir(self, node: str) -> Path:
-        return self.path / "model" / node
+        return self._at(f"model/{node}")
 
     def activation_dir(self, node: str) -> Path:
-        return self.path / "activation_store" / node
+        return self._at(f"activation_store/{node}")
 
     def sae_dir(self, node: str) -> Path:
-        return self.path / "sae" / node
+        return self._at(f"sae/{node}")
 
     def transfer_path(self, edge: str) -> Path:
-        return self.path / "sae_transfer" / f"{edge}.parquet"
+        return self._at(f"sae_transfer/{edge}.parquet")
 
     def feature_activations_dir(self, edge: str) -> Path:
-        return self.path / "feature_activations" / edge
+        return self._at(f"feature_activations/{edge}")
 
     def feature_correlation_dir(self, edge: str) -> Path:
-        return self.path / "feature_correlation" / edge
+        return self._at(f"feature_correlation/{edge}")
 
     def feature_flow_dir(self) -> Path:
-        return self.path / "feature_flow"
+        return self._at("feature_flow")
 
     def examples_dir(self, node: str) -> Path:
-        return self.path / "feature_examples" / node
+        return self._at(f"feature_examples/{node}")
 
     def autointerp_dir(self, node: str) -> Path:
-        return self.path / "autointerp" / node
+        return self._at(f"autointerp/{node}")
 
     def tasks_dir(self) -> Path:
-        return self.path / "tasks"
+        return self._at("tasks")
 
     def task_performance_path(self, node: str) -> Path:
-        return self.path / "task_performance" / f"{node}.parquet"
+        return self._at(f"task_performance/{node}.parquet")
 
     def circuits_dir(self, node: str) -> Path:
-        return self.path / "circuits" / node
+        return self._at(f"circuits/{node}")
 
     def cmap_dir(self, edge: str) -> Path:
-        return self.path / "cmap" / edge
+        return self._at(f"cmap/{edge}")
+
+    def case_studies_path(self) -> Path:
+        return self._at("case_studies/case_studies.json")
+
+    def autointerp_summary_path(self) -> Path:
+        return self._at("autointerp/summary.parquet")
+
+    def llm_cache_dir(self) -> Path:
+        return self._at("llm_cache")
+
+    def feature_pages_dir(self) -> Path:
+        return self._at("reports/features")
 
     def sweep_dir(self, node: str) -> Path:
-        return self.path / "slerp_sweep" / node
+        return self._at(f"slerp_sweep/{node}")
 
     def report_dir(self, asset: str, key: str) -> Path:
-        return self.path / "reports" / asset / key
+        return self._at(f"reports/{asset}/{key}")
 
     def plotly_js(self) -> Path:
         """The one plotly.js every report of this home loads (see plots.write_html)."""
-        return self.path / "reports" / "plotly.min.js"
+        return self._at("reports/plotly.min.js")
 
     def checkpoint_path(self, asset: str, key: str) -> Path:
-        return self.path / "checkpoints" / asset / f"{key}.pt"
+        return self._at(f"checkpoints/{asset}/{key}.pt")
 
     @contextlib.contextmanager
     def partition_lock(self, label: str, holder: str = "") -> Iterator[None]:

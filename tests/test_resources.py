@@ -21,3 +21,72 @@ def test_cuda_without_cuda_is_a_clear_error():
 def test_unknown_device():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         DeviceResource(device="tpu").torch_device()
+
+
+# ---------------------------------------------------------------------------------------------
+# The store on shared storage (fsspec): atomic publication, newest version wins, refused backends
+# ---------------------------------------------------------------------------------------------
+
+import uuid  # noqa: E402
+
+from featureflow_dagster.remote import Mirror, RemoteStoreError, open_remote  # noqa: E402
+from featureflow_dagster.resources import ArtifactStore  # noqa: E402
+from featureflow_dagster.storage import atomic_dir, atomic_file, committing  # noqa: E402
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_a_unit_is_published_whole_and_the_newest_version_wins(tmp_path, scheme):
+    url = f"memory://ff-{uuid.uuid4().hex}/home" if scheme == "memory" else f"file://{tmp_path}/shared"
+    a = ArtifactStore(root=str(tmp_path / "a"), lineage_name="x", url=url)
+    b = ArtifactStore(root=str(tmp_path / "b"), lineage_name="x", url=url)
+    with a.publishing():
+        with a.write_dir(a.model_dir("base")) as tmp:
+            (tmp / "config.json").write_text("1")
+            (tmp / "weights").mkdir()
+            (tmp / "weights" / "w.bin").write_bytes(b"\x00\x01")
+        with pytest.raises(KeyError):  # a failed write publishes nothing and keeps the old version
+            with a.write_dir(a.model_dir("base")) as tmp:
+                (tmp / "config.json").write_text("half")
+                raise KeyError("crash")
+    assert (b.model_dir("base") / "config.json").read_text() == "1"
+    assert (b.model_dir("base") / "weights" / "w.bin").read_bytes() == b"\x00\x01"
+    with a.publishing():
+        with a.write_dir(a.model_dir("base")) as tmp:
+            (tmp / "config.json").write_text("2")
+        with a.write_file(a.tokens_path("base")) as tmp:
+            tmp.write_bytes(b"tok")
+    assert (b.model_dir("base") / "config.json").read_text() == "2"
+    assert not (b.model_dir("base") / "weights").exists()  # a folder is replaced whole, not merged
+    assert b.tokens_path("base").read_bytes() == b"tok"
+    assert {u: len(v) for u, v in a.mirror.versions().items()} == {"lineage.json": 1, "model/base": 1, "tokens/base.safetensors": 1}
+
+
+def test_a_write_outside_publishing_stays_local_and_another_lineage_is_refused(tmp_path):
+    url = f"memory://ff-{uuid.uuid4().hex}/home"
+    a = ArtifactStore(root=str(tmp_path / "a"), lineage_name="x", url=url)
+    with a.write_file(a.tokens_path("base")) as tmp:
+        tmp.write_bytes(b"local only")
+    assert list(Mirror(url, tmp_path / "c").versions()) == ["lineage.json"]  # the claim on the store, not the file
+    with a.publishing(), a.write_file(a.tokens_path("base")) as tmp:
+        tmp.write_bytes(b"shared")
+    other = ArtifactStore(root=str(tmp_path / "b"), lineage_name="y", url=url)
+    with pytest.raises(RuntimeError, match="holds artefacts of lineage 'x', not 'y'"):
+        other.claim()
+
+
+@pytest.mark.parametrize("url", ["ftp://host/featureflow", "https://example.org/featureflow", "zip://a.zip"])
+def test_backends_that_cannot_publish_atomically_are_refused(url):
+    with pytest.raises(RemoteStoreError, match="cannot publish an artefact atomically"):
+        open_remote(url)
+
+
+def test_atomic_writes_call_the_commit_hook_once_each_after_the_rename(tmp_path):
+    seen = []
+    with committing(lambda p: seen.append((p.name, p.exists()))):
+        with atomic_file(tmp_path / "f.txt") as tmp:
+            tmp.write_text("x")
+        with atomic_dir(tmp_path / "d") as tmp:
+            (tmp / "a").write_text("y")
+    with atomic_file(tmp_path / "g.txt") as tmp:  # no hook outside the block
+        tmp.write_text("z")
+    assert seen == [("f.txt", True), ("d", True)]

@@ -1,0 +1,349 @@
+"""What a lineage will cost before it runs (`featureflow plan`): tokens per asset, FLOPs, wall time on
+this device from a measured throughput, disk, and which assets need the accelerator.
+
+Token counts come from the corpora and budgets without training anything: for sources this machine
+can read (files, the standard library, a local data set folder) the corpus, tokenizer and token blocks
+are built in memory exactly as the `corpus`, `tokenizer` and `tokens` assets build them, so the counts
+equal what the run records; for hub data sets the source's `tokens` budget or, failing that, its
+`expected_tokens` (a planning figure, e.g. the paper's) is used, and a source with neither is unknown.
+
+FLOPs per token (Kaplan et al. 2020): forward 2N + 2 L n_ctx d_attn with N the weights used in matrix
+products (attention, MLP, unembedding); training 3x forward. SAE training 12 d_in d_sae (encoder and
+decoder, forward and backward); encoding 2 d_in d_sae. Wall time = FLOPs / the FLOP/s this code
+reached on this device in a short measurement of the lineage's own shapes (`measure`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from featureflow_dagster.lineage import Lineage
+
+# Each device step of an asset that is not priced here (plots, pages, patching, flow tables) is small
+# next to training; they are listed with their kind and no estimate.
+A100_BF16_PEAK = 312e12  # FLOP/s, dense bf16 (NVIDIA A100 datasheet)
+
+
+@dataclass
+class Row:
+    asset: str
+    partition: str | None
+    tokens: int | None  # tokens the asset processes (None: unknown)
+    flops: float | None
+    kind: str  # which measured throughput prices it: lm_train, lm_forward, sae_train, sae_encode, cpu
+    disk: float | None  # bytes written
+    device: bool  # needs the accelerator (the `gpu` pool; a GPU pod on Kubernetes)
+    seconds: float | None = None
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.asset + (f"[{self.partition}]" if self.partition else "")
+
+
+@dataclass
+class Estimate:
+    lineage: str
+    rows: list[Row]
+    throughput: dict[str, float] = field(default_factory=dict)  # FLOP/s per kind, measured
+    device: str = "cpu"
+
+    def total(self, attr: str) -> float:
+        return sum(getattr(r, attr) or 0.0 for r in self.rows)
+
+    @property
+    def unknown(self) -> list[str]:
+        return [r.label for r in self.rows if r.tokens is None and r.kind != "cpu"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+# ---------------------------------------------------------------------------------------------
+
+
+def vocab_size(lineage: Lineage) -> int:
+    spec = lineage.tokenizer
+    if spec.kind == "bpe":
+        return spec.vocab_size
+    if spec.kind == "mistral":
+        return 32000  # the Mistral-7B v0.1 SentencePiece model
+    from featureflow_dagster.tokenizer import load_tokenizer
+
+    return len(load_tokenizer(spec.path))
+
+
+def lm_matmul_params(lineage: Lineage, node: str) -> int:
+    m = lineage.model_spec(node)
+    head = m.d_model // m.n_heads
+    kv = (m.n_kv_heads or m.n_heads) * head
+    attn = m.d_model * m.n_heads * head * 2 + m.d_model * kv * 2
+    return m.n_layers * (attn + 3 * m.d_model * m.d_mlp) + m.d_model * vocab_size(lineage)
+
+
+def lm_params(lineage: Lineage, node: str) -> int:
+    m = lineage.model_spec(node)
+    embed = 0 if m.tie_word_embeddings else m.d_model * vocab_size(lineage)
+    return lm_matmul_params(lineage, node) + embed + m.n_layers * 2 * m.d_model + m.d_model
+
+
+def lm_forward_flops_per_token(lineage: Lineage, node: str) -> float:
+    m = lineage.model_spec(node)
+    return 2 * lm_matmul_params(lineage, node) + 2 * m.n_layers * m.n_ctx * m.d_model
+
+
+# ---------------------------------------------------------------------------------------------
+# Token counts
+# ---------------------------------------------------------------------------------------------
+
+
+def _readable(src) -> bool:
+    return src.kind in ("files", "stdlib") or (src.kind == "hf" and src.local_path() is not None)
+
+
+def token_counts(lineage: Lineage, log=None) -> dict[str, dict[str, int | None]]:
+    """Training tokens per data node and source, as the `tokens` asset will record them (None: unknown)."""
+    data_nodes = [n for n in lineage.node_names if lineage.node(n).data is not None]
+    readable = all(_readable(s) for n in data_nodes for s in lineage.node(n).data.sources)
+    out: dict[str, dict[str, int | None]] = {}
+    tok = None
+    if readable:
+        tok = _tokenizer(lineage, log)
+    for name in data_nodes:
+        node = lineage.node(name)
+        if readable:
+            from featureflow_dagster.corpus import build_corpus
+            from featureflow_dagster.blocks import build_blocks
+
+            table, _ = build_corpus(node.data.sources)
+            _, stats = build_blocks(tok, table, node.data, lineage.model_spec(name).n_ctx)
+            out[name] = {s: st["train_tokens"] for s, st in stats.items()}
+        else:
+            budgets = node.data.source_budgets()
+            out[name] = {s.name: budgets.get(s.name) or s.expected_tokens for s in node.data.sources}
+    return out
+
+
+def _tokenizer(lineage: Lineage, log=None):
+    """The tokenizer the `tokenizer` asset will build (a BPE is trained on the base corpus, as there)."""
+    from featureflow_dagster.corpus import build_corpus
+    from featureflow_dagster.tokenizer import load_tokenizer, mistral_tokenizer, train_bpe
+
+    spec = lineage.tokenizer
+    if spec.kind == "mistral":
+        return mistral_tokenizer()
+    if spec.kind != "bpe":
+        return load_tokenizer(spec.path)
+    from featureflow_dagster.assets.data import _capped  # the asset's own cap, so the BPE is the same
+
+    base = lineage.base.name
+    table, _ = build_corpus(lineage.node(base).data.sources)
+    texts = _capped(table[table["split"] == "train"]["text"].tolist(), spec.max_training_chars)
+    if log:
+        log(f"training the {spec.vocab_size}-token BPE the run will train, to count tokens")
+    return train_bpe(texts, spec.vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimate
+# ---------------------------------------------------------------------------------------------
+
+
+def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], throughput: dict[str, float] | None = None,
+             device: str = "cpu") -> Estimate:
+    throughput = throughput or {}
+    rows: list[Row] = []
+    node_tokens: dict[str, int | None] = {}
+    for name, per_source in counts.items():
+        values = list(per_source.values())
+        node_tokens[name] = None if any(v is None for v in values) else sum(values)
+        rows.append(Row("tokens", name, node_tokens[name], None, "cpu",
+                        None if node_tokens[name] is None else node_tokens[name] * 4.0, False))
+    for name in lineage.node_names:
+        node = lineage.node(name)
+        m = lineage.model_spec(name)
+        fwd = lm_forward_flops_per_token(lineage, name)
+        model_bytes = lm_params(lineage, name) * 4.0
+        if node.kind == "merge":
+            spec = node.merge
+            points = len(_sweep_points(lineage, name))
+            eval_tokens = points * len(lineage.domains(name)) * spec.sweep.eval_tokens if points else 0
+            if points:
+                rows.append(Row("slerp_sweep", name, eval_tokens, eval_tokens * fwd, "lm_forward", 1e5, True,
+                                note=f"{points} values of t; at most (fewer where validation data is short)"))
+            rows.append(Row(f"model/{name}", name, 0, 0.0, "cpu", model_bytes, True, note=f"{spec.method} merge"))
+        else:
+            t = lineage.training_spec(name)
+            blocks = None if node_tokens.get(name) is None else node_tokens[name] // m.n_ctx
+            if blocks is None:
+                rows.append(Row(f"model/{name}", name, None, None, "lm_train", model_bytes * 3, True, note="data size unknown"))
+            else:
+                from featureflow_dagster.training import total_steps_for
+
+                steps = total_steps_for(blocks, t)
+                seen = steps * t.batch_size * m.n_ctx
+                rows.append(Row(f"model/{name}", name, seen, 3 * fwd * seen, "lm_train", model_bytes * 3, True,
+                                note=f"{steps:,} steps of {t.batch_size}x{m.n_ctx} ({3 * fwd * t.batch_size * m.n_ctx:.3g} FLOP/step)"))
+        s = lineage.sae_spec(name)
+        d_in, d_sae = m.d_mlp, m.d_mlp * s.expansion
+        windows = s.tokens // s.context
+        store_tokens = windows * s.context
+        eval_windows = s.eval_tokens // s.context
+        itemsize = 2 if s.store_dtype in ("float16", "bfloat16") else 4
+        rows.append(Row("activation_store", name, store_tokens + eval_windows * s.context,
+                        (store_tokens + eval_windows * s.context) * fwd / 2, "lm_forward",
+                        (store_tokens + eval_windows * s.context) * d_in * itemsize, True))
+        sae_tokens = int(s.epochs * windows) // s.batch_windows * s.batch_windows * s.context
+        rows.append(Row("sae", name, sae_tokens, 12.0 * d_in * d_sae * sae_tokens, "sae_train", 2 * d_in * d_sae * 4.0, True,
+                        note=f"{d_sae:,} features, {s.batch_windows * s.context:,} tokens/step ({12.0 * d_in * d_sae * s.batch_windows * s.context:.3g} FLOP/step)"))
+    f = lineage.flow
+    for parent, child in lineage.edges():
+        m = lineage.model_spec(child)
+        d_in = m.d_mlp
+        n = f.tokens
+        flops = n * (lm_forward_flops_per_token(lineage, parent) + lm_forward_flops_per_token(lineage, child)) / 2 \
+            + n * 2 * d_in * d_in * (lineage.sae_spec(parent).expansion + lineage.sae_spec(child).expansion)
+        rows.append(Row("feature_activations", f"{parent}__{child}", n, flops, "sae_encode", n * 2 * 40 * 8.0, True,
+                        note="codes stored sparse (about 8 bytes per non-zero)"))
+    for row in rows:
+        if row.flops and row.kind in throughput:
+            row.seconds = row.flops / throughput[row.kind]
+    return Estimate(lineage.name, rows, throughput, device)
+
+
+def _sweep_points(lineage: Lineage, node: str) -> list[float]:
+    spec = lineage.node(node).merge
+    if spec.t != "auto":
+        return []
+    return spec.sweep.grid()
+
+
+# ---------------------------------------------------------------------------------------------
+# Throughput on this device
+# ---------------------------------------------------------------------------------------------
+
+
+def measure(lineage: Lineage, device, steps: int = 3, log=None) -> dict[str, float]:
+    """FLOP/s this code reaches on `device` for the lineage's largest LM shape (training and forward)
+    and SAE shape (training and encoding), timed over a few real steps after one warm-up step. On a
+    CPU the batches are cut down (the measurement stays short); on CUDA they are the lineage's, in bf16
+    when the lineage trains in bf16."""
+    import torch
+
+    from featureflow_dagster.model import mistral_config
+    from transformers import MistralForCausalLM
+
+    node = max(lineage.node_names, key=lambda n: lm_matmul_params(lineage, n))
+    m, t, s = lineage.model_spec(node), lineage.training_spec(node), lineage.sae_spec(node)
+    cuda = torch.device(device).type == "cuda"
+    batch = t.batch_size if cuda else min(t.batch_size, 2)
+
+    class _Vocab:  # what mistral_config reads from a tokenizer
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+        def __len__(self):
+            return vocab_size(lineage)
+
+    torch.manual_seed(0)
+    model = MistralForCausalLM(mistral_config(m, _Vocab())).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    ids = torch.randint(0, vocab_size(lineage), (batch, m.n_ctx), device=device)
+    amp = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=cuda and t.dtype == "bfloat16")
+
+    def timed(fn) -> float:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) / steps
+
+    def train_step():
+        with amp:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def forward():
+        with torch.no_grad(), amp:
+            model(input_ids=ids)
+
+    fwd = lm_forward_flops_per_token(lineage, node) * batch * m.n_ctx
+    out = {"lm_train": 3 * fwd / timed(train_step), "lm_forward": fwd / timed(forward)}
+    if log:
+        log(f"LM {node} ({batch}x{m.n_ctx} tokens/step): {out['lm_train'] / 1e9:.1f} GFLOP/s training, "
+            f"{out['lm_forward'] / 1e9:.1f} forward")
+    del model, opt
+    d_in, d_sae = m.d_mlp, m.d_mlp * s.expansion
+    n = s.batch_windows * s.context if cuda else min(s.batch_windows * s.context, 512)
+    w_enc = torch.randn(d_in, d_sae, device=device, requires_grad=True)
+    w_dec = torch.randn(d_sae, d_in, device=device, requires_grad=True)
+    x = torch.randn(n, d_in, device=device)
+    sae_opt = torch.optim.Adam([w_enc, w_dec], lr=1e-4)
+
+    def sae_step():
+        f = torch.relu(x @ w_enc)
+        loss = ((f @ w_dec - x) ** 2).mean() + f.abs().mean()
+        loss.backward()
+        sae_opt.step()
+        sae_opt.zero_grad(set_to_none=True)
+
+    def encode():
+        with torch.no_grad():
+            torch.relu(x @ w_enc)
+
+    out["sae_train"] = 12.0 * d_in * d_sae * n / timed(sae_step)
+    out["sae_encode"] = 2.0 * d_in * d_sae * n / timed(encode)
+    if log:
+        log(f"SAE {d_in}x{d_sae} ({n} tokens/step): {out['sae_train'] / 1e9:.1f} GFLOP/s training, "
+            f"{out['sae_encode'] / 1e9:.1f} encoding")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Printing
+# ---------------------------------------------------------------------------------------------
+
+
+def _num(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "?"
+    for scale, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}{unit}"
+    return f"{x:.3g}{unit}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_estimate(e: Estimate) -> list[str]:
+    width = max(len(r.label) for r in e.rows)
+    lines = [f"{'asset':<{width}}  {'tokens':>8}  {'FLOP':>8}  {'time':>9}  {'disk':>8}  gpu  note"]
+    for r in e.rows:
+        time_ = "-" if r.kind == "cpu" else _duration(r.seconds)
+        lines.append(f"{r.label:<{width}}  {_num(r.tokens):>8}  {_num(r.flops) if r.kind != 'cpu' else '-':>8}  {time_:>9}  "
+                     f"{_num(r.disk, 'B'):>8}  {'yes' if r.device else 'no ':<3}  {r.note}")
+    flops, seconds = e.total("flops"), e.total("seconds")
+    unknown = e.unknown
+    more = " (+ the assets marked ?)" if unknown else ""
+    lines.append(f"total: {_num(flops)}FLOP, {_duration(seconds)} on {e.device}{more}, {_num(e.total('disk'), 'B')} on disk")
+    if e.throughput:
+        lines.append("measured here: " + ", ".join(f"{k} {_num(v)}FLOP/s" for k, v in e.throughput.items()))
+    lines.append(f"at an A100's bf16 peak ({_num(A100_BF16_PEAK)}FLOP/s) the FLOPs above take {_duration(flops / A100_BF16_PEAK)}; "
+                 f"at 30% of it, {_duration(flops / (0.3 * A100_BF16_PEAK))}")
+    if unknown:
+        lines.append(f"unknown sizes ({', '.join(unknown)}): give those sources a `tokens` budget or `expected_tokens`")
+    return lines
