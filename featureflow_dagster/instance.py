@@ -28,7 +28,7 @@ storage:
     base_dir:
       env: DAGSTER_HOME
 
-# One GPU job at a time: model and SAE training assets declare pool="gpu".
+# One device step at a time: every asset that uses the device declares pool="gpu" (`featureflow materialize --device-slots N` or `dagster instance concurrency set gpu N` for more).
 concurrency:
   pools:
     granularity: op
