@@ -9,7 +9,7 @@ from featureflow_dagster.corpus import build_corpus
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.provenance import versions
 from featureflow_dagster.resources import ArtifactStore
-from featureflow_dagster.tokenizer import load_tokenizer, mistral_tokenizer, train_bpe
+from featureflow_dagster.tokenizer import build_tokenizer, load_tokenizer
 from featureflow_dagster.assets.partitions import data_node_partitions
 from featureflow_dagster.assets.guard import locked, step_log
 from featureflow_dagster.assets.config import CODE_VERSIONS, config_dep
@@ -58,15 +58,8 @@ def build_data_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     @locked
     def tokenizer(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         spec = lineage.tokenizer
-        if spec.kind == "bpe":
-            table = pd.read_parquet(store.corpus_path(base))
-            texts = _capped(table[table["split"] == "train"]["text"].tolist(), spec.max_training_chars)
-            context.log.info(f"training a {spec.vocab_size}-token BPE on {sum(map(len, texts)):,} characters")
-            tok = train_bpe(texts, spec.vocab_size)
-        elif spec.kind == "mistral":
-            tok = mistral_tokenizer()
-        else:
-            tok = load_tokenizer(spec.path)
+        table = pd.read_parquet(store.corpus_path(base)) if spec.kind == "bpe" else None
+        tok = build_tokenizer(spec, table, context.log.info)
         out = store.tokenizer_dir()
         with store.write_dir(out) as tmp:
             tok.save_pretrained(str(tmp))
@@ -117,16 +110,6 @@ def _combined(stats: dict[str, dict], *keys: str) -> str:
         for k in keys:
             h.update(stats[name][k].encode())
     return h.hexdigest()
-
-
-def _capped(texts: list[str], max_chars: int) -> list[str]:
-    out, total = [], 0
-    for t in texts:
-        if total >= max_chars:
-            break
-        out.append(t[: max_chars - total])
-        total += len(out[-1])
-    return out
 
 
 def _tokenizer_hash(tok) -> str:

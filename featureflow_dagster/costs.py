@@ -128,21 +128,10 @@ def token_counts(lineage: Lineage, log=None) -> dict[str, dict[str, int | None]]
 def _tokenizer(lineage: Lineage, log=None):
     """The tokenizer the `tokenizer` asset will build (a BPE is trained on the base corpus, as there)."""
     from featureflow_dagster.corpus import build_corpus
-    from featureflow_dagster.tokenizer import load_tokenizer, mistral_tokenizer, train_bpe
+    from featureflow_dagster.tokenizer import build_tokenizer
 
-    spec = lineage.tokenizer
-    if spec.kind == "mistral":
-        return mistral_tokenizer()
-    if spec.kind != "bpe":
-        return load_tokenizer(spec.path)
-    from featureflow_dagster.assets.data import _capped  # the asset's own cap, so the BPE is the same
-
-    base = lineage.base.name
-    table, _ = build_corpus(lineage.node(base).data.sources)
-    texts = _capped(table[table["split"] == "train"]["text"].tolist(), spec.max_training_chars)
-    if log:
-        log(f"training the {spec.vocab_size}-token BPE the run will train, to count tokens")
-    return train_bpe(texts, spec.vocab_size)
+    table = build_corpus(lineage.node(lineage.base.name).data.sources)[0] if lineage.tokenizer.kind == "bpe" else None
+    return build_tokenizer(lineage.tokenizer, table, log)
 
 
 # ---------------------------------------------------------------------------------------------

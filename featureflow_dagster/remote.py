@@ -26,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
+from featureflow_dagster.storage import replace_path
+
 # Protocols whose listing is strongly consistent and that can create, list and delete objects.
 ATOMIC_PROTOCOLS = {"file", "local", "memory", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 _VERSIONS = ".remote"  # under the local home: <unit>.version holds the version the local copy is
@@ -194,11 +196,5 @@ class Mirror:
                 raise
             newest = self.versions(unit).get(unit, [version])[-1]
             return self._download(unit, newest, attempts - 1)
-        old = None
-        if final.is_dir():
-            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_path(tmp, final)  # not an atomic write of this process: no commit hook, nothing re-published
         self._set_local_version(unit, version)

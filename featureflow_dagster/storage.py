@@ -45,14 +45,19 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_path(tmp, final)
+    _committed(final)
+
+
+def replace_path(tmp: Path, final: Path) -> None:
+    """Rename `tmp` (a file or folder) onto `final`; an existing folder is moved aside first and removed after."""
     old = None
-    if final.exists():
+    if final.is_dir():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    _committed(final)
 
 
 @contextlib.contextmanager

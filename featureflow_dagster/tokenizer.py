@@ -97,3 +97,27 @@ def token_strings(tok) -> list[str]:
     """Every token id of the tokenizer as the text it decodes to (a byte-level piece that is not
     valid UTF-8 on its own shows as U+FFFD)."""
     return [tok.decode([i]) for i in range(len(tok))]
+
+
+def capped_texts(texts: list[str], max_chars: int) -> list[str]:
+    """The first texts up to `max_chars` characters in all (the last one cut)."""
+    out, total = [], 0
+    for t in texts:
+        if total >= max_chars:
+            break
+        out.append(t[: max_chars - total])
+        total += len(out[-1])
+    return out
+
+
+def build_tokenizer(spec, base_corpus=None, log=None):
+    """The lineage's tokenizer: a BPE trained on the base node's training documents (`base_corpus`, the
+    corpus table), the Mistral model, or a saved one. The `tokenizer` asset and `featureflow plan` share it."""
+    if spec.kind == "bpe":
+        texts = capped_texts(base_corpus[base_corpus["split"] == "train"]["text"].tolist(), spec.max_training_chars)
+        if log:
+            log(f"training a {spec.vocab_size}-token BPE on {sum(map(len, texts)):,} characters")
+        return train_bpe(texts, spec.vocab_size)
+    if spec.kind == "mistral":
+        return mistral_tokenizer()
+    return load_tokenizer(spec.path)
