@@ -78,6 +78,7 @@ def observe_config(defs: dg.Definitions, instance: dg.DagsterInstance, verbose: 
 
 def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
                    previous: dict[tuple[dg.AssetKey, str | None], str] | None = None,
+                   done: set[tuple[dg.AssetKey, str | None]] | frozenset = frozenset(),
                    ) -> dict[tuple[dg.AssetKey, str | None], str]:
     """'MISSING', 'STALE' or 'FRESH' for every (asset, partition), in dependency order.
 
@@ -85,9 +86,11 @@ def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
     code version, or its `lineage_config` partition). Here staleness is also passed down: a partition
     below a stale or missing one is stale too, so a changed base shows every descendant as out of date.
 
-    With `previous` (the statuses before some runs of this process), partitions that were FRESH keep
-    that status without asking the instance again: nothing above a fresh partition can be missing or
-    stale, so a run of this process cannot have changed it (the question costs a few SQL queries each)."""
+    With `previous` (the statuses before some runs of this process) and `done` (what those runs
+    materialized), only the answers those runs can have changed are asked again (each question costs a
+    few SQL queries): a FRESH partition stays fresh (nothing above it is missing or stale, so no run of
+    this process touched its inputs) and a MISSING one stays missing until it is done itself; a STALE
+    one may have become fresh (its parents were re-materialized to the same bytes), and a done one is asked."""
     from dagster._core.definitions.data_version import CachingStaleStatusResolver
     from dagster._core.loader import LoadingContextForTest
 
@@ -95,8 +98,9 @@ def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
     resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
     out: dict[tuple[dg.AssetKey, str | None], str] = {}
     for key, pk in materialization_plan(defs):
-        if previous is not None and previous.get((key, pk)) == "FRESH":
-            out[(key, pk)] = "FRESH"
+        was = previous.get((key, pk)) if previous is not None else None
+        if was == "FRESH" or (was == "MISSING" and (key, pk) not in done):
+            out[(key, pk)] = was
             continue
         status = resolver.get_status(key, pk).value
         if status == "FRESH":
@@ -370,7 +374,7 @@ def materialize_lineage(
             outcome = run_step(assets, resources, instance, step, verbose)
             bar.clear()
             _record(outcome, step, report, failed_checks, width, echo)
-            statuses = stale_statuses(defs, instance, statuses)  # what this run changed decides what is stale below
+            statuses = stale_statuses(defs, instance, statuses, set(report.done))  # what this run changed decides what is stale below
     finally:
         bar.clear()
         progress.set_sink(None)
@@ -437,12 +441,12 @@ def pool_limit(instance: dg.DagsterInstance) -> int:
 _worker: dict = {}
 
 
-def _worker_init(rebuild, instance_ref, threads: int, counter, verbose: bool) -> None:
-    """Each worker process: its own definitions and instance handle, a share of the CPU cores, and on a
-    machine with several GPUs its own GPU (worker i takes cuda:i mod n) unless the device was pinned."""
+def _worker_init(rebuild, instance_ref, counter, share, verbose: bool) -> None:
+    """Each worker process: its own definitions and instance handle, torch threads that follow the
+    shared `share` of the cores, and on a machine with several GPUs its own GPU (worker i takes
+    cuda:i mod n) unless the device was pinned."""
     import torch
 
-    torch.set_num_threads(threads)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -454,10 +458,25 @@ def _worker_init(rebuild, instance_ref, threads: int, counter, verbose: bool) ->
     if device is not None and device.device in ("auto", "cuda") and torch.cuda.device_count() > 1:
         resources["device"] = type(device)(device=f"cuda:{index % torch.cuda.device_count()}")
     _worker.update(assets=list(defs.assets), resources=resources,
-                   instance=dg.DagsterInstance.from_ref(instance_ref), verbose=verbose)
+                   instance=dg.DagsterInstance.from_ref(instance_ref), verbose=verbose, share=share)
+    progress.set_sink(_follow_share)
+
+
+def _follow_share(_message: str = "") -> None:
+    """Set torch's threads to the cores' share the runner gives each running step now. Called at a
+    step's start and on each progress message (every few seconds of a long loop, in the thread that
+    computes), so a step that began beside another gets every core once it runs alone, and gives
+    half back when another starts."""
+    import torch
+
+    threads = _worker["share"].value
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
 
 
 def _worker_run(key_path: list[str], partition: str | None, reason: str) -> Outcome:
+    """One partition in a worker."""
+    _follow_share()
     step = Step(dg.AssetKey(key_path), partition, reason)
     try:
         return run_step(_worker["assets"], _worker["resources"], _worker["instance"], step, _worker["verbose"])
@@ -465,8 +484,27 @@ def _worker_run(key_path: list[str], partition: str | None, reason: str) -> Outc
         return Outcome(success=False, seconds=0.0, run_id="-", error=f"{type(e).__name__}: {e}")
 
 
+def descendant_counts(defs: dg.Definitions) -> dict[tuple[dg.AssetKey, str | None], int]:
+    """How many partitions are computed, directly or not, from each partition: the scheduler starts
+    the ready partition with the most first, so the long chain (base model, fine-tunes, merge sweep)
+    is never queued behind leaves."""
+    graph = defs.resolve_asset_graph()
+    plan = materialization_plan(defs)
+    children: dict = {p: set() for p in plan}
+    for key, pk in plan:
+        for parent in graph.get_parents_partitions(key, pk).parent_partitions:
+            children.setdefault((parent.asset_key, parent.partition_key), set()).add((key, pk))
+    below: dict = {}
+    for node in reversed(plan):  # children before parents
+        below[node] = set().union(*({c} | below.get(c, set()) for c in children[node])) if children[node] else set()
+    return {node: len(below[node]) for node in plan}
+
+
 def _run_parallel(defs, instance, statuses, failed_checks, chosen, force, report, bar, width, echo,
                   workers: int, rebuild, verbose: bool) -> None:
+    """Ready partitions (inputs done or fresh) start as workers free up, the one with the most
+    descendants first; device steps stay within the pool's slots; the CPU cores are divided among the
+    steps running at each moment (a step running alone, like the base model, gets them all)."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -479,34 +517,37 @@ def _run_parallel(defs, instance, statuses, failed_checks, chosen, force, report
     on_device = {k for k in graph.toposorted_asset_keys if graph.get(k).pools}
     limit = pool_limit(instance)
     cores = os.cpu_count() or 1
+    weight = descendant_counts(defs)
     ctx = mp.get_context("spawn")
-    counter = ctx.Value("i", 0)
+    counter, share = ctx.Value("i", 0), ctx.Value("i", cores)
     running: dict = {}  # future -> Step
     failure: RunFailed | None = None
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                             initargs=(rebuild, ref, max(1, cores // min(workers, limit)), counter, verbose)) as pool:
+                             initargs=(rebuild, ref, counter, share, verbose)) as pool:
         while True:
             busy = {(s.key, s.partition) for s in running.values()}
             pending = [s for s in _steps(defs, statuses, failed_checks, chosen, force)
                        if s.reason != "fresh" and (s.key, s.partition) not in report.done
                        and s.label not in report.blocked and (s.key, s.partition) not in busy]
             waiting = {(s.key, s.partition) for s in pending} | busy
-            for step in pending if failure is None else []:
+            starting: list[Step] = []
+            for step in sorted(pending, key=lambda s: -weight[(s.key, s.partition)]) if failure is None else []:
+                parents = {(p.asset_key, p.partition_key) for p in graph.get_parents_partitions(step.key, step.partition).parent_partitions}
                 if step.reason == "blocked":
-                    if not any((p.asset_key, p.partition_key) in waiting
-                               for p in graph.get_parents_partitions(step.key, step.partition).parent_partitions):
+                    if not parents & waiting:
                         report.blocked.append(step.label)
                         echo(f"blocked  {step.label}: an SAE it reads failed a quality check")
                     continue
-                if len(running) >= workers:
+                if len(running) + len(starting) >= workers:
                     break
-                parents = {(p.asset_key, p.partition_key) for p in graph.get_parents_partitions(step.key, step.partition).parent_partitions}
                 if parents & waiting:
                     continue  # something it reads is still to run (or running)
-                if step.key in on_device and sum(s.key in on_device for s in running.values()) >= limit:
+                if step.key in on_device and sum(s.key in on_device for s in [*running.values(), *starting]) >= limit:
                     continue  # the device pool is full; a CPU step may still start
+                starting.append(step)
+            share.value = max(1, cores // max(1, len(running) + len(starting)))
+            for step in starting:
                 running[pool.submit(_worker_run, list(step.key.path), step.partition, step.reason)] = step
-                busy.add((step.key, step.partition))
             if not running:
                 break
             bar.start(", ".join(s.label for s in running.values()))
@@ -518,7 +559,7 @@ def _run_parallel(defs, instance, statuses, failed_checks, chosen, force, report
                     _record(future.result(), step, report, failed_checks, width, echo)
                 except RunFailed as e:
                     failure = failure or e  # let the running ones finish, start nothing new
-            statuses = stale_statuses(defs, instance, statuses)
+            statuses = stale_statuses(defs, instance, statuses, set(report.done))
     if failure is not None:
         raise failure
 

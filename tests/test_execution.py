@@ -11,7 +11,7 @@ import pytest
 from featureflow_dagster.costs import estimate, token_counts
 from featureflow_dagster.definitions import build_definitions
 from featureflow_dagster.lineage import load_lineage
-from featureflow_dagster.runner import materialization_plan, materialize_lineage
+from featureflow_dagster.runner import descendant_counts, materialization_plan, materialize_lineage, select
 
 CPU_ONLY = {"corpus", "tokenizer", "tokens", "tasks", "feature_flow", "case_studies", "autointerp_summary"}
 
@@ -65,9 +65,14 @@ def test_gpu_requests_and_the_pool_are_on_exactly_the_assets_that_use_the_device
     assert {"model", "sae", "activation_store", "feature_correlation", "autointerp", "cmap"} <= seen_device
 
 
+# the part of micro the multiprocess test runs: every partition that counts tokens (the plan's check
+# below), CPU and device steps side by side, and the merge's fan-in
+UP_TO_SAES = ["corpus", "tokenizer", "tokens", "model", "slerp_sweep", "activation_store", "sae"]
+
+
 @pytest.fixture(scope="module")
 def parallel_micro(tmp_path_factory):
-    """Micro materialized by two worker processes with one device slot, on a persistent instance."""
+    """Micro up to its SAEs materialized by two worker processes with one device slot, on a persistent instance."""
     home = tmp_path_factory.mktemp("home")
     lineage = load_lineage("micro")
     defs = build_definitions(lineage, home=str(home), device="cpu", executor="in_process")
@@ -75,10 +80,23 @@ def parallel_micro(tmp_path_factory):
     instance = dg.DagsterInstance.local_temp(str(tmp_path_factory.mktemp("dagster")),
                                              overrides={"concurrency": {"pools": {"granularity": "op", "default_limit": 1}}})
     lines = []
-    report = materialize_lineage(defs, instance, echo=lines.append, workers=2, device_slots=1,
+    report = materialize_lineage(defs, instance, echo=lines.append, workers=2, device_slots=1, chosen=select(defs, UP_TO_SAES),
                                  rebuild=functools.partial(build_definitions, lineage, str(home), "cpu", "in_process"))
     yield lineage, home, defs, instance, report, counts, lines
     instance.dispose()
+
+
+def test_the_scheduler_starts_the_partition_with_most_descendants_first(tmp_path):
+    defs = build_definitions(load_lineage("micro"), home=str(tmp_path), device="cpu")
+    weight = {(k.to_user_string(), pk): n for (k, pk), n in descendant_counts(defs).items()}
+    plan = materialization_plan(defs)
+    # everything but itself and what it is trained from or beside: three corpora, the tokenizer, three token sets, tasks
+    assert weight[("model/base", "base")] == len(plan) - 1 - 3 - 1 - 3 - 1
+    # the merge sweep: the merged model, its store, SAE, examples, task scores and circuits, the two edges
+    # into the merge (activations, transfer, correlation, CMAP each), the flow, case studies and pages
+    assert weight[("slerp_sweep", "merged")] == 6 + 2 * 4 + 3
+    assert weight[("model/code", "code")] > weight[("slerp_sweep", "merged")] > weight[("sae", "merged")] > 0
+    assert weight[("feature_pages", None)] == weight[("circuits", "base")] == 0
 
 
 def _latest(instance, key: str, partition: str):
@@ -102,7 +120,7 @@ def _intervals(instance):
 @pytest.mark.slow
 def test_multiprocess_runs_partitions_at_once_and_device_steps_one_at_a_time(parallel_micro):
     lineage, home, defs, instance, report, counts, lines = parallel_micro
-    assert report.ok and sorted(report.done, key=str) == sorted(materialization_plan(defs), key=str)
+    assert report.ok and sorted(report.done, key=str) == sorted(select(defs, UP_TO_SAES), key=str)
     assert sum(line.startswith("done") for line in lines) == len(report.done)
     runs = _intervals(instance)
     assert len(runs) == len(report.done)
