@@ -353,7 +353,9 @@ def materialize_lineage(
         width = max((len(s.label) for s in first), default=20)
         counts = {r: sum(s.reason == r for s in first) for r in ("missing", "stale", "forced", "blocked", "fresh")}
         echo(f"{len(first)} asset partitions: " + ", ".join(f"{n} {r}" for r, n in counts.items() if n)
-             + ("; materializing in dependency order" if len(first) > counts["fresh"] else ""))
+             + (("; materializing in dependency order" if workers == 1 else
+                 f"; materializing up to {workers} at once, each as soon as its inputs are done")
+                if len(first) > counts["fresh"] else ""))
         if workers > 1:
             _run_parallel(defs, instance, statuses, failed_checks, chosen, force, report, bar, width, echo,
                           workers, rebuild, verbose)

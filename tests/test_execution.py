@@ -121,6 +121,7 @@ def _intervals(instance):
 def test_multiprocess_runs_partitions_at_once_and_device_steps_one_at_a_time(parallel_micro):
     lineage, home, defs, instance, report, counts, lines = parallel_micro
     assert report.ok and sorted(report.done, key=str) == sorted(select(defs, UP_TO_SAES), key=str)
+    assert lines[0] == f"{len(report.done)} asset partitions: {len(report.done)} missing; materializing up to 2 at once, each as soon as its inputs are done"
     assert sum(line.startswith("done") for line in lines) == len(report.done)
     runs = _intervals(instance)
     assert len(runs) == len(report.done)
