@@ -73,7 +73,7 @@ def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
         top, top_ids, bottom, bottom_ids = direct_logit_effects(sae.W_dec.detach().cpu(), *(t.cpu() for t in model_logit_path(model)),
                                                                 k=spec.logit_k)
         table = _feature_table(ex, tok, top_ids)
-        out = store.examples_dir(node)
+        out = store.examples_dir(node, fetch=False)
         with store.write_dir(out) as tmp:
             ex.save(tmp / "examples.safetensors")
             save_file({"top_values": top.contiguous(), "top_ids": top_ids.contiguous(), "bottom_values": bottom.contiguous(),

@@ -83,7 +83,7 @@ def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
         dev = device.torch_device()
         models = {n: load_model(store.model_dir(n), dev) for n in (parent, child)}
         saes = {n: load_sae(store.sae_dir(n), dev) for n in (parent, child)}
-        out = store.feature_activations_dir(context.partition_key)
+        out = store.feature_activations_dir(context.partition_key, fetch=False)
         n_chunks = -(-windows.shape[0] // max(1, settings["chunk_tokens"] // settings["context"]))
         chunk_windows = -(-windows.shape[0] // n_chunks)  # equal chunks, none nearly empty
         started = time.perf_counter()

@@ -156,7 +156,7 @@ def _merged_model_asset(lineage: Lineage, node: str, auto_t: bool) -> dg.AssetsD
             spec.method, [store.model_dir(p) for p in parents], store.model_dir(base) if base else None,
             t=t, weights=spec.weights, density=spec.density, normalize=spec.normalize,
         )
-        out = store.model_dir(node)
+        out = store.model_dir(node, fetch=False)
         with store.write_dir(out) as tmp:
             mergekit_merge(config, tmp, seed=lineage.seed_of(node))
         merged = load_model(out, dev)

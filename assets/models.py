@@ -59,7 +59,7 @@ def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
             data_hash=file_sha256(tokens_file),
             log=step_log(context),
         )
-        out = store.model_dir(node)
+        out = store.model_dir(node, fetch=False)
         with store.write_dir(out) as tmp:
             trained.model.to("cpu").save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))

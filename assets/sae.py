@@ -57,7 +57,7 @@ def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
                 validation.append(val_blocks[source])
         dev = device.torch_device()
         model = load_model(store.model_dir(node), dev)
-        out = store.activation_dir(node)
+        out = store.activation_dir(node, fetch=False)
         started = time.perf_counter()
         with store.write_dir(out) as tmp:
             manifest = build_activation_store(
@@ -168,7 +168,7 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
         baseline = quality_against_null(autoencoder, w_dec_init, acts, ev.l0, seed, dev)
         values = {**ev.scalars(), **baseline}
         outcomes = {c.name: c for c in check_evaluation(values, spec.checks)}
-        out = store.sae_dir(node)
+        out = store.sae_dir(node, fetch=False)
         with store.write_dir(out) as tmp:
             autoencoder.to("cpu").save(tmp)
             save_file({"density": ev.density}, str(tmp / "feature_density.safetensors"))

@@ -27,7 +27,8 @@ Layout under `root` ($FEATUREFLOW_HOME):
 
 With `url` (FEATUREFLOW_STORE, e.g. s3://bucket/featureflow/demo) the artefacts live on shared storage
 and `root` is this machine's mirror of them (featureflow_dagster/remote.py): every path accessor first
-fetches what another machine published there, and every atomic write an asset makes is published
+fetches what another machine published there (except where an asset asks with `fetch=False` for a
+large artefact it is about to replace whole), and every atomic write an asset makes is published
 as it completes (the asset guard installs the hook), checkpoints included, so a pod that is killed
 resumes on another machine from the last published checkpoint.
 """
@@ -75,9 +76,12 @@ class ArtifactStore(dg.ConfigurableResource):
             _MIRRORS[key] = Mirror(self.url, self.path)
         return _MIRRORS[key]
 
-    def _at(self, rel: str) -> Path:
-        """`root/rel`, after fetching what was published at or below it elsewhere (shared storage only)."""
-        if self.url:
+    def _at(self, rel: str, fetch: bool = True) -> Path:
+        """`root/rel`, after fetching what was published at or below it elsewhere (shared storage only).
+
+        `fetch=False` (the large artefacts' accessors take it) is for the path an asset is about to
+        replace whole: nothing is downloaded only to be overwritten."""
+        if self.url and fetch:
             self.mirror.fetch(rel)
         return self.path / rel
 
@@ -112,20 +116,20 @@ class ArtifactStore(dg.ConfigurableResource):
     def tokens_path(self, node: str) -> Path:
         return self._at(f"tokens/{node}.safetensors")
 
-    def model_dir(self, node: str) -> Path:
-        return self._at(f"model/{node}")
+    def model_dir(self, node: str, fetch: bool = True) -> Path:
+        return self._at(f"model/{node}", fetch)
 
-    def activation_dir(self, node: str) -> Path:
-        return self._at(f"activation_store/{node}")
+    def activation_dir(self, node: str, fetch: bool = True) -> Path:
+        return self._at(f"activation_store/{node}", fetch)
 
-    def sae_dir(self, node: str) -> Path:
-        return self._at(f"sae/{node}")
+    def sae_dir(self, node: str, fetch: bool = True) -> Path:
+        return self._at(f"sae/{node}", fetch)
 
     def transfer_path(self, edge: str) -> Path:
         return self._at(f"sae_transfer/{edge}.parquet")
 
-    def feature_activations_dir(self, edge: str) -> Path:
-        return self._at(f"feature_activations/{edge}")
+    def feature_activations_dir(self, edge: str, fetch: bool = True) -> Path:
+        return self._at(f"feature_activations/{edge}", fetch)
 
     def feature_correlation_dir(self, edge: str) -> Path:
         return self._at(f"feature_correlation/{edge}")
@@ -133,8 +137,8 @@ class ArtifactStore(dg.ConfigurableResource):
     def feature_flow_dir(self) -> Path:
         return self._at("feature_flow")
 
-    def examples_dir(self, node: str) -> Path:
-        return self._at(f"feature_examples/{node}")
+    def examples_dir(self, node: str, fetch: bool = True) -> Path:
+        return self._at(f"feature_examples/{node}", fetch)
 
     def autointerp_dir(self, node: str) -> Path:
         return self._at(f"autointerp/{node}")

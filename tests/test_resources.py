@@ -61,6 +61,21 @@ def test_a_unit_is_published_whole_and_the_newest_version_wins(tmp_path, scheme)
     assert {u: len(v) for u, v in a.mirror.versions().items()} == {"lineage.json": 1, "model/base": 1, "tokens/base.safetensors": 1}
 
 
+def test_an_artefact_about_to_be_replaced_is_not_downloaded_first(tmp_path):
+    url = f"memory://ff-{uuid.uuid4().hex}/home"
+    a = ArtifactStore(root=str(tmp_path / "a"), lineage_name="x", url=url)
+    b = ArtifactStore(root=str(tmp_path / "b"), lineage_name="x", url=url)
+    with a.publishing(), a.write_dir(a.activation_dir("base")) as tmp:
+        (tmp / "manifest.json").write_text("old")
+    out = b.activation_dir("base", fetch=False)  # what the activation_store asset asks for before writing
+    assert not out.exists()
+    with b.publishing(), b.write_dir(out) as tmp:
+        (tmp / "manifest.json").write_text("new")
+    assert (a.activation_dir("base") / "manifest.json").read_text() == "new"  # published, the old version gone
+    assert {u: len(v) for u, v in a.mirror.versions().items()} == {"lineage.json": 1, "activation_store/base": 1}
+    assert (b.activation_dir("base") / "manifest.json").read_text() == "new"
+
+
 def test_a_write_outside_publishing_stays_local_and_another_lineage_is_refused(tmp_path):
     url = f"memory://ff-{uuid.uuid4().hex}/home"
     a = ArtifactStore(root=str(tmp_path / "a"), lineage_name="x", url=url)
