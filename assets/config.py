@@ -12,6 +12,7 @@ from __future__ import annotations
 import dagster as dg
 
 from featureflow_dagster.lineage import Lineage
+from featureflow_dagster.runner import POOL
 
 CONFIG_KEY = dg.AssetKey("lineage_config")
 
@@ -19,12 +20,11 @@ CONFIG_KEY = dg.AssetKey("lineage_config")
 # instance's `gpu` pool (how many such steps run at once on one machine), and on Kubernetes
 # (dagster-k8s's executor and run launcher read the `dagster-k8s/config` tag) a pod with one GPU,
 # schedulable on nodes tainted for GPUs. CPU-only assets request no GPU.
-GPU_POOL = "gpu"
 K8S_GPU_CONFIG = {
     "container_config": {"resources": {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}},
     "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
 }
-ON_DEVICE = {"pool": GPU_POOL, "op_tags": {"dagster-k8s/config": K8S_GPU_CONFIG}}
+ON_DEVICE = {"pool": POOL, "op_tags": {"dagster-k8s/config": K8S_GPU_CONFIG}}
 
 # Implementation versions: bump one when the code that writes that asset's bytes changes, so that
 # Dagster marks every partition of it stale. Settings are versioned per partition by lineage_config.

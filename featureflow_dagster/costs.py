@@ -15,7 +15,7 @@ reached on this device in a short measurement of the lineage's own shapes (`meas
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -69,9 +69,15 @@ def vocab_size(lineage: Lineage) -> int:
         return spec.vocab_size
     if spec.kind == "mistral":
         return 32000  # the Mistral-7B v0.1 SentencePiece model
+    return _saved_vocab_size(str(spec.path))
+
+
+@functools.lru_cache(maxsize=None)
+def _saved_vocab_size(path: str) -> int:
+    """A saved tokenizer's size, loaded once (the shapes below ask for it per node, several times)."""
     from featureflow_dagster.tokenizer import load_tokenizer
 
-    return len(load_tokenizer(spec.path))
+    return len(load_tokenizer(path))
 
 
 def lm_matmul_params(lineage: Lineage, node: str) -> int:
@@ -107,31 +113,25 @@ def token_counts(lineage: Lineage, log=None) -> dict[str, dict[str, int | None]]
     data_nodes = [n for n in lineage.node_names if lineage.node(n).data is not None]
     readable = all(_readable(s) for n in data_nodes for s in lineage.node(n).data.sources)
     out: dict[str, dict[str, int | None]] = {}
-    tok = None
     if readable:
-        tok = _tokenizer(lineage, log)
+        from featureflow_dagster.blocks import build_blocks
+        from featureflow_dagster.corpus import build_corpus
+        from featureflow_dagster.tokenizer import build_tokenizer
+
+        base = lineage.base.name
+        base_table = build_corpus(lineage.node(base).data.sources)[0]
+        # the tokenizer the `tokenizer` asset will build (a BPE is trained on the base corpus, as there)
+        tok = build_tokenizer(lineage.tokenizer, base_table if lineage.tokenizer.kind == "bpe" else None, log)
     for name in data_nodes:
         node = lineage.node(name)
         if readable:
-            from featureflow_dagster.corpus import build_corpus
-            from featureflow_dagster.blocks import build_blocks
-
-            table, _ = build_corpus(node.data.sources)
+            table = base_table if name == base else build_corpus(node.data.sources)[0]
             _, stats = build_blocks(tok, table, node.data, lineage.model_spec(name).n_ctx)
             out[name] = {s: st["train_tokens"] for s, st in stats.items()}
         else:
             budgets = node.data.source_budgets()
             out[name] = {s.name: budgets.get(s.name) or s.expected_tokens for s in node.data.sources}
     return out
-
-
-def _tokenizer(lineage: Lineage, log=None):
-    """The tokenizer the `tokenizer` asset will build (a BPE is trained on the base corpus, as there)."""
-    from featureflow_dagster.corpus import build_corpus
-    from featureflow_dagster.tokenizer import build_tokenizer
-
-    table = build_corpus(lineage.node(lineage.base.name).data.sources)[0] if lineage.tokenizer.kind == "bpe" else None
-    return build_tokenizer(lineage.tokenizer, table, log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,9 +180,8 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
         store_tokens = windows * s.context
         eval_windows = s.eval_tokens // s.context
         itemsize = 2 if s.store_dtype in ("float16", "bfloat16") else 4
-        rows.append(Row("activation_store", name, store_tokens + eval_windows * s.context,
-                        (store_tokens + eval_windows * s.context) * fwd / 2, "lm_forward",
-                        (store_tokens + eval_windows * s.context) * d_in * itemsize, True))
+        collected = store_tokens + eval_windows * s.context  # training and held-out windows
+        rows.append(Row("activation_store", name, collected, collected * fwd / 2, "lm_forward", collected * d_in * itemsize, True))
         sae_tokens = int(s.epochs * windows) // s.batch_windows * s.batch_windows * s.context
         rows.append(Row("sae", name, sae_tokens, 12.0 * d_in * d_sae * sae_tokens, "sae_train", 2 * d_in * d_sae * 4.0, True,
                         note=f"{d_sae:,} features, {s.batch_windows * s.context:,} tokens/step ({12.0 * d_in * d_sae * s.batch_windows * s.context:.3g} FLOP/step)"))

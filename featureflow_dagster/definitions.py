@@ -27,12 +27,12 @@ def build_definitions(lineage: Lineage | None = None, home: str | None = None, d
         return _definitions(lineage, home, device, build_executor(executor or executor_name()), url or store_url())
 
 
-def build_executor(name: str, workers: int | None = None) -> dg.ExecutorDefinition:
+def build_executor(name: str) -> dg.ExecutorDefinition:
     if name == "in_process":
         return dg.in_process_executor
     if name == "multiprocess":
         # independent steps of one run in parallel; steps that use the device still take a `gpu` pool slot
-        return dg.multiprocess_executor.configured({"max_concurrent": workers or worker_count()}, name="multiprocess")
+        return dg.multiprocess_executor.configured({"max_concurrent": worker_count()}, name="multiprocess")
     if name == "k8s":
         try:
             from dagster_k8s import k8s_job_executor

@@ -361,8 +361,7 @@ def materialize_lineage(
                           workers, rebuild, verbose)
             return report
         while True:
-            pending = [s for s in _steps(defs, statuses, failed_checks, chosen, force)
-                       if s.reason != "fresh" and (s.key, s.partition) not in report.done and s.label not in report.blocked]
+            pending = _pending(defs, statuses, failed_checks, chosen, force, report)
             if not pending:
                 break
             step = pending[0]
@@ -381,6 +380,14 @@ def materialize_lineage(
         bar.clear()
         progress.set_sink(None)
     return report
+
+
+def _pending(defs, statuses, failed_checks, chosen, force, report: Report, running=frozenset()) -> list[Step]:
+    """The chosen partitions still to run or to report blocked, in dependency order: not fresh, not done
+    or reported by this process, not `running` now."""
+    return [s for s in _steps(defs, statuses, failed_checks, chosen, force)
+            if s.reason != "fresh" and (s.key, s.partition) not in report.done
+            and s.label not in report.blocked and (s.key, s.partition) not in running]
 
 
 @dataclass
@@ -528,9 +535,7 @@ def _run_parallel(defs, instance, statuses, failed_checks, chosen, force, report
                              initargs=(rebuild, ref, counter, share, verbose)) as pool:
         while True:
             busy = {(s.key, s.partition) for s in running.values()}
-            pending = [s for s in _steps(defs, statuses, failed_checks, chosen, force)
-                       if s.reason != "fresh" and (s.key, s.partition) not in report.done
-                       and s.label not in report.blocked and (s.key, s.partition) not in busy]
+            pending = _pending(defs, statuses, failed_checks, chosen, force, report, busy)
             waiting = {(s.key, s.partition) for s in pending} | busy
             starting: list[Step] = []
             for step in sorted(pending, key=lambda s: -weight[(s.key, s.partition)]) if failure is None else []:
