@@ -1,19 +1,19 @@
-"""Thin Dagster asset definitions, one module per asset group, built from a lineage."""
+"""Thin Dagster asset definitions, one module per asset group, built from a lineage.
+
+Each module declares its assets' `Artefact`s (assets/spec.py) beside their bodies; `ARTEFACTS`
+gathers them, and `lineage_config`, the shell's key figures and the store's layout come from it."""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from featureflow_dagster.lineage import Lineage
-from featureflow_dagster.assets.autointerp import build_autointerp_assets
+from featureflow_dagster.assets import autointerp, data, examples, flow, merges, models, patching, sae
 from featureflow_dagster.assets.config import build_config_asset
-from featureflow_dagster.assets.data import build_data_assets
-from featureflow_dagster.assets.examples import build_examples_assets
-from featureflow_dagster.assets.flow import build_flow_assets
-from featureflow_dagster.assets.merges import build_merge_assets
-from featureflow_dagster.assets.models import build_model_assets
-from featureflow_dagster.assets.patching import build_patching_assets
-from featureflow_dagster.assets.sae import build_sae_assets
+
+# one module per asset group: each has `ARTEFACTS` (its Artefacts) and `build(lineage)` (its asset definitions)
+GROUPS = (data, models, merges, sae, examples, flow, autointerp, patching)
+ARTEFACTS = [a for group in GROUPS for a in group.ARTEFACTS]
 
 
 def automation_condition(schedule: str | None) -> dg.AutomationCondition:
@@ -47,10 +47,8 @@ def automation_condition(schedule: str | None) -> dg.AutomationCondition:
 
 
 def build_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
-    derived = [*build_data_assets(lineage), *build_model_assets(lineage), *build_merge_assets(lineage),
-               *build_sae_assets(lineage), *build_examples_assets(lineage), *build_flow_assets(lineage),
-               *build_autointerp_assets(lineage), *build_patching_assets(lineage)]
+    derived = [a for group in GROUPS for a in group.build(lineage)]
     cond = automation_condition(lineage.schedule)
     derived = [a.with_attributes(automation_condition=cond) for a in derived]
     observe = dg.AutomationCondition.cron_tick_passed(lineage.schedule).since_last_handled() if lineage.schedule else None
-    return [build_config_asset(lineage, observe), *derived]
+    return [build_config_asset(lineage, ARTEFACTS, observe), *derived]

@@ -1,6 +1,7 @@
 """Model assets: one per lineage node (`model/<node>`), each holding that node's single partition.
 
-A base trains from scratch; a fine-tune starts from its parent's saved weights."""
+A base trains from scratch; a fine-tune starts from its parent's saved weights. Merged models are
+built in merges.py under the same `MODEL` artefact."""
 
 
 import dagster as dg
@@ -9,95 +10,98 @@ from featureflow_dagster.blocks import load_blocks
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.model import init_model, load_model, parameter_distance, weights_hash
 from featureflow_dagster.plots import loss_curve_figure, write_html
-from featureflow_dagster.provenance import versions
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.tokenizer import load_tokenizer
 from featureflow_dagster.training import train_lineage_node
-from featureflow_dagster.assets.guard import locked, step_log
-from featureflow_dagster.assets.config import CODE_VERSIONS, ON_DEVICE, config_dep
+from featureflow_dagster.assets.data import TOKENIZER, TOKENS
+from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.partitions import model_key, same_node, single_node_partition
+from featureflow_dagster.assets.spec import Artefact, nodes
 
 
-def build_model_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
+def _model_settings(lineage: Lineage, n: str) -> dict:
+    if lineage.node(n).data is not None:
+        return {"model": lineage.model_spec(n).model_dump(mode="json"),
+                "training": lineage.training_spec(n).model_dump(mode="json"), "seed": lineage.seed_of(n)}
+    merge = lineage.merge_spec(n)
+    return {"merge": merge.model_dump(mode="json", exclude={"sweep"}), "seed": lineage.seed_of(n), "base": lineage.merge_base(n)}
+
+
+MODEL = Artefact(
+    "model", "models", "1", "model/{key}",
+    settings=lambda lineage: nodes(lineage, lambda n: _model_settings(lineage, n)),
+    key_figures=("final_train_loss", "t"), kinds=frozenset({"pytorch", "huggingface"}), on_device=True,
+)
+ARTEFACTS = [MODEL]
+
+
+def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
     return [_trained_model_asset(lineage, n.name) for n in lineage.topological_order() if n.kind != "merge"]
 
 
 def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
     spec = lineage.node(node)
-    deps = [dg.AssetDep("tokens", partition_mapping=same_node(node)), dg.AssetDep("tokenizer"), config_dep("model", [node])]
+    deps = [dg.AssetDep("tokens", partition_mapping=same_node(node)), dg.AssetDep("tokenizer")]
     deps += [dg.AssetDep(model_key(p), partition_mapping=dg.StaticPartitionMapping({p: node})) for p in spec.parents]
 
-    @dg.asset(
-        key=model_key(node),
-        partitions_def=single_node_partition(node),
-        deps=deps,
-        group_name="models",
-        kinds={"pytorch", "huggingface"},
-        **ON_DEVICE,
-        code_version=CODE_VERSIONS["model"],
-        description=f"{spec.kind} model of node '{node}'" + (f" (from '{spec.parents[0]}')" if spec.parents else ""),
-    )
-    @locked
+    @MODEL.asset(key=model_key(node), partitions_def=single_node_partition(node), deps=deps,
+                 description=f"{spec.kind} model of node '{node}'" + (f" (from '{spec.parents[0]}')" if spec.parents else ""))
     def _model(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         dev = device.torch_device()
-        tok = load_tokenizer(store.tokenizer_dir())
+        tok = load_tokenizer(TOKENIZER.at(store))
         if spec.parents:
-            model = load_model(store.model_dir(spec.parents[0]), dev)
-            parent = load_model(store.model_dir(spec.parents[0]), "cpu")
+            model = load_model(MODEL.at(store, spec.parents[0]), dev)
+            parent = load_model(MODEL.at(store, spec.parents[0]), "cpu")
         else:
             model, parent = init_model(lineage.model_spec(node), tok, lineage.seed_of(node)), None
-        tokens_file = store.tokens_path(node)
+        tokens_file = TOKENS.at(store, node)
         trained = train_lineage_node(
-            model,
-            load_blocks(tokens_file, "train"),
-            load_blocks(tokens_file, "validation"),
-            lineage.training_spec(node),
-            lineage.seed_of(node),
-            dev,
-            checkpoint_path=store.checkpoint_path("model", node),
-            data_hash=file_sha256(tokens_file),
-            log=step_log(context),
+            model, load_blocks(tokens_file, "train"), load_blocks(tokens_file, "validation"), lineage.training_spec(node),
+            lineage.seed_of(node), dev, checkpoint_path=store.checkpoint_path("model", node),
+            data_hash=file_sha256(tokens_file), log=step_log(context),
         )
-        out = store.model_dir(node, fetch=False)
+        out = MODEL.at(store, node, fetch=False)
         with store.write_dir(out) as tmp:
             trained.model.to("cpu").save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
-        digest = weights_hash(trained.model)
         curve_html = write_html(
             loss_curve_figure(trained.result.loss_curve, f"{node}: training loss"),
             store.report_dir("model", node) / "loss_curve.html", store.plotly_js(),
         )
-        metadata = {
-            "path": dg.MetadataValue.path(str(out)),
-            "loss_curve": dg.MetadataValue.path(str(curve_html)),
-            "loss_curve_table": dg.MetadataValue.md(_curve_markdown(trained.result.loss_curve)),
-            "initial_train_loss": trained.result.loss_curve[0][1],
-            "final_train_loss": trained.result.loss_curve[-1][1],
-            "steps": trained.result.steps,
-            "tokens_seen": trained.result.tokens_seen,
-            "seconds": round(trained.result.seconds, 2),
-            "tokens_per_second": round(trained.result.tokens_seen / max(trained.result.seconds, 1e-9)),
-            "resumed_from_step": trained.result.resumed_from_step,
-            "device": str(dev),
-            "seed": lineage.seed_of(node),
-            "config": dg.MetadataValue.json(
-                {"model": lineage.model_spec(node).model_dump(), "training": lineage.training_spec(node).model_dump()}
-            ),
-            "data_hash": file_sha256(tokens_file),
-            "weights_hash": digest,
-            "init_weights_hash": trained.init_weights_hash,
-            "versions": dg.MetadataValue.json(versions()),
-        }
-        for domain, ev in trained.evaluation.items():
-            metadata[f"val_loss/{domain}"] = ev["loss"]
-            metadata[f"val_accuracy/{domain}"] = ev["accuracy"]
-            metadata[f"val_accuracy_before/{domain}"] = trained.start_evaluation[domain]["accuracy"]
+        metadata = {"loss_curve": dg.MetadataValue.path(str(curve_html)), **_metadata(lineage, node, trained, dev, file_sha256(tokens_file))}
         if parent is not None:
             metadata["relative_distance_from_parent"] = parameter_distance(trained.model, parent)
-        return dg.MaterializeResult(data_version=dg.DataVersion(digest), metadata=metadata)
+        return MODEL.result(out, metadata["weights_hash"], metadata)
 
     return _model
+
+
+def _metadata(lineage: Lineage, node: str, trained, dev, data_hash: str) -> dict:
+    result = trained.result
+    metadata = {
+        "loss_curve_table": dg.MetadataValue.md(_curve_markdown(result.loss_curve)),
+        "initial_train_loss": result.loss_curve[0][1],
+        "final_train_loss": result.loss_curve[-1][1],
+        "steps": result.steps,
+        "tokens_seen": result.tokens_seen,
+        "seconds": round(result.seconds, 2),
+        "tokens_per_second": round(result.tokens_seen / max(result.seconds, 1e-9)),
+        "resumed_from_step": result.resumed_from_step,
+        "device": str(dev),
+        "seed": lineage.seed_of(node),
+        "config": dg.MetadataValue.json(
+            {"model": lineage.model_spec(node).model_dump(), "training": lineage.training_spec(node).model_dump()}
+        ),
+        "data_hash": data_hash,
+        "weights_hash": weights_hash(trained.model),
+        "init_weights_hash": trained.init_weights_hash,
+    }
+    for domain, ev in trained.evaluation.items():
+        metadata[f"val_loss/{domain}"] = ev["loss"]
+        metadata[f"val_accuracy/{domain}"] = ev["accuracy"]
+        metadata[f"val_accuracy_before/{domain}"] = trained.start_evaluation[domain]["accuracy"]
+    return metadata
 
 
 def _curve_markdown(curve: list[tuple[int, float]], rows: int = 12) -> str:

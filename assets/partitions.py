@@ -51,18 +51,14 @@ def ancestry_token_edges(lineage: Lineage) -> list[tuple[str, str]]:
     return [(a, n) for n in lineage.node_names for a in lineage.data_ancestry(n)]
 
 
-def edge_key(parent: str, child: str) -> str:
-    return f"{parent}__{child}"
-
-
 def edge_partitions(lineage: Lineage) -> dg.StaticPartitionsDefinition:
-    """One key per parent -> child edge, `parent__child` (node names never contain '__')."""
-    return dg.StaticPartitionsDefinition([edge_key(p, c) for p, c in lineage.edges()])
+    """One key per parent -> child edge, its `Edge.key` (`parent__child`)."""
+    return dg.StaticPartitionsDefinition([e.key for e in lineage.edges()])
 
 
 def edge_ends(lineage: Lineage) -> list[tuple[str, str]]:
     """(node, edge key) for both ends of every edge: how node-partitioned assets feed edge partitions."""
-    return [(n, edge_key(p, c)) for p, c in lineage.edges() for n in (p, c)]
+    return [(n, e.key) for e in lineage.edges() for n in e]
 
 
 def per_node_models(edges: list[tuple[str, str]]) -> list[dg.AssetDep]:

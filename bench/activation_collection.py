@@ -7,13 +7,15 @@ against TransformerLens's plain `run_with_cache` on the same windows (which runs
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from featureflow_dagster.activations import ActivationStore, run_to_hook
-from featureflow_dagster.hooked import MLP_POST_HOOK, load_hooked_model
-from featureflow_dagster.lineage import load_lineage
+from featureflow_dagster.hooked import load_hooked_model
+from featureflow_dagster.hooks import MLP_POST
+from featureflow_dagster.assets.models import MODEL
+from featureflow_dagster.assets.sae import ACTIVATION_STORE
+from materialized import open_home, require
 from featureflow_dagster.model import load_model
 
 
@@ -25,16 +27,12 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
-    lineage = load_lineage(args.lineage)
-    home = Path(args.home or f".featureflow/{lineage.name}")
+    lineage, home = open_home(args.lineage, args.home)
     node = args.node or lineage.base.name
-    if not (home / "activation_store" / node / "manifest.json").is_file():
-        print(f"no activation store for '{node}' under {home}; run `featureflow materialize --lineage {args.lineage}`", file=sys.stderr)
-        return 2
-    store = ActivationStore(home / "activation_store" / node)
+    store = ActivationStore(require(ACTIVATION_STORE.at(home, node), f"activation store of '{node}'", home, args.lineage))
     tokens = torch.cat([s["tokens"] for s in store.iter_shards("train", ("tokens",))])[: args.windows].long()
-    hf = load_model(home / "model" / node).eval()
-    tl = load_hooked_model(home / "model" / node)
+    hf = load_model(MODEL.at(home, node)).eval()
+    tl = load_hooked_model(MODEL.at(home, node))
     batches = list(tokens.split(args.batch))
 
     def ours():
@@ -44,8 +42,8 @@ def main() -> int:
         out = []
         with torch.no_grad():
             for b in batches:
-                _, cache = tl.run_with_cache(b, names_filter=MLP_POST_HOOK)
-                out.append(cache[MLP_POST_HOOK])
+                _, cache = tl.run_with_cache(b, names_filter=MLP_POST)
+                out.append(cache[MLP_POST])
         return out
 
     ours(), theirs()  # warm-up

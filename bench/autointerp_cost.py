@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 
 def main() -> None:
     warnings.simplefilter("ignore")
-    from featureflow_dagster import site
+    from featureflow_dagster.examples import load_evidence
     from featureflow_dagster.autointerp import (Estimate, Price, choose_features, estimate, feature_requests, inactive_records,
                                                 records_from_evidence)
+    from featureflow_dagster.assets.data import TOKENIZER
+    from featureflow_dagster.assets.examples import FEATURE_EXAMPLES
+    from featureflow_dagster.assets.models import MODEL
+    from featureflow_dagster.assets.sae import SAE
     from featureflow_dagster.instance import featureflow_home
+    from materialized import open_home
     from featureflow_dagster.lineage import load_lineage
     from featureflow_dagster.model import load_model
     from featureflow_dagster.sae import load_sae
@@ -34,8 +38,7 @@ def main() -> None:
     ap.add_argument("--completion-usd", type=float, default=30.0)
     ap.add_argument("--scorers", default=None, help="comma-separated (default: the lineage's autointerp.scorers)")
     args = ap.parse_args()
-    lineage = load_lineage(args.lineage)
-    home = Path(args.home) if args.home else featureflow_home(lineage.name)
+    lineage, home = open_home(args.lineage, args.home or str(featureflow_home(load_lineage(args.lineage).name)))
     spec, price = lineage.autointerp, Price(args.prompt_usd, args.completion_usd)
     scorers = args.scorers.split(",") if args.scorers else spec.scorers
     print(f"scorers: {', '.join(scorers)}; USD {price.prompt} / {price.completion} per million prompt / completion tokens")
@@ -43,10 +46,10 @@ def main() -> None:
     totals = {"chosen": [], "all": []}
     print(f"{'node':12} {'features':>9} {'requests':>9} {'prompt tok':>11} {'compl. tok':>11} {'USD':>9}   (all live features: USD)")
     for node in lineage.node_names:
-        ev = site.load_evidence(node, home / "feature_examples" / node, load_model(home / "model" / node, "cpu"),
-                                load_sae(home / "sae" / node, "cpu"), "cpu")
+        ev = load_evidence(node, FEATURE_EXAMPLES.at(home, node), load_model(MODEL.at(home, node), "cpu"),
+                           load_sae(SAE.at(home, node), "cpu"), "cpu")
         if vocab is None:
-            vocab = token_strings(load_tokenizer(home / "tokenizer"))
+            vocab = token_strings(load_tokenizer(TOKENIZER.at(home)))
         live = ev.table["density"].to_numpy() > 0
         keep, others = choose_features(live, np.zeros_like(live), spec.features_per_node, lineage.seed_of(node))
         per = {}

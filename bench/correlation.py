@@ -26,7 +26,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from featureflow_dagster.correlation import correlate_features
+from featureflow_dagster.assets.flow import FEATURE_ACTIVATIONS
+from featureflow_dagster.assets.models import MODEL
+from featureflow_dagster.assets.sae import SAE
 from featureflow_dagster.flow import read_code_chunks
+from featureflow_dagster.lineage import Edge
+from featureflow_dagster.resources import ArtifactStore
 
 
 def power_law_codes(T: int, m: int, l0: float, rng: np.random.Generator) -> sp.coo_matrix:
@@ -58,7 +63,7 @@ def synthetic(T: int, m: int, l0: float, seed: int = 0) -> tuple[sp.csr_matrix, 
     return a.tocsr(), b.tocsr()  # duplicates (noise on a firing token) are summed
 
 
-def encode_again(home: Path, edge: str, manifest: dict) -> float:
+def encode_again(home: ArtifactStore, edge: str, manifest: dict) -> float:
     """Seconds to encode the edge's stored tokens with both models and SAEs again (CPU here)."""
     import torch
     from safetensors import safe_open
@@ -67,13 +72,13 @@ def encode_again(home: Path, edge: str, manifest: dict) -> float:
     from featureflow_dagster.model import load_model
     from featureflow_dagster.sae import load_sae
 
-    parent, child = edge.split("__")
+    parent, child = Edge.parse(edge)
     dev = torch.device("cpu")
-    models = [load_model(home / "model" / n, dev) for n in (parent, child)]
-    saes = [load_sae(home / "sae" / n, dev) for n in (parent, child)]
+    models = [load_model(MODEL.at(home, n), dev) for n in (parent, child)]
+    saes = [load_sae(SAE.at(home, n), dev) for n in (parent, child)]
     tokens, origin = [], []
     for f in manifest["files"]:
-        with safe_open(str(home / "feature_activations" / edge / f["name"]), framework="pt") as fh:
+        with safe_open(str(FEATURE_ACTIVATIONS.at(home, edge) / f["name"]), framework="pt") as fh:
             tokens.append(fh.get_tensor("tokens"))
             origin.append(fh.get_tensor("origin"))
     tokens, origin = torch.cat(tokens), torch.cat(origin)
@@ -97,7 +102,8 @@ def main() -> int:
     rng = np.random.default_rng(1)
 
     if args.home:
-        folder = args.home / "feature_activations" / args.edge
+        home = ArtifactStore(root=str(args.home), lineage_name="")
+        folder = FEATURE_ACTIVATIONS.at(home, args.edge)
         if not (folder / "manifest.json").exists():
             ap.error(f"no codes at {folder}; materialize feature_activations[{args.edge}] first")
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -105,7 +111,7 @@ def main() -> int:
         parts = list(read_code_chunks(folder, [f["name"] for f in manifest["files"]], m, n))
         a = sp.vstack([p[0] for p in parts], format="csr")
         b = sp.vstack([p[1] for p in parts], format="csr")
-        encode_s = encode_again(args.home, args.edge, manifest)
+        encode_s = encode_again(home, args.edge, manifest)
         print(f"real codes of {args.edge}: SAE encoding of both sides (models + SAEs, CPU) {encode_s:.2f} s, "
               f"{a.shape[0] / encode_s:,.0f} tokens/s — not part of the correlation timings below")
     else:

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 
 from featureflow_dagster.blocks import domain_validation_blocks
-from featureflow_dagster.lineage import load_lineage
+from featureflow_dagster.assets.data import TOKENS
+from featureflow_dagster.assets.models import MODEL
+from materialized import open_home
 from featureflow_dagster.merge import SlerpPlan, mergekit_config, mergekit_merge
 from featureflow_dagster.model import load_model
 from featureflow_dagster.training import evaluate
@@ -32,11 +34,10 @@ def main() -> int:
     ap.add_argument("--node", default=None, help="a SLERP merge node (default: the first merge node)")
     ap.add_argument("--points", type=int, default=6, help="values of t timed on each side")
     args = ap.parse_args()
-    lineage = load_lineage(args.lineage)
-    home = Path(args.home or f".featureflow/{lineage.name}")
+    lineage, home = open_home(args.lineage, args.home)
     node = args.node or next(n for n in lineage.node_names if lineage.node(n).kind == "merge")
     p0, p1 = lineage.node(node).parents
-    dirs = [home / "model" / p for p in (p0, p1)]
+    dirs = [MODEL.at(home, p) for p in (p0, p1)]
     if not all((d / "config.json").is_file() for d in dirs):
         print(f"parents {p0}, {p1} are not materialized under {home}; run `featureflow materialize --lineage {args.lineage}`", file=sys.stderr)
         return 2
@@ -64,7 +65,7 @@ def main() -> int:
             load_model(out)
             theirs.append(time.perf_counter() - t0)
 
-    blocks = domain_validation_blocks(lineage, node, lambda n: home / "tokens" / f"{n}.safetensors")
+    blocks = domain_validation_blocks(lineage, node, lambda n: TOKENS.at(home, n))
     x = torch.cat(list(blocks.values()))
     t0 = time.perf_counter()
     evaluate(first, x, lineage.training_spec(p0).eval_batch_size, torch.device("cpu"))

@@ -24,13 +24,13 @@ tokens/s ratio.
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from featureflow_dagster.activations import ActivationStore
-from featureflow_dagster.lineage import load_lineage
+from featureflow_dagster.assets.sae import ACTIVATION_STORE
+from materialized import open_home, require
 from featureflow_dagster.sae import ReLUSAE, SAEConfig, TopKSAE
 from featureflow_dagster.sae.train import train_sae
 
@@ -107,14 +107,10 @@ def main() -> int:
     ap.add_argument("--aux", type=float, default=1 / 32)
     ap.add_argument("--dead-steps", type=int, default=100, help="steps unfired = dead (AuxK), for both")
     args = ap.parse_args()
-    lineage = load_lineage(args.lineage)
-    home = Path(args.home or f".featureflow/{lineage.name}")
+    lineage, home = open_home(args.lineage, args.home)
     node = args.node or lineage.base.name
-    if not (home / "activation_store" / node / "manifest.json").is_file():
-        print(f"no activation store for '{node}' under {home}; run `featureflow materialize --lineage {args.lineage}`", file=sys.stderr)
-        return 2
     spec = lineage.sae_spec(node)
-    store = ActivationStore(home / "activation_store" / node)
+    store = ActivationStore(require(ACTIVATION_STORE.at(home, node), f"activation store of '{node}'", home, args.lineage))
     steps = args.steps or store.steps("train", spec.batch_windows, spec.epochs)
     args.lr = args.lr or spec.lr
     args.beta2 = args.beta2 or spec.beta2

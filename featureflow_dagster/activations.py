@@ -28,9 +28,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from featureflow_dagster.hooks import MLP_POST
 from featureflow_dagster.storage import file_sha256
 
-HOOK_NAME = "blocks.0.mlp.hook_post"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -296,7 +296,7 @@ def build_activation_store(
             "windows_per_source": {f"{s.node}/{s.source}": n for s, n in zip(sources, per_source)},
         }
     manifest = {
-        "hook_name": HOOK_NAME,
+        "hook_name": MLP_POST,
         "d_in": int(model.config.intermediate_size),
         "context": context,
         "dtype": dtype,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 BAD_INPUT = 2
 
@@ -192,7 +191,9 @@ def _materialize(args) -> int:
         print(f"materialized {len(report.done)} asset partition(s); artefacts under {store.root}")
     else:
         print(f"nothing to do: all {len(chosen)} selected asset partitions are fresh (--force recomputes them)")
-    pages = Path(store.root) / "reports" / "features" / "index.html"
+    from featureflow_dagster.assets.examples import FEATURE_PAGES
+
+    pages = FEATURE_PAGES.at(store, fetch=False) / "index.html"
     if pages.is_file():
         print(f"feature pages: {pages} (open it, or `featureflow reports` serves them on http://127.0.0.1:{_reports_port()})")
     if not report.ok:
@@ -280,9 +281,11 @@ def _reports(args) -> int:
     lineage = _load(args)
     if lineage is None:
         return BAD_INPUT
+    from featureflow_dagster.assets.examples import FEATURE_PAGES
     from featureflow_dagster.instance import featureflow_home
+    from featureflow_dagster.resources import ArtifactStore
 
-    if not (featureflow_home(lineage.name) / "reports" / "features" / "index.html").is_file():
+    if not (FEATURE_PAGES.at(ArtifactStore(root=str(featureflow_home(lineage.name)), lineage_name=lineage.name)) / "index.html").is_file():
         print(f"note: no feature pages yet under {featureflow_home(lineage.name) / 'reports'}; "
               "`featureflow materialize` builds them", file=sys.stderr)
     server = _start_reports(lineage, args.port or _reports_port())
@@ -305,12 +308,17 @@ def _feature(args) -> int:
     lineage = _load(args)
     if lineage is None:
         return BAD_INPUT
+    from featureflow_dagster.assets.autointerp import AUTOINTERP
+    from featureflow_dagster.assets.data import TOKENIZER
+    from featureflow_dagster.assets.examples import FEATURE_EXAMPLES
     from featureflow_dagster.instance import featureflow_home
+    from featureflow_dagster.resources import ArtifactStore
 
     if args.node not in lineage.by_name:
         print(f"error: unknown node '{args.node}'; lineage '{lineage.name}' has {', '.join(lineage.node_names)}", file=sys.stderr)
         return BAD_INPUT
-    folder = featureflow_home(lineage.name) / "feature_examples" / args.node
+    store = ArtifactStore(root=str(featureflow_home(lineage.name)), lineage_name=lineage.name)
+    folder = FEATURE_EXAMPLES.at(store, args.node)
     if not (folder / "examples.safetensors").is_file():
         print(f"error: feature_examples[{args.node}] is not materialized under {folder.parent.parent}; run "
               f"featureflow materialize --node {args.node}", file=sys.stderr)
@@ -326,7 +334,7 @@ def _feature(args) -> int:
     if not 0 <= f < d_sae:
         print(f"error: feature ID {f} is out of range; node '{args.node}' has features 0 to {d_sae - 1}", file=sys.stderr)
         return BAD_INPUT
-    tok = load_tokenizer(featureflow_home(lineage.name) / "tokenizer")
+    tok = load_tokenizer(TOKENIZER.at(store))
     vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
     if args.hypothesis is not None:
         pattern = re.compile(args.hypothesis)
@@ -348,7 +356,7 @@ def _feature(args) -> int:
               f"{feature_llr(ex, f, {top[0][0]}):.3f}")
     if args.hypothesis is not None:
         print(f"  LLR of /{args.hypothesis}/ ({len(hypothesis)} tokens): {feature_llr(ex, f, hypothesis):.3f}")
-    scores = featureflow_home(lineage.name) / "autointerp" / args.node / "scores.parquet"
+    scores = AUTOINTERP.at(store, args.node) / "scores.parquet"
     if scores.is_file():
         import pandas as pd
 
@@ -370,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="featureflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate", help="check a lineage file and print the verdict")
-    v.add_argument("lineage", nargs="?", default=None, help="shipped name (micro, demo, paper) or path; default $FEATUREFLOW_LINEAGE or demo")
+    v.add_argument("lineage", nargs="?", default=None, help="shipped name (micro, demo, paper, paper-small) or path; default $FEATUREFLOW_LINEAGE or demo")
     v.set_defaults(func=_validate)
     for name, helptext in (("materialize", "materialize missing or stale assets in dependency order"),
                            ("plan", "list what materialize would run, in order, and why")):

@@ -212,3 +212,12 @@ def build_corpus(sources: list, log=None) -> tuple["pd.DataFrame", dict[str, dic
 def documents_of(table, source: str, split: str) -> list[Document]:
     rows = table[(table["source"] == source) & (table["split"] == split)]
     return [Document(i, t) for i, t in zip(rows["doc_id"], rows["text"])]
+
+
+def corpus_hash(stats: dict[str, dict]) -> str:
+    """One hash over every source's train and validation document hashes (`build_corpus`'s stats)."""
+    h = hashlib.sha256()
+    for name in sorted(stats):
+        for split in ("hash_train", "hash_validation"):
+            h.update(stats[name][split].encode())
+    return h.hexdigest()

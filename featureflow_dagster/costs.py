@@ -19,7 +19,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 
-from featureflow_dagster.lineage import Lineage
+from featureflow_dagster.lineage import Edge, Lineage
 
 # Each device step of an asset that is not priced here (plots, pages, patching, flow tables) is small
 # next to training; they are listed with their kind and no estimate.
@@ -192,7 +192,7 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
         n = f.tokens
         flops = n * (lm_forward_flops_per_token(lineage, parent) + lm_forward_flops_per_token(lineage, child)) / 2 \
             + n * 2 * d_in * d_in * (lineage.sae_spec(parent).expansion + lineage.sae_spec(child).expansion)
-        rows.append(Row("feature_activations", f"{parent}__{child}", n, flops, "sae_encode", n * 2 * 40 * 8.0, True,
+        rows.append(Row("feature_activations", Edge(parent, child).key, n, flops, "sae_encode", n * 2 * 40 * 8.0, True,
                         note="codes stored sparse (about 8 bytes per non-zero)"))
     for row in rows:
         if row.flops and row.kind in throughput:

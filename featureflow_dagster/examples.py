@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from featureflow_dagster.activations import run_to_hook
+from featureflow_dagster.flow import _to_csr
 
 # Histogram bins shared by every feature: log-spaced edges from 1e-4 to 1e4 of the activation.
 HIST_EDGES = np.logspace(-4, 4, 81)
@@ -266,3 +270,80 @@ def feature_llr(examples: FeatureExamples, feature: int, hypothesis) -> float:
     if totals.sum() <= 0:
         return float("nan")
     return float((totals * llr[toks]).sum() / totals.sum())
+
+
+def examples_for_node(model, sae, blocks: list[torch.Tensor], tokens: int, vocab_size: int, spec, seed: int, device,
+                      log=None) -> "FeatureExamples":
+    """`collect_examples` over up to `tokens` tokens of windows (the SAE's context) drawn with `seed` from
+    `blocks` (held-out token blocks), with the recipe `spec` (`ExamplesSpec`: top_k, samples, batch)."""
+    from featureflow_dagster.flow import edge_windows
+
+    ctx = sae.cfg.context_size
+    available = sum(b.shape[0] for b in blocks) * (blocks[0].shape[1] // ctx) * ctx
+    windows, _ = edge_windows(blocks, ctx, min(tokens, available), seed)
+    return collect_examples(model, sae, windows, device, vocab_size=vocab_size, top_k=spec.top_k, samples=spec.samples,
+                            batch_windows=spec.batch_windows, seed=seed, log=log)
+
+
+def feature_table(ex: "FeatureExamples", vocab: list[str], top_ids: torch.Tensor) -> pd.DataFrame:
+    """One row per feature: density, max activation, top token by mean activation and the LLR of the
+    hypothesis 'this token', top logit (`vocab`: the tokenizer's token strings by id)."""
+    rows = []
+    for f in range(ex.fired.numel()):
+        best = ex.top_tokens(f, n=1, min_count=5) or ex.top_tokens(f, n=1)
+        token, mean = (best[0][0], best[0][1]) if best else (-1, float("nan"))
+        rows.append({
+            "feature": f, "density": float(ex.density[f]), "fired": int(ex.fired[f]), "max_activation": float(ex.top_values[f, 0]),
+            "top_token_id": token, "top_token": vocab[token] if token >= 0 else "", "top_token_mean": mean,
+            "llr_top_token": feature_llr(ex, f, {token}) if token >= 0 else float("nan"),
+            "top_logit": vocab[int(top_ids[f, 0])],
+        })
+    return pd.DataFrame(rows).astype({"density": np.float64})
+
+
+# ---------------------------------------------------------------------------------------------
+# A node's evidence read back, with the codes over its windows (the feature pages and auto-interp)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def context_codes(model, sae, windows: torch.Tensor, device, batch_windows: int = 64) -> sp.csc_matrix:
+    """The SAE's codes at every position of `windows` [n, context], [n * context, d_sae] sparse (by column)."""
+    parts = []
+    for start in range(0, windows.shape[0], batch_windows):
+        acts = run_to_hook(model, windows[start:start + batch_windows].to(device, torch.long))
+        parts.append(_to_csr(sae.encode(acts.reshape(-1, acts.shape[-1]).float())))
+    return sp.vstack(parts, format="csc")
+
+
+@dataclass
+class NodeEvidence:
+    """What the pages show of one node: its feature_examples, their feature table and logit effects,
+    and the codes over the examples' windows (`context_codes`)."""
+
+    node: str
+    examples: FeatureExamples
+    table: pd.DataFrame
+    logits: dict[str, torch.Tensor]
+    codes: sp.csc_matrix
+    explanations: dict[int, tuple[str, float]] | None = None  # feature -> (LLM explanation, its score), from autointerp
+
+    def __post_init__(self):
+        self.columns = {k: self.table[k].to_numpy() for k in ("density", "max_activation", "top_token_id", "llr_top_token")}
+        self.logit_lists = {k: v.tolist() for k, v in self.logits.items()}
+
+
+def load_evidence(node: str, examples_dir: Path, model, sae, device, batch_windows: int = 64,
+                  autointerp_dir: Path | None = None) -> NodeEvidence:
+    """A node's feature_examples folder, with the codes over its windows computed again, and the
+    LLM explanations of `autointerp_dir` (scores.parquet) where there are any."""
+    from safetensors.torch import load_file
+
+    ex = FeatureExamples.load(examples_dir / "examples.safetensors")
+    explanations = None
+    if autointerp_dir is not None and (autointerp_dir / "scores.parquet").is_file():
+        t = pd.read_parquet(autointerp_dir / "scores.parquet")
+        explanations = {int(f): (str(e), float(sc)) for f, e, sc in zip(t["feature"], t["explanation"], t["score"])}
+    return NodeEvidence(node, ex, pd.read_parquet(examples_dir / "features.parquet"),
+                        load_file(str(examples_dir / "logit_effects.safetensors")),
+                        context_codes(model, sae, ex.windows, device, batch_windows), explanations)

@@ -2,7 +2,7 @@
 
 Per edge parent → child, both SAEs encode the same tokens (sparse codes on disk); the correlation
 (`correlation.correlate_features`) gives every feature's best partners. A parent feature *persists*
-when some child feature correlates above the threshold (default 0.8), else it *disappears*; a child
+when some child feature correlates above the threshold (default 0.8, `DEFAULT_THRESHOLD`), else it *disappears*; a child
 feature with no parent feature above the threshold *emerged*. A parent feature matched by several
 child features is a *split*; a child feature matched by several parent features is a *merge*
 (within the top-k partners kept). Dead features (never varying on these tokens) are their own class.
@@ -10,8 +10,11 @@ child features is a *split*; a child feature matched by several parent features 
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -21,7 +24,25 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from featureflow_dagster.activations import gather_windows, run_to_hook, sample_windows
-from featureflow_dagster.correlation import Correlation, TopMatches
+from featureflow_dagster.correlation import Correlation, TopMatches, correlate_features, correlation_matrix
+from featureflow_dagster.lineage import DEFAULT_THRESHOLD, Edge
+
+# A feature's status on one edge, said once (the feature pages get them in their data):
+PERSISTS, DISAPPEARS = "persists", "disappears"  # a parent feature: some child feature above the threshold, or none
+PERSISTED, EMERGED = "persisted", "emerged"  # a child feature: some parent feature above the threshold, or none
+DEAD = "dead"  # never varies on the edge's tokens
+STATUSES = {"parent": [PERSISTS, DISAPPEARS, DEAD], "child": [PERSISTED, EMERGED, DEAD]}
+BASE_ORIGIN = "base"  # where a base feature comes from (node_origin's other values: PERSISTED, EMERGED, DEAD)
+
+
+def lost_node(edge: Edge) -> str:
+    """The Sankey node of the parent features that disappear on `edge`."""
+    return f"lost {edge.parent} → {edge.child}"
+
+
+def emerged_node(node: str) -> str:
+    """The Sankey node of the features that emerged in `node`."""
+    return f"emerged in {node}"
 
 # ---------------------------------------------------------------------------------------------
 # Sparse codes of both SAEs on the same tokens
@@ -75,6 +96,45 @@ def write_codes(parent_model, child_model, parent_sae, child_sae, tokens: torch.
         if log:
             log(f"codes: chunk {ci + 1}/{n_chunks} ({min(tokens.shape[0], start + chunk_windows):,}/{tokens.shape[0]:,} windows)")
     return files, nnz
+
+
+def encode_edge(edge: Edge, models: dict, saes: dict, settings: dict, token_files: dict[str, Path], folder: Path, device: torch.device,
+                batch_windows: int = 64, log=None) -> tuple[dict, dict[str, int], float]:
+    """One edge's codes (`write_codes`) into `folder` with its `manifest.json`: `settings`
+    (`Lineage.edge_activation_settings`) say how many tokens, in which windows, drawn with which seed
+    from the train blocks of `token_files` ({data node: its tokens file}, the data both models share);
+    `models` and `saes` are keyed 'parent' and 'child'. Returns the manifest, each side's non-zero
+    codes and the encoding seconds."""
+    import json
+    import time
+
+    from featureflow_dagster.blocks import load_blocks
+    from featureflow_dagster.storage import file_sha256
+
+    refs, blocks, data_hashes = [], [], {}
+    for owner, path in token_files.items():
+        data_hashes[owner] = file_sha256(path)
+        for source, b in load_blocks(path, "train").items():
+            refs.append(f"{owner}/{source}")
+            blocks.append(b)
+    windows, origin = edge_windows(blocks, settings["context"], settings["tokens"], settings["seed"])
+    n_chunks = -(-windows.shape[0] // max(1, settings["chunk_tokens"] // settings["context"]))
+    chunk_windows = -(-windows.shape[0] // n_chunks)  # equal chunks, none nearly empty
+    started = time.perf_counter()
+    files, nnz = write_codes(models["parent"], models["child"], saes["parent"], saes["child"], windows, origin, folder,
+                             chunk_windows, device, batch_windows=batch_windows, log=log)
+    seconds = time.perf_counter() - started
+    counts = torch.bincount(origin[:, 0].long(), minlength=len(refs)).tolist()
+    manifest = {
+        "parent": edge.parent, "child": edge.child, "tokens": windows.numel(), "windows": int(windows.shape[0]),
+        "context": settings["context"], "seed": settings["seed"], "sources": refs,
+        "windows_per_source": dict(zip(refs, counts)),
+        "d_sae": {"parent": saes["parent"].cfg.d_sae, "child": saes["child"].cfg.d_sae},
+        "files": [{"name": f, "sha256": file_sha256(folder / f)} for f in files],
+        "tokens_data_sha256": data_hashes,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest, nnz, seconds
 
 
 def read_code_chunks(folder: Path, files: list[str], m: int, n: int) -> Iterator[tuple[sp.csr_matrix, sp.csr_matrix]]:
@@ -165,7 +225,7 @@ def decoder_table(parent_top: TopMatches, child_top: TopMatches) -> pd.DataFrame
                        np.zeros(child_top.index.shape[0], bool))
 
 
-def agreement(matches: pd.DataFrame, threshold: float = 0.8) -> pd.DataFrame:
+def agreement(matches: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
     """How often decoder-cosine matching picks the same best partner as activation correlation, per
     side: over all live features, and over those activation matching calls persisting (r > threshold).
     Also the median decoder cosine of the activation-best pairs (needs the `cosine` column of
@@ -194,7 +254,7 @@ def agreement(matches: pd.DataFrame, threshold: float = 0.8) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def classify_edge(matches: pd.DataFrame, threshold: float = 0.8, method: str = "activation") -> tuple[pd.DataFrame, pd.DataFrame]:
+def classify_edge(matches: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD, method: str = "activation") -> tuple[pd.DataFrame, pd.DataFrame]:
     """(parent features, child features) with their status and partners above the threshold, by
     `method` ('activation': Pearson r, the paper's; 'decoder': decoder cosine).
 
@@ -204,7 +264,7 @@ def classify_edge(matches: pd.DataFrame, threshold: float = 0.8, method: str = "
     out = []
     if "method" in matches:
         matches = matches[matches["method"] == method]
-    for direction, ok, no in (("parent_to_child", "persists", "disappears"), ("child_to_parent", "persisted", "emerged")):
+    for direction, ok, no in (("parent_to_child", PERSISTS, DISAPPEARS), ("child_to_parent", PERSISTED, EMERGED)):
         rows = matches[matches["direction"] == direction]
         best = rows[rows["rank"] == 0].set_index("feature")
         above = rows[(rows["r"] > threshold) & (rows["partner"] >= 0)]
@@ -216,7 +276,7 @@ def classify_edge(matches: pd.DataFrame, threshold: float = 0.8, method: str = "
             "dead": best["dead"].to_numpy(),
         })
         table["partners"] = [partners.get(f, []) for f in table["feature"]]
-        table["status"] = np.where(table["dead"], "dead", np.where(table["partners"].map(len) > 0, ok, no))
+        table["status"] = np.where(table["dead"], DEAD, np.where(table["partners"].map(len) > 0, ok, no))
         table["multiple"] = table["partners"].map(len) > 1
         out.append(table)
     parent, child = out
@@ -225,15 +285,92 @@ def classify_edge(matches: pd.DataFrame, threshold: float = 0.8, method: str = "
 
 def edge_counts(parent: pd.DataFrame, child: pd.DataFrame) -> dict[str, int]:
     return {
-        "parent_persisting": int((parent["status"] == "persists").sum()),
-        "parent_disappearing": int((parent["status"] == "disappears").sum()),
-        "parent_dead": int((parent["status"] == "dead").sum()),
-        "child_persisted": int((child["status"] == "persisted").sum()),
-        "child_emerged": int((child["status"] == "emerged").sum()),
-        "child_dead": int((child["status"] == "dead").sum()),
+        "parent_persisting": int((parent["status"] == PERSISTS).sum()),
+        "parent_disappearing": int((parent["status"] == DISAPPEARS).sum()),
+        "parent_dead": int((parent["status"] == DEAD).sum()),
+        "child_persisted": int((child["status"] == PERSISTED).sum()),
+        "child_emerged": int((child["status"] == EMERGED).sum()),
+        "child_dead": int((child["status"] == DEAD).sum()),
         "splits": int(parent["split"].sum()),
         "merges": int(child["merge"].sum()),
     }
+
+
+@dataclass
+class EdgeCorrelation:
+    """What `correlate_edge` measured, for the asset's metadata."""
+
+    tokens: int
+    dead: dict[str, int]  # features that never vary on these tokens, per side
+    counts: dict[str, int]  # edge_counts at the threshold
+    method: str  # how the cross-moment was computed
+    correlation_seconds: float
+    decoder_seconds: float
+    agreement: pd.DataFrame  # activation vs decoder matching (`agreement`)
+
+
+def correlate_edge(chunks: Callable[[], Iterator], m: int, n: int, w_parent: torch.Tensor, w_child: torch.Tensor, spec,
+                   folder: Path, log=None) -> EdgeCorrelation:
+    """Exact correlations between the `m` parent and `n` child features over the edge's codes (`chunks()`
+    iterates them afresh), each feature's top-k partners both ways, and the data-free decoder-cosine
+    matches (`w_*`: decoders [d_sae, d_in]); written into `folder` as matches.parquet (both methods,
+    with cosines), features.parquet (moments, dead) and, with `spec.full_matrix`, matrix.safetensors.
+    `spec` is the lineage's `FlowSpec`."""
+    started = time.perf_counter()
+    corr = correlate_features(chunks, m, n, top_k=spec.top_k, row_block=spec.row_block, log=log)
+    corr_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    dec_parent, dec_child = decoder_matches(w_parent, w_child, k=spec.top_k)
+    dec_seconds = time.perf_counter() - started
+    matches = add_cosines(pd.concat([matches_table(corr), decoder_table(dec_parent, dec_child)], ignore_index=True), w_parent, w_child)
+    features = pd.concat([
+        pd.DataFrame({"side": side, "feature": np.arange(mom.sum.size), "mean": mom.mean, "std": mom.std, "dead": mom.dead})
+        for side, mom in (("parent", corr.parent_moments), ("child", corr.child_moments))], ignore_index=True)
+    matches.to_parquet(folder / "matches.parquet", index=False)
+    features.to_parquet(folder / "features.parquet", index=False)
+    if spec.full_matrix:
+        full = correlation_matrix(chunks, corr.parent_moments, corr.child_moments, spec.row_block)
+        save_file({"r": torch.from_numpy(full)}, str(folder / "matrix.safetensors"))
+    parent_t, child_t = classify_edge(matches, spec.threshold)
+    return EdgeCorrelation(corr.parent_moments.tokens, {"parent": int(corr.parent_moments.dead.sum()), "child": int(corr.child_moments.dead.sum())},
+                           edge_counts(parent_t, child_t), corr.method, corr_seconds, dec_seconds, agreement(matches, spec.threshold))
+
+
+@dataclass
+class LineageFlow:
+    """`classify_lineage`'s tables: what feature_flow writes."""
+
+    classification: pd.DataFrame  # one row per (edge, side, feature): status, partners, best r
+    trajectories: pd.DataFrame
+    agreement: pd.DataFrame
+    counts: pd.DataFrame  # edge_counts per edge label
+    headline: dict
+    volumes: dict
+    summary: pd.DataFrame  # trajectory_summary
+
+    def write(self, folder: Path) -> None:
+        self.classification.to_parquet(folder / "classification.parquet", index=False)
+        self.trajectories.to_parquet(folder / "trajectories.parquet", index=False)
+        self.agreement.to_parquet(folder / "agreement.parquet", index=False)
+        self.counts.reset_index().to_parquet(folder / "edge_counts.parquet", index=False)
+        (folder / "headline_counts.json").write_text(json.dumps(self.headline, indent=1))
+        (folder / "volumes.json").write_text(json.dumps(self.volumes, indent=1))
+
+
+def classify_lineage(lineage, matches: dict[Edge, pd.DataFrame], threshold: float) -> LineageFlow:
+    """Every edge classified at `threshold` from its matches, in the lineage's edge order, and what
+    follows over the whole lineage: trajectories, headline counts, Sankey volumes."""
+    tables, classified, agreements, counts = {}, [], [], []
+    for edge in lineage.edges():
+        pt, ct = tables[edge] = classify_edge(matches[edge], threshold)
+        classified.append(pt.assign(edge=edge.label, side="parent", node=edge.parent))
+        classified.append(ct.assign(edge=edge.label, side="child", node=edge.child))
+        agreements.append(agreement(matches[edge], threshold).assign(edge=edge.label))
+        counts.append({"edge": edge.label, **edge_counts(pt, ct)})
+    traj = trajectories(lineage, tables)
+    return LineageFlow(pd.concat(classified, ignore_index=True), traj, pd.concat(agreements, ignore_index=True),
+                       pd.DataFrame(counts).set_index("edge"), headline_counts(lineage, tables), flow_volumes(lineage, tables),
+                       trajectory_summary(traj))
 
 
 def lineage_paths(lineage) -> list[list[str]]:
@@ -263,16 +400,16 @@ def trajectories(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.D
         for s_i in range(len(path) - 1):
             first_parent = tables[(path[s_i], path[s_i + 1])][0]
             if s_i == 0:
-                starts = first_parent.loc[first_parent["status"] != "dead", "feature"].to_numpy()
+                starts = first_parent.loc[first_parent["status"] != DEAD, "feature"].to_numpy()
             else:
                 incoming = tables[(path[s_i - 1], path[s_i])][1]
-                starts = incoming.loc[incoming["status"] == "emerged", "feature"].to_numpy()
+                starts = incoming.loc[incoming["status"] == EMERGED, "feature"].to_numpy()
             chain = [starts.astype(np.int64)]
             rs: list[np.ndarray] = []
             alive = np.ones(starts.size, bool)
             for h in range(s_i, len(path) - 1):
                 parent = tables[(path[h], path[h + 1])][0].set_index("feature")
-                persists = (parent["status"] == "persists").to_numpy()
+                persists = (parent["status"] == PERSISTS).to_numpy()
                 best = parent["best_partner"].to_numpy().astype(np.int64)
                 best_r = parent["best_r"].to_numpy()
                 cur = np.where(alive, chain[-1], 0)
@@ -306,7 +443,7 @@ def tables_from_classification(lineage, classification: pd.DataFrame) -> dict[tu
     classification.parquet (one row per edge, side and feature), each sorted by feature."""
     tables = {}
     for p, c in lineage.edges():
-        rows = classification[classification["edge"] == f"{p}->{c}"]
+        rows = classification[classification["edge"] == Edge(p, c).label]
         tables[(p, c)] = tuple(rows[rows["side"] == side].sort_values("feature").reset_index(drop=True)
                                for side in ("parent", "child"))
     return tables
@@ -320,7 +457,7 @@ def node_origin(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.Da
     if not parents or any((p, node) not in tables for p in parents):
         return None
     status = np.stack([tables[(p, node)][1].sort_values("feature")["status"].to_numpy() for p in parents], 1)
-    return np.where((status == "persisted").any(1), "persisted", np.where((status == "emerged").any(1), "emerged", "dead"))
+    return np.where((status == PERSISTED).any(1), PERSISTED, np.where((status == EMERGED).any(1), EMERGED, DEAD))
 
 
 def headline_counts(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame]]) -> dict:
@@ -332,7 +469,7 @@ def headline_counts(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, p
     for child in lineage.children(base):
         if (base, child) in tables:
             pa = tables[(base, child)][0]
-            persisting |= set(pa.loc[pa["status"] == "persists", "feature"])
+            persisting |= set(pa.loc[pa["status"] == PERSISTS, "feature"])
     out: dict = {"base": base, "base_features_persisting_into_any_child": len(persisting), "merges": {}}
     for node in lineage.node_names:
         if lineage.node(node).kind != "merge":
@@ -343,7 +480,7 @@ def headline_counts(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, p
             if (p, node) not in tables:
                 continue
             child = tables[(p, node)][1]
-            traced = child[child["status"] == "persisted"]
+            traced = child[child["status"] == PERSISTED]
             traced_any |= set(traced["feature"])
             # where the parent's matched features came from: gained on the parent's own incoming edges
             # (a fine-tune's one edge, a merge's several) or kept from further up
@@ -351,7 +488,7 @@ def headline_counts(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, p
             emerged_in_parent = persisted_from_grandparent = 0
             if origin is not None:
                 at = origin[traced["best_partner"].to_numpy().astype(np.int64)]
-                emerged_in_parent, persisted_from_grandparent = int((at == "emerged").sum()), int((at == "persisted").sum())
+                emerged_in_parent, persisted_from_grandparent = int((at == EMERGED).sum()), int((at == PERSISTED).sum())
             per_parent[p] = {"traceable": int(len(traced)), "emerged_in_finetuning": emerged_in_parent,
                              "persisted_from_ancestor": persisted_from_grandparent}
         out["merges"][node] = {"traceable_to_any_parent": len(traced_any), "per_parent": per_parent}
@@ -378,16 +515,43 @@ def case_studies(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.D
                             "r": [float(r) for r in best["r"]], "mean_r": float(mean_r.max())}
     disappearing = {}
     for (p, c), (pt, _) in tables.items():
-        gone = pt[pt["status"] == "disappears"]
+        gone = pt[pt["status"] == DISAPPEARS]
         score = np.asarray(scores[p], dtype=np.float64)[gone["feature"].to_numpy()]
         if not np.isfinite(score).any():
-            disappearing[f"{p}->{c}"] = None
+            disappearing[Edge(p, c).label] = None
             continue
         at = int(np.nanargmax(np.where(np.isfinite(score), score, np.nan)))
         row = gone.iloc[at]
-        disappearing[f"{p}->{c}"] = {"parent": p, "child": c, "feature": int(row["feature"]), score_name: float(score[at]),
+        disappearing[Edge(p, c).label] = {"parent": p, "child": c, "feature": int(row["feature"]), score_name: float(score[at]),
                                      "best_partner": int(row["best_partner"]), "best_r": float(row["best_r"])}
     return {"persisting": persisting, "disappearing": disappearing}
+
+
+def describe_cases(cases: dict, features: dict[str, pd.DataFrame], decode) -> list[dict]:
+    """Add to each case of `case_studies` the evidence of its features (`evidence`: node, feature, top
+    token as text, LLR, density, from each node's feature table), in place; one summary row per case.
+    `decode(token_id)` gives a token's text."""
+
+    def describe(node: str, f: int) -> dict:
+        row = features[node].iloc[f]
+        return {"node": node, "feature": f, "top_token": decode(int(row["top_token_id"])) if row["top_token_id"] >= 0 else "",
+                "llr_top_token": float(row["llr_top_token"]), "density": float(row["density"])}
+
+    rows = []
+    for path, c in cases["persisting"].items():
+        if c is not None:
+            c["evidence"] = [describe(n, f) for n, f in zip(c["nodes"], c["features"])]
+            rows.append({"case": "persists " + path.replace(">", " → "), "features": " → ".join(f"{n}#{f}" for n, f in zip(c["nodes"], c["features"])),
+                         "top tokens": " / ".join(repr(e["top_token"]) for e in c["evidence"]),
+                         "LLR": " / ".join(f"{e['llr_top_token']:.2f}" for e in c["evidence"]),
+                         "r": " / ".join(f"{r:.3f}" for r in c["r"])})
+    for edge, d in cases["disappearing"].items():
+        if d is not None:
+            d["evidence"] = [describe(d["parent"], d["feature"]), describe(d["child"], d["best_partner"])]
+            rows.append({"case": "disappears " + " → ".join(Edge.parse(edge)), "features": f"{d['parent']}#{d['feature']} (best: {d['child']}#{d['best_partner']})",
+                         "top tokens": " / ".join(repr(e["top_token"]) for e in d["evidence"]),
+                         "LLR": " / ".join(f"{e['llr_top_token']:.2f}" for e in d["evidence"]), "r": f"{d['best_r']:.3f}"})
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +572,7 @@ def flow_volumes(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.D
     alive: dict[str, np.ndarray] = {}  # a feature is live when it fires on the data of any edge touching its node
     for (p, c), (pt, ct) in tables.items():
         for node, table in ((p, pt), (c, ct)):
-            mask = (table.sort_values("feature")["status"] != "dead").to_numpy()
+            mask = (table.sort_values("feature")["status"] != DEAD).to_numpy()
             alive[node] = mask if node not in alive else alive[node] | mask
     live = {n: int(m.sum()) for n, m in alive.items()}
     links, shares = [], {}
@@ -417,19 +581,19 @@ def flow_volumes(lineage, tables: dict[tuple[str, str], tuple[pd.DataFrame, pd.D
         if not parents:
             continue
         child_tables = [tables[(p, c)][1].sort_values("feature") for p in parents]
-        best_r = np.stack([np.where(ct["status"] == "persisted", ct["best_r"], -np.inf) for ct in child_tables], 1)
+        best_r = np.stack([np.where(ct["status"] == PERSISTED, ct["best_r"], -np.inf) for ct in child_tables], 1)
         dead = np.stack([ct["dead"].to_numpy() for ct in child_tables], 1).all(1)  # dead on every incoming edge
         owner = best_r.argmax(1)
         traced = np.isfinite(best_r.max(1))
         for i, p in enumerate(parents):
             pt = tables[(p, c)][0]
-            persisting = int((pt["status"] == "persists").sum())
-            shares[f"{p}->{c}"] = persisting / max(1, int((pt["status"] != "dead").sum()))  # of the parent's live on this edge
+            persisting = int((pt["status"] == PERSISTS).sum())
+            shares[Edge(p, c).label] = persisting / max(1, int((pt["status"] != DEAD).sum()))  # of the parent's live on this edge
             links.append({"source": p, "target": c, "value": int((traced & (owner == i)).sum()), "kind": "traced",
                           "parent_features_persisting": persisting})
-            links.append({"source": p, "target": f"lost {p} → {c}", "value": int((pt["status"] == "disappears").sum()),
+            links.append({"source": p, "target": lost_node(Edge(p, c)), "value": int((pt["status"] == DISAPPEARS).sum()),
                           "kind": "disappeared"})
-        links.append({"source": f"emerged in {c}", "target": c, "value": int((~traced & ~dead).sum()), "kind": "emerged"})
+        links.append({"source": emerged_node(c), "target": c, "value": int((~traced & ~dead).sum()), "kind": "emerged"})
     return {"live_features": live, "links": links, "shares": shares}
 
 

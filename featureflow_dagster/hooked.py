@@ -16,7 +16,6 @@ from transformer_lens.pretrained.weight_conversions import convert_mistral_weigh
 
 from featureflow_dagster.model import load_model
 
-MLP_POST_HOOK = "blocks.0.mlp.hook_post"
 
 
 def hooked_config(hf_config, device: str | torch.device = "cpu") -> HookedTransformerConfig:

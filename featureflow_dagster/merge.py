@@ -9,7 +9,6 @@ once and only the two coefficients changing with t.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,3 +248,52 @@ def run_slerp_sweep(first: torch.nn.Module, second: torch.nn.Module, ancestor: t
     ancestor = ancestor.to(device)
     baselines = {label: evaluate(ancestor, blocks)["accuracy"] for label, blocks in domains.items()}
     return SlerpSweep(table, balance, baselines, plan.linear_fallbacks, seconds)
+
+
+def sweep_node(lineage, node: str, model_dir, tokens_path, device, log=None) -> tuple[SlerpSweep, dict]:
+    """The SLERP sweep of merge node `node` (`merge.slerp_t: auto`): its first parent (t=0) to its
+    second (t=1), each parent scored on its own domain(s) concatenated, the parents' nearest common
+    ancestor as the baseline. `model_dir(node)` and `tokens_path(node)` locate the artefacts read.
+    Returns the sweep and its record (balance.json: the chosen t, how it was chosen, the grid)."""
+    from featureflow_dagster.blocks import domain_validation_blocks
+    from featureflow_dagster.model import load_model
+    from featureflow_dagster.training import evaluate
+
+    spec = lineage.merge_spec(node).sweep
+    parents = lineage.node(node).parents
+    ancestor = lineage.merge_base(node)
+    domains = {}
+    for p in parents:
+        own = domain_validation_blocks(lineage, p, tokens_path, max_tokens=spec.eval_tokens)
+        domains["+".join(own)] = torch.cat(list(own.values()))
+    batch = lineage.training_spec(parents[0]).eval_batch_size
+    sweep = run_slerp_sweep(
+        load_model(model_dir(parents[0]), "cpu"), load_model(model_dir(parents[1]), "cpu"), load_model(model_dir(ancestor), "cpu"),
+        domains, spec.grid(), lambda m, b: evaluate(m, b, batch, device), device, log=log,
+    )
+    bp = sweep.balance
+    record = {
+        "node": node, "parents": parents, "ancestor": ancestor, "t": bp.t, "crossed": bp.crossed,
+        "note": bp.note, "accuracy_at_t": dict(zip(domains, (bp.accuracy_a, bp.accuracy_b))),
+        "ancestor_accuracy": sweep.ancestor_accuracy, "linear_fallbacks": sweep.linear_fallbacks,
+        "grid": spec.model_dump(),
+    }
+    return sweep, record
+
+
+def merge_node(lineage, node: str, model_dir, out: Path, t: float | None) -> dict:
+    """Merge node `node`'s parents into the folder `out` through mergekit (SLERP at `t`; the task-
+    arithmetic family relative to the merge's base). Returns the mergekit configuration used."""
+    spec = lineage.merge_spec(node)
+    base = merge_base_of(lineage, node)
+    config = mergekit_config(
+        spec.method, [model_dir(p) for p in lineage.node(node).parents], model_dir(base) if base else None,
+        t=t, weights=spec.weights, density=spec.density, normalize=spec.normalize,
+    )
+    mergekit_merge(config, out, seed=lineage.seed_of(node))
+    return config
+
+
+def merge_base_of(lineage, node: str) -> str | None:
+    """The model a merge is taken relative to: None for SLERP and linear, else `Lineage.merge_base`."""
+    return None if lineage.merge_spec(node).method in ("slerp", "linear") else lineage.merge_base(node)

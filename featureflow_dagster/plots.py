@@ -1,4 +1,5 @@
-"""Plotly figures, written as standalone HTML files (plotly.js inlined: they open offline)."""
+"""Plotly figures, written as HTML pages that load one shared copy of plotly.js by a relative path
+(`ensure_plotly_js`: written once per home, so the pages open offline without 4.8 MB each)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
+from featureflow_dagster.lineage import Edge
 from featureflow_dagster.storage import atomic_file
 
 
@@ -14,9 +16,6 @@ def loss_curve_figure(curve: list[tuple[int, float]], title: str) -> go.Figure:
     fig = go.Figure(go.Scatter(x=list(steps), y=list(losses), mode="lines+markers", name="train loss"))
     fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title="train loss (nats/token)", template="plotly_white")
     return fig
-
-
-PLOTLY_JS = "plotly.min.js"
 
 
 def ensure_plotly_js(path: Path) -> Path:
@@ -116,7 +115,7 @@ def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[
         s, t = node(link["source"], link["value"]), node(link["target"], link["value"])
         src.append(s), dst.append(t), val.append(link["value"]), col.append(colors[link["kind"]])
         if link["kind"] == "traced":
-            share = shares[f"{link['source']}->{link['target']}"]
+            share = shares[Edge(link["source"], link["target"]).label]
             hover.append(f"{link['value']:,} features of {link['target']} trace to {link['source']}; "
                          f"{share:.0%} of {link['source']}'s features persist (r > {threshold})")
         else:
@@ -128,7 +127,7 @@ def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[
         link={"source": src, "target": dst, "value": val, "color": col, "customdata": hover,
               "hovertemplate": "%{customdata}<extra></extra>"},
     ))
-    note = " · ".join(f"{edge.replace('->', ' → ')}: {share:.0%} persist" for edge, share in shares.items())
+    note = " · ".join(f"{' → '.join(Edge.parse(edge))}: {share:.0%} persist" for edge, share in shares.items())
     fig.update_layout(title=f"{title}<br><sup>{note} (r > {threshold})</sup>", font_size=12, template="plotly_white")
     return fig
 

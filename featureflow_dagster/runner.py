@@ -24,22 +24,12 @@ from typing import Callable
 import dagster as dg
 
 from featureflow_dagster import progress
-
-PID_TAG, HOST_TAG, STEP_TAG = "featureflow/pid", "featureflow/host", "featureflow/partition"
-POOL = "gpu"
-
-
-def partition_label(key: dg.AssetKey, pk: str | None) -> str:
-    """`model/base[base]`, `tokenizer`: how the shell, plans and locks name an asset partition."""
-    return key.to_user_string() + (f"[{pk}]" if pk else "")
-
+from featureflow_dagster.lineage import Edge
+from featureflow_dagster.dagster_internals import failed_check_partitions, observe_sources, pool_info, stale_status_resolver
+from featureflow_dagster.runs import HOST_TAG, KEY_FIGURES_METADATA, PID_TAG, POOL, STEP_TAG, partition_label, process_tags
 
 def _log_config(verbose: bool) -> dict:
     return {"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}}
-
-
-def _run_tags() -> dict[str, str]:
-    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,11 +59,9 @@ def config_assets(defs: dg.Definitions) -> list:
 
 def observe_config(defs: dg.Definitions, instance: dg.DagsterInstance, verbose: bool = False) -> None:
     """Record the lineage file's current per-partition versions (cheap; what makes an edit visible)."""
-    from dagster._core.definitions.observe import observe
-
     sources = config_assets(defs)
     if sources:
-        observe(sources, instance=instance, run_config=_log_config(verbose), tags=_run_tags())
+        observe_sources(sources, instance, _log_config(verbose), process_tags())
 
 
 def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
@@ -91,11 +79,8 @@ def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
     few SQL queries): a FRESH partition stays fresh (nothing above it is missing or stale, so no run of
     this process touched its inputs) and a MISSING one stays missing until it is done itself; a STALE
     one may have become fresh (its parents were re-materialized to the same bytes), and a done one is asked."""
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._core.loader import LoadingContextForTest
-
     graph = defs.resolve_asset_graph()
-    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+    resolver = stale_status_resolver(instance, graph)
     out: dict[tuple[dg.AssetKey, str | None], str] = {}
     for key, pk in materialization_plan(defs):
         was = previous.get((key, pk)) if previous is not None else None
@@ -113,18 +98,11 @@ def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,
 
 def failed_blocking_checks(defs: dg.Definitions, instance: dg.DagsterInstance) -> dict[tuple[dg.AssetKey, str | None], list[str]]:
     """Partitions whose latest evaluation of a blocking check failed, with the checks' names."""
-    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
-
     graph = defs.resolve_asset_graph()
     out: dict[tuple[dg.AssetKey, str | None], list[str]] = {}
     for spec in graph.asset_check_keys:
-        if not graph.get(spec).blocking:
-            continue
-        latest: dict[str | None, AssetCheckExecutionRecordStatus] = {}
-        for record in instance.event_log_storage.get_asset_check_execution_history(spec, limit=1000):
-            latest.setdefault(record.partition, record.status)  # newest first; checks are partitioned like the SAE
-        for pk, status in latest.items():
-            if status == AssetCheckExecutionRecordStatus.FAILED:
+        if graph.get(spec).blocking:
+            for pk in sorted(failed_check_partitions(instance, spec), key=str):  # checks are partitioned like the SAE
                 out.setdefault((spec.asset_key, pk), []).append(spec.name)
     return out
 
@@ -137,7 +115,7 @@ class Step:
 
     @property
     def label(self) -> str:
-        return partition_label(self.key, self.partition)
+        return partition_label(self.key.to_user_string(), self.partition)
 
 
 def select(defs: dg.Definitions, assets: list[str] | None = None, nodes: set[str] | None = None) -> set[tuple[dg.AssetKey, str | None]]:
@@ -162,7 +140,8 @@ def select(defs: dg.Definitions, assets: list[str] | None = None, nodes: set[str
         graph = defs.resolve_asset_graph()
 
         def keep(pk: str | None) -> bool:
-            return pk in nodes or (pk is not None and "__" in pk and set(pk.split("__")) <= nodes)
+            edge = Edge.from_key(pk) if pk is not None else None
+            return pk in nodes or (edge is not None and set(edge) <= nodes)
 
         partitioned = {(k, pk) for k, pk in chosen if pk is not None and keep(pk)}
         needed = set()
@@ -224,22 +203,17 @@ def _alive(pid: int) -> bool:
 def recover_dead_runs(instance: dg.DagsterInstance, echo=print) -> list[str]:
     """Mark featureflow's runs on this host whose process is gone as failed, and free pool slots held
     by runs that are no longer running. Returns the run ids marked failed."""
-    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
-
-    active = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.CANCELING]
+    active = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.CANCELING]
     dead = []
-    for run in instance.get_runs(filters=RunsFilter(statuses=active, tags={HOST_TAG: socket.gethostname()})):
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=active, tags={HOST_TAG: socket.gethostname()})):
         pid = int(run.tags.get(PID_TAG, "0") or 0)
         if pid and pid != os.getpid() and not _alive(pid):
             instance.report_run_failed(run, f"featureflow process {pid} is gone (killed or crashed); marked failed by a later featureflow")
             instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
             dead.append(run.run_id)
             echo(f"recovered: run {run.run_id[:8]} ({run.job_name}, pid {pid}) had died; marked failed, its pool slots freed")
-    try:
-        info = instance.event_log_storage.get_concurrency_info(POOL)
-    except Exception:  # an instance without pools (ephemeral, in tests)
-        return dead
-    for slot in info.claimed_slots:
+    info = pool_info(instance, POOL)
+    for slot in info.claimed_slots if info is not None else []:
         run = instance.get_run_by_id(slot.run_id)
         if run is None or run.is_finished:
             instance.event_log_storage.free_concurrency_slots_for_run(slot.run_id)
@@ -249,11 +223,8 @@ def recover_dead_runs(instance: dg.DagsterInstance, echo=print) -> list[str]:
 
 def pool_holder(instance: dg.DagsterInstance) -> str | None:
     """Who holds every slot of the gpu pool, or None when one is free (or the instance has no pools)."""
-    try:
-        info = instance.event_log_storage.get_concurrency_info(POOL)
-    except Exception:
-        return None
-    if info.slot_count is None or len(info.claimed_slots) < info.slot_count:
+    info = pool_info(instance, POOL)
+    if info is None or info.slot_count is None or len(info.claimed_slots) < info.slot_count:
         return None
     holders = []
     for slot in info.claimed_slots:
@@ -269,22 +240,20 @@ def pool_holder(instance: dg.DagsterInstance) -> str | None:
 # Running
 # ---------------------------------------------------------------------------------------------
 
-KEY_FIGURES = {
-    "corpus": ["documents"], "tokenizer": ["vocab_size"], "tokens": ["train_tokens"],
-    "model": ["final_train_loss", "t"], "slerp_sweep": ["chosen_t"], "activation_store": ["train_tokens"],
-    "sae": ["l0", "explained_variance", "loss_recovered"], "sae_transfer": ["parent_sae_on_child/explained_variance"],
-    "feature_activations": ["parent_l0", "child_l0"], "feature_correlation": ["at_threshold/parent_persisting", "parent_features"],
-    "feature_flow": ["persisting_share"], "feature_examples": ["live_features", "median_llr_top_token"],
-    "case_studies": ["min_fired"], "feature_pages": ["pages", "megabytes"],
-    "autointerp": ["requests", "cache_hits", "usd", "mean_score_persisting", "mean_score_others"],
-    "autointerp_summary": ["features"], "tasks": ["examples"], "task_performance": ["accuracy"],
-    "circuits": ["faithfulness", "random_faithfulness"], "cmap": ["gap", "persisted_share", "emerged_share"],
-}
+def key_figures(assets, key: dg.AssetKey) -> list[str]:
+    """The metadata the shell prints on `key`'s line: what its Artefact names (assets/spec.py), carried
+    in the asset definition's metadata."""
+    for a in assets:
+        if isinstance(a, dg.AssetsDefinition) and key in a.keys:
+            value = a.metadata_by_key.get(key, {}).get(KEY_FIGURES_METADATA)
+            return list(getattr(value, "value", value) or [])
+    return []
 
 
-def key_figure(key: dg.AssetKey, metadata: dict) -> str:
+def key_figure(figures: list[str], metadata: dict) -> str:
+    """`figures` of the run's materialization `metadata`, as 'name value, ...'."""
     parts = []
-    for name in KEY_FIGURES.get(key.path[0], []):
+    for name in figures:
         if name in metadata:
             v = metadata[name].value if hasattr(metadata[name], "value") else metadata[name]
             if isinstance(v, float):
@@ -398,6 +367,7 @@ class Outcome:
     run_id: str
     checks_only: bool = False  # failed only because a blocking check failed (the asset was written)
     metadata: dict = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)  # the names in `metadata`, in the order the shell prints them
     failed_checks: list[str] = field(default_factory=list)
     error: str = ""
 
@@ -407,13 +377,13 @@ def run_step(assets, resources, instance: dg.DagsterInstance, step: Step, verbos
     started = time.perf_counter()
     result = dg.materialize(assets, selection=[step.key], partition_key=step.partition, instance=instance,
                             resources=resources, raise_on_error=False, run_config=_log_config(verbose),
-                            tags={**_run_tags(), STEP_TAG: step.label})
+                            tags={**process_tags(), STEP_TAG: step.label})
     seconds = time.perf_counter() - started
     meta = next((e.materialization.metadata for e in result.get_asset_materialization_events()), {})
-    plain = {k: (v.value if hasattr(v, "value") else v) for k, v in meta.items()
-             if k in KEY_FIGURES.get(step.key.path[0], ())}
+    figures = key_figures(assets, step.key)
+    plain = {k: (v.value if hasattr(v, "value") else v) for k, v in meta.items() if k in figures}
     checks_only = not result.success and _only_blocking_checks_failed(result)
-    return Outcome(success=result.success, seconds=seconds, run_id=result.run_id, checks_only=checks_only, metadata=plain,
+    return Outcome(success=result.success, seconds=seconds, run_id=result.run_id, checks_only=checks_only, metadata=plain, figures=figures,
                    failed_checks=[e.check_name for e in result.get_asset_check_evaluations() if not e.passed],
                    error="" if result.success or checks_only else _failure(result))
 
@@ -425,7 +395,7 @@ def _record(outcome: Outcome, step: Step, report: Report, failed_checks: dict, w
         raise RunFailed(f"materializing {step.label} failed (run {outcome.run_id}): {outcome.error}")
     report.done.append((step.key, step.partition))
     checks = f"; checks FAILED: {', '.join(outcome.failed_checks)}" if outcome.failed_checks else ""
-    echo(f"{'done':8} {step.label:<{width}} {outcome.seconds:7.1f} s  {step.reason:<7}  {key_figure(step.key, outcome.metadata)}{checks}")
+    echo(f"{'done':8} {step.label:<{width}} {outcome.seconds:7.1f} s  {step.reason:<7}  {key_figure(outcome.figures, outcome.metadata)}{checks}")
     if outcome.failed_checks:
         report.failed_checks[step.label] = outcome.failed_checks
         failed_checks[(step.key, step.partition)] = outcome.failed_checks
@@ -439,12 +409,10 @@ def _record(outcome: Outcome, step: Step, report: Report, failed_checks: dict, w
 
 
 def pool_limit(instance: dg.DagsterInstance) -> int:
-    """Slots of the `gpu` pool on this instance (dagster.yaml's default_limit unless set), 1 when unknown."""
-    try:
-        info = instance.event_log_storage.get_concurrency_info(POOL)
-    except Exception:
-        return 1
-    return info.slot_count if info.slot_count else 1
+    """Slots of the `gpu` pool on this instance (dagster.yaml's default_limit unless set); 1 on an
+    instance that keeps no pools or sets no limit (one device step at a time)."""
+    info = pool_info(instance, POOL)
+    return info.slot_count if info is not None and info.slot_count else 1
 
 
 _worker: dict = {}

@@ -13,55 +13,28 @@ to fetch JSON) as well as over HTTP:
                              every lineage edge, trajectories
 
 A feature's contexts are shown with each token's activation of that feature, so the windows its
-examples point into are encoded again (`context_codes`), sparse, once per node.
+examples point into are encoded again (`examples.context_codes`, read with the rest of a node's
+evidence by `examples.load_evidence`), sparse, once per node.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
-from featureflow_dagster.activations import run_to_hook
-from featureflow_dagster.examples import HIST_EDGES, FeatureExamples
-from featureflow_dagster.flow import _to_csr, node_origin, tables_from_classification
+from featureflow_dagster.examples import HIST_EDGES, NodeEvidence
+from featureflow_dagster.flow import (BASE_ORIGIN, DISAPPEARS, EMERGED, PERSISTED, PERSISTS, emerged_node, lost_node,
+                                     node_origin, tables_from_classification)
+from featureflow_dagster.lineage import Edge
 
 CHUNK = 64  # features per data file
 STATIC = ("index.html", "feature.html", "case_studies.html", "site.js", "site.css")
-
-
-@torch.no_grad()
-def context_codes(model, sae, windows: torch.Tensor, device, batch_windows: int = 64) -> sp.csc_matrix:
-    """The SAE's codes at every position of `windows` [n, context], [n * context, d_sae] sparse (by column)."""
-    parts = []
-    for start in range(0, windows.shape[0], batch_windows):
-        acts = run_to_hook(model, windows[start:start + batch_windows].to(device, torch.long))
-        parts.append(_to_csr(sae.encode(acts.reshape(-1, acts.shape[-1]).float())))
-    return sp.vstack(parts, format="csc")
-
-
-@dataclass
-class NodeEvidence:
-    """What the pages show of one node: its feature_examples, their feature table and logit effects,
-    and the codes over the examples' windows (`context_codes`)."""
-
-    node: str
-    examples: FeatureExamples
-    table: pd.DataFrame
-    logits: dict[str, torch.Tensor]
-    codes: sp.csc_matrix
-    explanations: dict[int, tuple[str, float]] | None = None  # feature -> (LLM explanation, its score), from autointerp
-
-    def __post_init__(self):
-        self.columns = {k: self.table[k].to_numpy() for k in ("density", "max_activation", "top_token_id", "llr_top_token")}
-        self.logit_lists = {k: v.tolist() for k, v in self.logits.items()}
 
 
 def _r(x: float, digits: int = 4) -> float | None:
@@ -112,8 +85,8 @@ class LineageTables:
         self.best_r: dict[tuple[str, str], np.ndarray] = {}
         for (p, c), sides in self.tables.items():
             for side, table in zip(("parent", "child"), sides):
-                self.status[(f"{p}->{c}", side)] = table["status"].to_numpy()
-                self.best_r[(f"{p}->{c}", side)] = table["best_r"].to_numpy()
+                self.status[(Edge(p, c).label, side)] = table["status"].to_numpy()
+                self.best_r[(Edge(p, c).label, side)] = table["best_r"].to_numpy()
         self.trajectories: dict[tuple[str, int], list[dict]] = {}
         for row in traj.itertuples(index=False):
             nodes = row.path.split(">")
@@ -132,18 +105,18 @@ class LineageTables:
         parents, children = self.edges_of(node)
         out = {"parents": [], "children": []}
         for p in parents:
-            edge = f"{p}->{node}"
+            edge = Edge(p, node).label
             out["parents"].append({"node": p, "edge": edge, "status": str(self.status[(edge, "child")][feature]),
                                    **self.partners[(p, node)].of(feature, "child_to_parent")})
         for c in children:
-            edge = f"{node}->{c}"
+            edge = Edge(node, c).label
             out["children"].append({"node": c, "edge": edge, "status": str(self.status[(edge, "parent")][feature]),
                                     **self.partners[(node, c)].of(feature, "parent_to_child")})
         out["trajectories"] = self.trajectories.get((node, feature), [])
         return out
 
     def origin(self, node: str) -> np.ndarray | None:
-        """Per feature: 'persisted' from some parent, else 'emerged' (live on an incoming edge), else 'dead'."""
+        """Per feature: persisted from some parent, else emerged (live on an incoming edge), else dead (flow.node_origin)."""
         return node_origin(self.lineage, self.tables, node)
 
 
@@ -209,14 +182,14 @@ def index_rows(ev: NodeEvidence, lineage: LineageTables | None) -> dict:
         "max": [_r(x, 3) for x in t["max_activation"].to_numpy()[live]],
         "top_token": [int(x) for x in t["top_token_id"].to_numpy()[live]],
         "llr": [_r(x, 3) for x in t["llr_top_token"].to_numpy()[live]],
-        "origin": ["base"] * live.size, "status": {}, "best_r": {},
+        "origin": [BASE_ORIGIN] * live.size, "status": {}, "best_r": {},
     }
     if lineage is not None:
         origin = lineage.origin(ev.node)
         if origin is not None:
             cols["origin"] = origin[live].tolist()
         parents, children = lineage.edges_of(ev.node)
-        for edge, side in [(f"{p}->{ev.node}", "child") for p in parents] + [(f"{ev.node}->{c}", "parent") for c in children]:
+        for edge, side in [(Edge(p, ev.node).label, "child") for p in parents] + [(Edge(ev.node, c).label, "parent") for c in children]:
             cols["status"][edge] = lineage.status[(edge, side)][live].tolist()
             cols["best_r"][edge] = [_r(x, 3) for x in lineage.best_r[(edge, side)][live]]
     if ev.explanations:
@@ -227,22 +200,6 @@ def index_rows(ev: NodeEvidence, lineage: LineageTables | None) -> dict:
 def _js(path: Path, name: str, payload) -> None:
     """Write `payload` as a script that hands it to the site's loader."""
     path.write_text(f"FF.{name}({json.dumps(payload, separators=(',', ':'), allow_nan=False)});\n")
-
-
-def load_evidence(node: str, examples_dir: Path, model, sae, device, batch_windows: int = 64,
-                  autointerp_dir: Path | None = None) -> NodeEvidence:
-    """A node's feature_examples folder, with the codes over its windows computed again, and the
-    LLM explanations of `autointerp_dir` (scores.parquet) where there are any."""
-    from safetensors.torch import load_file
-
-    ex = FeatureExamples.load(examples_dir / "examples.safetensors")
-    explanations = None
-    if autointerp_dir is not None and (autointerp_dir / "scores.parquet").is_file():
-        t = pd.read_parquet(autointerp_dir / "scores.parquet")
-        explanations = {int(f): (str(e), float(sc)) for f, e, sc in zip(t["feature"], t["explanation"], t["score"])}
-    return NodeEvidence(node, ex, pd.read_parquet(examples_dir / "features.parquet"),
-                        load_file(str(examples_dir / "logit_effects.safetensors")),
-                        context_codes(model, sae, ex.windows, device, batch_windows), explanations)
 
 
 def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeEvidence], lineage: LineageTables | None,
@@ -267,7 +224,8 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
     index = {"lineage": lineage_name, "threshold": threshold, "nodes": [ev.node for ev in nodes],
              "d_sae": {ev.node: int(ev.examples.fired.numel()) for ev in nodes}, "chunk": CHUNK,
              "hist_edges_log10": [round(float(x), 4) for x in np.log10(HIST_EDGES)],
-             "edges": [f"{p}->{c}" for p, c in (lineage.partners if lineage is not None else {})],
+             "edges": [Edge(p, c).label for p, c in (lineage.partners if lineage is not None else {})],
+             "origins": [BASE_ORIGIN, PERSISTED, EMERGED], "statuses": [PERSISTS, DISAPPEARS, PERSISTED, EMERGED],
              "rows": {}}
     pages = files = 0
     for ev in nodes:
@@ -290,40 +248,24 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
     if sankey_volumes is not None:
         from featureflow_dagster.plots import flow_sankey_figure, write_html
 
-        fig = flow_sankey_figure(sankey_volumes, threshold, f"{lineage_name}: feature flow", links=sankey_links(sankey_volumes))
-        write_html(fig, out / "sankey.html", plotly_js, final=(final or out) / "sankey.html", post_script=SANKEY_CLICK)
+        fig = flow_sankey_figure(sankey_volumes, threshold, f"{lineage_name}: feature flow", links=sankey_links(lineage.lineage))
+        write_html(fig, out / "sankey.html", plotly_js, final=(final or out) / "sankey.html", post_script=sankey_script())
     # chunk files, vocab.js, index.js, cases.js and one windows.js per node
     return {"pages": pages, "data_files": files + 3 + len(nodes), "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
 
 
-def sankey_links(volumes: dict) -> dict[str, str]:
-    """Per Sankey node, the index filtered to the features behind it."""
+def sankey_links(lineage) -> dict[str, str]:
+    """Per Sankey node (`flow_volumes`' names), the index filtered to the features behind it."""
     out = {}
-    for link in volumes["links"]:
-        for name in (link["source"], link["target"]):
-            if name.startswith("emerged in "):
-                out[name] = f"index.html#node={name[len('emerged in '):]}&origin=emerged"
-            elif name.startswith("lost "):
-                parent, child = name[len("lost "):].split(" → ")
-                out[name] = f"index.html#node={parent}&edge={parent}->{child}&status=disappears"
-            else:
-                out[name] = f"index.html#node={name}"
+    for node in lineage.node_names:
+        out[node] = f"index.html#node={node}"
+        out[emerged_node(node)] = f"index.html#node={node}&origin={EMERGED}"
+    for edge in lineage.edges():
+        out[lost_node(edge)] = f"index.html#node={edge.parent}&edge={edge.label}&status={DISAPPEARS}"
     return out
 
 
-# Clicking a Sankey node opens its feature list; the same links are listed under the figure.
-SANKEY_CLICK = """
-var plot = document.getElementById('{plot_id}');
-plot.on('plotly_click', function (d) {
-  var p = d.points && d.points[0];
-  if (p && p.customdata && typeof p.customdata === 'string' && p.customdata.indexOf('index.html') === 0) { window.location.href = p.customdata; }
-});
-var links = plot.data[0].node.customdata, labels = plot.data[0].node.label;
-var nav = document.createElement('nav'); nav.id = 'sankey-links';
-nav.innerHTML = '<p style="font-family:sans-serif"><a href="index.html">all features</a> · <a href="case_studies.html">case studies</a> · the features behind each node (or click a node):</p>';
-var ul = document.createElement('ul'); ul.style.cssText = 'font-family:sans-serif;columns:3';
-links.forEach(function (href, i) { var li = document.createElement('li'); var a = document.createElement('a'); a.href = href; a.textContent = labels[i]; li.appendChild(a); ul.appendChild(li); });
-nav.appendChild(ul); document.body.insertBefore(nav, document.body.firstChild);
-document.body.setAttribute('data-ready', '1');
-"""
-
+def sankey_script() -> str:
+    """What runs on the Sankey page after the figure (`{plot_id}` is the figure's element): clicking a
+    node opens its feature list, and the same links are listed above the figure."""
+    return (resources.files("featureflow_dagster") / "site_static" / "sankey.js").read_text()

@@ -83,3 +83,14 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def tree_sha256(folder: Path) -> str:
+    """One sha256 over every file below `folder`: each file's path relative to it and its own sha256, in path order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(bytes.fromhex(file_sha256(path)))
+    return h.hexdigest()

@@ -121,3 +121,10 @@ def build_tokenizer(spec, base_corpus=None, log=None):
     if spec.kind == "mistral":
         return mistral_tokenizer()
     return load_tokenizer(spec.path)
+
+
+def tokenizer_hash(tok) -> str:
+    """sha256 of the tokenizer's full serialisation (vocabulary, merges, normalisation)."""
+    import hashlib
+
+    return hashlib.sha256(tok.backend_tokenizer.to_str().encode()).hexdigest()

@@ -1,27 +1,10 @@
 """The artefact store: where every artefact of a lineage lives on disk, written atomically.
 
-Layout under `root` ($FEATUREFLOW_HOME):
-  corpus/<node>.parquet          documents per source and split
-  tokenizer/                     Hugging Face tokenizer folder
-  tokens/<node>.safetensors      token blocks per source and split
-  model/<node>/                  Hugging Face model folder (config.json, model.safetensors, tokenizer)
-  activation_store/<node>/       manifest.json, train/ and eval/ safetensors shards of hook_post
-  sae/<node>/                    cfg.json + sae_weights.safetensors (SAELens layout), feature_density.safetensors
-  sae_transfer/<parent>__<child>.parquet   each SAE on each model's activations
-  feature_activations/<parent>__<child>/  manifest.json + chunk_*.safetensors: both SAEs' CSR codes, token ids, origin
-  feature_correlation/<parent>__<child>/  matches.parquet (top-k partners, both methods), features.parquet (moments, dead)
-  feature_flow/                  classification, trajectories, agreement, edge counts (parquet), headline_counts.json, sankey.html
-  feature_examples/<node>/       examples.safetensors (top contexts, quantile samples, histograms, token sums), logit_effects.safetensors, features.parquet
-  case_studies/case_studies.json per path the persisting feature, per edge the disappearing one (Horn & Elliott's Figures 3-4)
-  autointerp/<node>/             scores.parquet (explanation and score per chosen feature), usage.json, scores.html
-  tasks/                         <task>.safetensors (clean/corrupt prompts, answers, key positions), tasks.json (settings, samples)
-  task_performance/<node>.parquet  accuracy, top-1, logit difference per task
-  circuits/<node>/               patching.parquet (per unit), paths.parquet (head -> MLP / logits), circuits.json (units, faithfulness)
-  cmap/<parent>__<child>/        cmap.parquet (per unit, both directions), features.parquet (feature-level CMAP), summary.json
-  llm_cache/<xx>/<sha256>.json   every LLM answer, keyed by (model, messages, sampling parameters)
-  slerp_sweep/<node>/            sweep.parquet (loss, accuracy per t and domain), balance.json, sweep.html
+Layout under `root` ($FEATUREFLOW_HOME): each asset's artefact lives where its `Artefact.place` says
+(assets/; `featureflow_dagster.assets.ARTEFACTS` lists them, docs/architecture.md shows the tree), beside
+  lineage.json                   which lineage owns this folder
   reports/<asset>/<key>/         plots (plotly HTML) and tables; reports/plotly.min.js, the one plotly.js they all load
-  reports/features/              the feature pages (index.html, feature.html, case_studies.html, sankey.html, data/)
+  llm_cache/<xx>/<sha256>.json   every LLM answer, keyed by (model, messages, sampling parameters)
   checkpoints/<asset>/<key>.pt   resumable training state, removed when the asset completes
   .locks/<asset>[<key>].lock     held (flock) while a process materializes that partition
 
@@ -76,7 +59,7 @@ class ArtifactStore(dg.ConfigurableResource):
             _MIRRORS[key] = Mirror(self.url, self.path)
         return _MIRRORS[key]
 
-    def _at(self, rel: str, fetch: bool = True) -> Path:
+    def at(self, rel: str, fetch: bool = True) -> Path:
         """`root/rel`, after fetching what was published at or below it elsewhere (shared storage only).
 
         `fetch=False` (the large artefacts' accessors take it) is for the path an asset is about to
@@ -92,7 +75,7 @@ class ArtifactStore(dg.ConfigurableResource):
     def claim(self) -> None:
         """Record which lineage owns this folder; refuse to write another lineage's artefacts into it."""
         self.path.mkdir(parents=True, exist_ok=True)
-        marker = self._at("lineage.json")
+        marker = self.at("lineage.json")
         where = self.url or self.path
         if marker.exists():
             owner = json.loads(marker.read_text())["lineage"]
@@ -107,78 +90,18 @@ class ArtifactStore(dg.ConfigurableResource):
         if self.url and self.mirror.local_version("lineage.json") is None:
             self.mirror.publish(marker)  # the shared store is claimed too, even by a write that stays local
 
-    def corpus_path(self, node: str) -> Path:
-        return self._at(f"corpus/{node}.parquet")
-
-    def tokenizer_dir(self) -> Path:
-        return self._at("tokenizer")
-
-    def tokens_path(self, node: str) -> Path:
-        return self._at(f"tokens/{node}.safetensors")
-
-    def model_dir(self, node: str, fetch: bool = True) -> Path:
-        return self._at(f"model/{node}", fetch)
-
-    def activation_dir(self, node: str, fetch: bool = True) -> Path:
-        return self._at(f"activation_store/{node}", fetch)
-
-    def sae_dir(self, node: str, fetch: bool = True) -> Path:
-        return self._at(f"sae/{node}", fetch)
-
-    def transfer_path(self, edge: str) -> Path:
-        return self._at(f"sae_transfer/{edge}.parquet")
-
-    def feature_activations_dir(self, edge: str, fetch: bool = True) -> Path:
-        return self._at(f"feature_activations/{edge}", fetch)
-
-    def feature_correlation_dir(self, edge: str) -> Path:
-        return self._at(f"feature_correlation/{edge}")
-
-    def feature_flow_dir(self) -> Path:
-        return self._at("feature_flow")
-
-    def examples_dir(self, node: str, fetch: bool = True) -> Path:
-        return self._at(f"feature_examples/{node}", fetch)
-
-    def autointerp_dir(self, node: str) -> Path:
-        return self._at(f"autointerp/{node}")
-
-    def tasks_dir(self) -> Path:
-        return self._at("tasks")
-
-    def task_performance_path(self, node: str) -> Path:
-        return self._at(f"task_performance/{node}.parquet")
-
-    def circuits_dir(self, node: str) -> Path:
-        return self._at(f"circuits/{node}")
-
-    def cmap_dir(self, edge: str) -> Path:
-        return self._at(f"cmap/{edge}")
-
-    def case_studies_path(self) -> Path:
-        return self._at("case_studies/case_studies.json")
-
-    def autointerp_summary_path(self) -> Path:
-        return self._at("autointerp/summary.parquet")
-
     def llm_cache_dir(self) -> Path:
-        return self._at("llm_cache")
-
-    def feature_pages_dir(self) -> Path:
-        return self._at("reports/features")
-
-    def sweep_dir(self, node: str) -> Path:
-        return self._at(f"slerp_sweep/{node}")
+        return self.at("llm_cache")
 
     def report_dir(self, asset: str, key: str) -> Path:
-        return self._at(f"reports/{asset}/{key}")
+        return self.at(f"reports/{asset}/{key}")
 
     def plotly_js(self) -> Path:
         """The one plotly.js every report of this home loads (see plots.write_html)."""
-        return self._at("reports/plotly.min.js")
+        return self.at("reports/plotly.min.js")
 
     def checkpoint_path(self, asset: str, key: str) -> Path:
-        return self._at(f"checkpoints/{asset}/{key}.pt")
+        return self.at(f"checkpoints/{asset}/{key}.pt")
 
     @contextlib.contextmanager
     def partition_lock(self, label: str, holder: str = "") -> Iterator[None]:

@@ -8,7 +8,8 @@ import torch
 from featureflow_dagster.activations import (
     ActivationStore, gather_windows, run_to_hook, sample_windows, write_store,
 )
-from featureflow_dagster.hooked import MLP_POST_HOOK, load_hooked_model
+from featureflow_dagster.hooked import load_hooked_model
+from featureflow_dagster.hooks import MLP_POST
 from featureflow_dagster.lineage import ModelSpec
 from featureflow_dagster.model import init_model
 from featureflow_dagster.storage import file_sha256
@@ -31,9 +32,9 @@ def test_run_to_hook_equals_transformer_lens_and_stops_early(saved_model):
     model, folder, vocab = saved_model
     x = torch.randint(0, vocab, (3, 24))
     acts = run_to_hook(model, x)
-    _, cache = load_hooked_model(folder).run_with_cache(x, names_filter=MLP_POST_HOOK)
+    _, cache = load_hooked_model(folder).run_with_cache(x, names_filter=MLP_POST)
     assert acts.shape == (3, 24, 32)
-    assert (acts - cache[MLP_POST_HOOK]).abs().max() < 1e-5
+    assert (acts - cache[MLP_POST]).abs().max() < 1e-5
     calls = []
     handle = model.lm_head.register_forward_hook(lambda *a: calls.append(1))
     run_to_hook(model, x)

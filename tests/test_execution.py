@@ -107,7 +107,7 @@ def _latest(instance, key: str, partition: str):
 
 def _intervals(instance):
     """(asset group, start, end) of every run featureflow started for one partition."""
-    from featureflow_dagster.runner import STEP_TAG
+    from featureflow_dagster.runs import STEP_TAG
 
     out = []
     for record in instance.get_run_records():

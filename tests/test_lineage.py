@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from featureflow_dagster.lineage import LineageError, load_lineage, parse_lineage, resolve_lineage_path
+from featureflow_dagster.assets import ARTEFACTS
+from featureflow_dagster.assets.config import config_versions
 
 STD = {"name": "std", "kind": "stdlib", "what": "docs", "max_documents": 5}
 
@@ -290,11 +292,11 @@ def test_autointerp_is_off_by_default_and_needs_a_model_when_on():
     _rejects(_lineage(autointerp={"enabled": True, "model": "m", "scorers": ["vibes"]}), None, "autointerp.scorers.0", "simulation")
     _rejects(_lineage(autointerp={"enabled": True, "model": "m", "scorers": []}), None, "autointerp.scorers", "at least 1")
     on = parse_lineage(_lineage(autointerp={"enabled": True, "model": "m"}))
-    versions = on.config_versions()
+    versions = config_versions(on, ARTEFACTS)
     assert {k for k in versions if k.startswith("autointerp/")} == {f"autointerp/{n}" for n in on.node_names}
     # how requests are sent (timeout, concurrency, retries, the key's variable) does not change what they ask
-    same = parse_lineage(_lineage(autointerp={"enabled": True, "model": "m", "timeout": 5, "max_in_flight": 1,
-                                              "api_key_env": "OTHER"})).config_versions()
+    same = config_versions(parse_lineage(_lineage(autointerp={"enabled": True, "model": "m", "timeout": 5, "max_in_flight": 1,
+                                              "api_key_env": "OTHER"})), ARTEFACTS)
     assert same["autointerp/base"] == versions["autointerp/base"]
-    other = parse_lineage(_lineage(autointerp={"enabled": True, "model": "m2"})).config_versions()
+    other = config_versions(parse_lineage(_lineage(autointerp={"enabled": True, "model": "m2"})), ARTEFACTS)
     assert other["autointerp/base"] != versions["autointerp/base"]

@@ -1,4 +1,4 @@
-"""Tasks, activation and path patching, circuits and CMAP (featureflow_dagster.tasks / .patching), on
+"""Tasks, activation and path patching, circuits and CMAP (featureflow_dagster.patching), on
 real standard-library text and small Mistral models in the micro lineage's shape."""
 
 import inspect
@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from featureflow_dagster import patching as P
-from featureflow_dagster import tasks as T
+from featureflow_dagster.patching import tasks as T
 from featureflow_dagster.hooked import load_hooked_model
-from featureflow_dagster.lineage import LineageError, ModelSpec, load_lineage, parse_lineage, resolve_lineage_path
+from featureflow_dagster.hooks import RESID_POST
+from featureflow_dagster.lineage import ENTITY_BOXES, ENTITY_OBJECTS, LineageError, ModelSpec, load_lineage, parse_lineage, resolve_lineage_path
 from featureflow_dagster.model import init_model
 from featureflow_dagster.sae.base import SAEConfig
 from featureflow_dagster.sae.relu import ReLUSAE
@@ -96,7 +97,7 @@ def test_the_metric_reads_the_last_position_of_the_model_the_assets_load(models,
 
 
 def test_entity_tracking_prompts_tokenize_to_the_answer_and_differ_only_in_the_queried_box():
-    objects, boxes = T.ENTITY_OBJECTS[:6], T.ENTITY_BOXES[:6]
+    objects, boxes = ENTITY_OBJECTS[:6], ENTITY_BOXES[:6]
     sentences = [T.entity_prompt(objects[i:i + 3], boxes[j:j + 3], q) + " " + objects[i + q]
                  for i in range(4) for j in range(4) for q in range(3)]
     tok = train_bpe(sentences * 20, vocab_size=400)
@@ -140,7 +141,7 @@ def test_patching_every_component_reproduces_the_donor(models, brackets):
     parent, child = models["parent"][0], models["child"][0]
     donor = P.cross_cache(child, brackets.clean, 256)
     got = P.final_logits(parent, brackets.clean, P.cross_hooks(everything, donor, parent))
-    resid = P.run_cache(child, brackets.clean, ["blocks.0.hook_resid_post"])["blocks.0.hook_resid_post"]
+    resid = P.run_cache(child, brackets.clean, [RESID_POST])[RESID_POST]
     with torch.no_grad():
         want = parent.unembed(parent.ln_final(resid[:, -1:]))[:, 0]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
@@ -192,7 +193,7 @@ def test_path_patching_to_the_logits_is_the_direct_path(models, brackets):
     model = models["parent"][0]
     paths = P.path_patching(model, brackets)
     z = {k: P.run_cache(model, t, [P.HEAD_Z])[P.HEAD_Z] for k, t in (("clean", brackets.clean), ("corrupt", brackets.corrupt))}
-    resid = P.run_cache(model, brackets.corrupt, ["blocks.0.hook_resid_post"])["blocks.0.hook_resid_post"]
+    resid = P.run_cache(model, brackets.corrupt, [RESID_POST])[RESID_POST]
     for h in range(SPEC.n_heads):
         delta = (z["clean"][:, -1, h] - z["corrupt"][:, -1, h]) @ model.blocks[0].attn.W_O[h]
         with torch.no_grad():

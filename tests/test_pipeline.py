@@ -17,6 +17,13 @@ from featureflow_dagster.definitions import build_definitions
 from featureflow_dagster.runner import materialization_plan, materialize_lineage, observe_config, stale_statuses
 from featureflow_dagster.lineage import load_lineage, parse_lineage, resolve_lineage_path
 from featureflow_dagster.model import parameter_distance, weights_hash
+from featureflow_dagster.assets.data import CORPUS, TOKENIZER, TOKENS
+from featureflow_dagster.assets.examples import CASE_STUDIES, FEATURE_EXAMPLES, FEATURE_PAGES
+from featureflow_dagster.assets.flow import FEATURE_ACTIVATIONS, FEATURE_CORRELATION, FEATURE_FLOW
+from featureflow_dagster.assets.merges import SLERP_SWEEP
+from featureflow_dagster.assets.models import MODEL
+from featureflow_dagster.assets.patching import CIRCUITS, CMAP, TASKS, TASK_PERFORMANCE
+from featureflow_dagster.assets.sae import ACTIVATION_STORE, SAE, SAE_TRANSFER
 
 pytestmark = pytest.mark.slow
 
@@ -48,17 +55,17 @@ def test_every_artefact_round_trips_through_shared_storage_to_another_machine(mi
     there = ArtifactStore(root=str(tmp_path / "other"), lineage_name=lineage.name, url=here.url)
     edges = [f"{p}__{c}" for p, c in lineage.edges()]
     for node in lineage.node_names:
-        for path in (there.model_dir(node), there.activation_dir(node), there.sae_dir(node), there.examples_dir(node),
-                     there.task_performance_path(node), there.circuits_dir(node)):
+        for path in (MODEL.at(there, node), ACTIVATION_STORE.at(there, node), SAE.at(there, node), FEATURE_EXAMPLES.at(there, node),
+                     TASK_PERFORMANCE.at(there, node), CIRCUITS.at(there, node)):
             assert path.exists(), path
         if lineage.node(node).data is not None:
-            assert there.corpus_path(node).is_file() and there.tokens_path(node).is_file()
+            assert CORPUS.at(there, node).is_file() and TOKENS.at(there, node).is_file()
     for edge in edges:
-        for path in (there.transfer_path(edge), there.feature_activations_dir(edge), there.feature_correlation_dir(edge),
-                     there.cmap_dir(edge)):
+        for path in (SAE_TRANSFER.at(there, edge), FEATURE_ACTIVATIONS.at(there, edge), FEATURE_CORRELATION.at(there, edge),
+                     CMAP.at(there, edge)):
             assert path.exists(), path
-    for path in (there.tokenizer_dir(), there.feature_flow_dir(), there.case_studies_path(), there.tasks_dir(),
-                 there.feature_pages_dir(), there.plotly_js(), there.report_dir("sae", "base"), there.sweep_dir("merged")):
+    for path in (TOKENIZER.at(there), FEATURE_FLOW.at(there), CASE_STUDIES.at(there), TASKS.at(there),
+                 FEATURE_PAGES.at(there), there.plotly_js(), there.report_dir("sae", "base"), SLERP_SWEEP.at(there, "merged")):
         assert path.exists(), path
     there.mirror.fetch()  # and whatever no accessor names (the lineage marker)
     mine, theirs = _files(home), _files(Path(there.root))
@@ -692,7 +699,7 @@ def test_circuits_and_cmap_through_dagster_agree_with_each_other_and_the_models(
 
     from featureflow_dagster import patching as P
     from featureflow_dagster.hooked import load_hooked_model
-    from featureflow_dagster.tasks import load_tasks, task_metrics
+    from featureflow_dagster.patching.tasks import load_tasks, task_metrics
 
     lineage, home, instance, defs, done = micro
     assert {k.to_user_string() for k, _ in done} >= {"tasks", "task_performance", "circuits", "cmap"}

@@ -32,6 +32,9 @@ import uuid  # noqa: E402
 from featureflow_dagster.remote import Mirror, RemoteStoreError, open_remote  # noqa: E402
 from featureflow_dagster.resources import ArtifactStore  # noqa: E402
 from featureflow_dagster.storage import atomic_dir, atomic_file, committing  # noqa: E402
+from featureflow_dagster.assets.data import TOKENS  # noqa: E402
+from featureflow_dagster.assets.models import MODEL  # noqa: E402
+from featureflow_dagster.assets.sae import ACTIVATION_STORE  # noqa: E402
 
 
 @pytest.mark.parametrize("scheme", ["memory", "file"])
@@ -40,24 +43,24 @@ def test_a_unit_is_published_whole_and_the_newest_version_wins(tmp_path, scheme)
     a = ArtifactStore(root=str(tmp_path / "a"), lineage_name="x", url=url)
     b = ArtifactStore(root=str(tmp_path / "b"), lineage_name="x", url=url)
     with a.publishing():
-        with a.write_dir(a.model_dir("base")) as tmp:
+        with a.write_dir(MODEL.at(a, "base")) as tmp:
             (tmp / "config.json").write_text("1")
             (tmp / "weights").mkdir()
             (tmp / "weights" / "w.bin").write_bytes(b"\x00\x01")
         with pytest.raises(KeyError):  # a failed write publishes nothing and keeps the old version
-            with a.write_dir(a.model_dir("base")) as tmp:
+            with a.write_dir(MODEL.at(a, "base")) as tmp:
                 (tmp / "config.json").write_text("half")
                 raise KeyError("crash")
-    assert (b.model_dir("base") / "config.json").read_text() == "1"
-    assert (b.model_dir("base") / "weights" / "w.bin").read_bytes() == b"\x00\x01"
+    assert (MODEL.at(b, "base") / "config.json").read_text() == "1"
+    assert (MODEL.at(b, "base") / "weights" / "w.bin").read_bytes() == b"\x00\x01"
     with a.publishing():
-        with a.write_dir(a.model_dir("base")) as tmp:
+        with a.write_dir(MODEL.at(a, "base")) as tmp:
             (tmp / "config.json").write_text("2")
-        with a.write_file(a.tokens_path("base")) as tmp:
+        with a.write_file(TOKENS.at(a, "base")) as tmp:
             tmp.write_bytes(b"tok")
-    assert (b.model_dir("base") / "config.json").read_text() == "2"
-    assert not (b.model_dir("base") / "weights").exists()  # a folder is replaced whole, not merged
-    assert b.tokens_path("base").read_bytes() == b"tok"
+    assert (MODEL.at(b, "base") / "config.json").read_text() == "2"
+    assert not (MODEL.at(b, "base") / "weights").exists()  # a folder is replaced whole, not merged
+    assert TOKENS.at(b, "base").read_bytes() == b"tok"
     assert {u: len(v) for u, v in a.mirror.versions().items()} == {"lineage.json": 1, "model/base": 1, "tokens/base.safetensors": 1}
 
 
@@ -65,24 +68,24 @@ def test_an_artefact_about_to_be_replaced_is_not_downloaded_first(tmp_path):
     url = f"memory://ff-{uuid.uuid4().hex}/home"
     a = ArtifactStore(root=str(tmp_path / "a"), lineage_name="x", url=url)
     b = ArtifactStore(root=str(tmp_path / "b"), lineage_name="x", url=url)
-    with a.publishing(), a.write_dir(a.activation_dir("base")) as tmp:
+    with a.publishing(), a.write_dir(ACTIVATION_STORE.at(a, "base")) as tmp:
         (tmp / "manifest.json").write_text("old")
-    out = b.activation_dir("base", fetch=False)  # what the activation_store asset asks for before writing
+    out = ACTIVATION_STORE.at(b, "base", fetch=False)  # what the activation_store asset asks for before writing
     assert not out.exists()
     with b.publishing(), b.write_dir(out) as tmp:
         (tmp / "manifest.json").write_text("new")
-    assert (a.activation_dir("base") / "manifest.json").read_text() == "new"  # published, the old version gone
+    assert (ACTIVATION_STORE.at(a, "base") / "manifest.json").read_text() == "new"  # published, the old version gone
     assert {u: len(v) for u, v in a.mirror.versions().items()} == {"lineage.json": 1, "activation_store/base": 1}
-    assert (b.activation_dir("base") / "manifest.json").read_text() == "new"
+    assert (ACTIVATION_STORE.at(b, "base") / "manifest.json").read_text() == "new"
 
 
 def test_a_write_outside_publishing_stays_local_and_another_lineage_is_refused(tmp_path):
     url = f"memory://ff-{uuid.uuid4().hex}/home"
     a = ArtifactStore(root=str(tmp_path / "a"), lineage_name="x", url=url)
-    with a.write_file(a.tokens_path("base")) as tmp:
+    with a.write_file(TOKENS.at(a, "base")) as tmp:
         tmp.write_bytes(b"local only")
     assert list(Mirror(url, tmp_path / "c").versions()) == ["lineage.json"]  # the claim on the store, not the file
-    with a.publishing(), a.write_file(a.tokens_path("base")) as tmp:
+    with a.publishing(), a.write_file(TOKENS.at(a, "base")) as tmp:
         tmp.write_bytes(b"shared")
     other = ArtifactStore(root=str(tmp_path / "b"), lineage_name="y", url=url)
     with pytest.raises(RuntimeError, match="holds artefacts of lineage 'x', not 'y'"):

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from featureflow_dagster.hooked import MLP_POST_HOOK, load_hooked_model
+from featureflow_dagster.hooked import load_hooked_model
+from featureflow_dagster.hooks import MLP_POST
 from featureflow_dagster.lineage import ModelSpec, TrainingSpec
 from featureflow_dagster.model import init_model, weights_hash
 from featureflow_dagster.storage import atomic_dir
@@ -82,10 +83,10 @@ def test_hooked_model_matches_hugging_face(tok, tmp_path):
     hooked = load_hooked_model(tmp_path)
     x = _blocks(4).long()
     with torch.no_grad():
-        logits, cache = hooked.run_with_cache(x, names_filter=MLP_POST_HOOK)
+        logits, cache = hooked.run_with_cache(x, names_filter=MLP_POST)
         ref = hf(input_ids=x).logits
     assert (logits - ref).abs().max() < 1e-4
-    assert cache[MLP_POST_HOOK].shape == (4, 16, SPEC.d_mlp)
+    assert cache[MLP_POST].shape == (4, 16, SPEC.d_mlp)
 
 
 def test_atomic_dir_keeps_old_artefact_on_failure(tmp_path):

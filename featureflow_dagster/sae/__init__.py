@@ -1,6 +1,6 @@
 """Sparse autoencoders on MLP activations: one module per architecture, a registry keyed by name.
 
-- `relu`: Bricken et al. (2023) / Horn & Elliott (2024): ReLU encoder, L1 penalty, unit-norm decoder columns.
+- `relu`: Bricken et al. (2023) / Horn & Elliott (2024): ReLU encoder, L1 penalty, unit-norm decoder rows (`W_dec` is [d_sae, d_in]).
 - `topk`: Gao et al. (2024): keep the k largest pre-activations per token.
 - `batchtopk`: Bussmann et al. (2024): keep the k x batch largest pre-activations per batch;
   at inference a single threshold learned during training (a JumpReLU).

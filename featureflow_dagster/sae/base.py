@@ -18,12 +18,14 @@ The feature activations f are unchanged by the folding.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from featureflow_dagster.hooks import MLP_POST
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -35,10 +37,9 @@ class SAEConfig:
     d_in: int
     d_sae: int
     k: int | None = None  # topk / batchtopk: active features per token
-    hook_name: str = "blocks.0.mlp.hook_post"
+    hook_name: str = MLP_POST
     context_size: int = 24
     model_name: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 class SAE(nn.Module):
@@ -185,6 +186,7 @@ def load_sae(folder: str | Path, device: str | torch.device = "cpu") -> SAE:
     ours = raw.get("featureflow")
     if ours is None:
         raise ValueError(f"{folder} holds no featureflow SAE (cfg.json lacks the 'featureflow' section)")
+    ours = {k: v for k, v in ours.items() if k != "extra"}  # an unused field that SAEs saved before 2026-12 carry
     cfg = SAEConfig(**ours)
     sae = SAE_REGISTRY[cfg.architecture](cfg)
     state = load_file(str(folder / WEIGHTS_FILE))

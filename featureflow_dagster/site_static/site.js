@@ -213,6 +213,9 @@ FF.indexPage = async function () {
   var I = FF.I, p = FF.params(), sel = {};
   ["node", "origin", "edge", "status", "q", "mind"].forEach(function (k) { sel[k] = document.getElementById(k); });
   I.nodes.forEach(function (n) { sel.node.appendChild(FF.el("option", { text: n })); });
+  // the origins and statuses a feature can have come with the data (featureflow_dagster/flow.py names them)
+  I.origins.forEach(function (o) { sel.origin.appendChild(FF.el("option", { text: o })); });
+  I.statuses.forEach(function (s) { sel.status.appendChild(FF.el("option", { text: s })); });
   var sortKey = "density", sortDesc = true;
   var fillEdges = function () {
     var keep = sel.edge.value;

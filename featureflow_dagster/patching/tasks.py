@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from featureflow_dagster.lineage import ENTITY_BOXES, ENTITY_OBJECTS  # the entity-tracking defaults (torch-free module)
 
 OPEN_CLOSE = {"(": ")", "[": "]", "{": "}"}
 QUOTES = ("'", '"')

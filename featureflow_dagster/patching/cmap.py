@@ -1,0 +1,168 @@
+"""Across models (CMAP, Prakash et al. §5): both models read the same clean prompt; a child unit
+patched into the parent recovers share = (LD_patched - LD_parent) / (LD_child - LD_parent) of the gap;
+the parent's unit patched into the child removes share = (LD_child - LD_patched) / (LD_child - LD_parent).
+Feature-level CMAP puts the child's MLP output carried by a set of its SAE features in place of the
+parent's, against random feature sets of the same sizes."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+import torch
+
+from featureflow_dagster.flow import DEAD, DISAPPEARS, EMERGED, PERSISTED, PERSISTS
+from featureflow_dagster.hooks import HEAD_RESULT, HEAD_Z, MLP_POST
+from featureflow_dagster.patching.tasks import TaskBatch, logit_diff
+from featureflow_dagster.patching.components import (HOOKS, Unit, unit_index, relative_position, gap_share, final_logits, hook_of, mean_ld, patch_hooks,
+                                                   run_cache)
+
+
+def head_results(model, z: torch.Tensor) -> torch.Tensor:
+    """Per-head contributions to the residual stream [n, L, H, d_model] from hook_z [n, L, H, d_head]."""
+    return torch.einsum("nphd,hdm->nphm", z, model.blocks[0].attn.W_O)
+
+
+def cross_hooks(units: list[Unit], donor: dict[str, torch.Tensor], recipient):
+    """Forward hooks that put the donor model's activation of each unit into the `recipient` model on the
+    same examples. A head's output is its residual contribution (`hook_result`): the recipient's
+    attention output gets the donor's result minus the recipient's own result in this very pass (read
+    from its hook_z), exactly what patching hook_result does, without making TransformerLens
+    materialise every head's result on every pass."""
+    plain = [u for u in units if not u[0].startswith("head.")]
+    hooks = patch_hooks(plain, donor)
+    heads = [u for u in units if u[0].startswith("head.")]
+    if heads:
+        w_o = recipient.blocks[0].attn.W_O
+        seen = {}
+
+        def keep(act, hook, rows):
+            seen["z"] = act
+            return act
+
+        def add(act, hook, rows):
+            for comp, pos in heads:
+                h = hook_of(comp)[1]
+                idx = unit_index(pos, None)
+                own = seen["z"][:, :, h] @ w_o[h]
+                act[idx] = act[idx] + (donor[HEAD_RESULT][rows][:, :, h] - own)[idx]
+            return act
+        hooks += [(HEAD_Z, keep), (HOOKS["attn"], add)]
+    return hooks
+
+
+def cross_cache(model, tokens: torch.Tensor, size: int = 256) -> dict[str, torch.Tensor]:
+    """The activations CMAP patches across models: embed, attn, mlp outputs and each head's result."""
+    cache = run_cache(model, tokens, [*HOOKS.values(), HEAD_Z], size)
+    cache[HEAD_RESULT] = head_results(model, cache.pop(HEAD_Z))
+    return cache
+
+
+def cmap(parent, child, batch: TaskBatch, components: list[str], size: int = 256, log=None, min_gap_se: float = 2.0) -> pd.DataFrame:
+    """Cross-model activation patching on the clean prompts, both directions, for every component at
+    every position and at all positions. One row per (direction, component, position): ld, share.
+    Shares are NaN when the gap is within `min_gap_se` standard errors of zero (nothing to recover)."""
+    units = [(c, p) for c in components for p in [None, *range(batch.length)]]
+    cache = {"parent": cross_cache(parent, batch.clean, size), "child": cross_cache(child, batch.clean, size)}
+    ld_p, ld_c, gap, se, real = edge_gap(parent, child, batch, size, min_gap_se)
+    rows = []
+    for i, unit in enumerate(units):
+        into_parent = mean_ld(final_logits(parent, batch.clean, cross_hooks([unit], cache["child"], parent), size), batch)
+        into_child = mean_ld(final_logits(child, batch.clean, cross_hooks([unit], cache["parent"], child), size), batch)
+        pos = relative_position(unit[1], batch.length)
+        rows.append({"direction": "child_into_parent", "component": unit[0], "position": pos, "ld": into_parent,
+                     "share": gap_share(into_parent - ld_p, gap) if real else float("nan")})
+        rows.append({"direction": "parent_into_child", "component": unit[0], "position": pos, "ld": into_child,
+                     "share": gap_share(ld_c - into_child, gap) if real else float("nan")})
+        if log and (i + 1) % 50 == 0:
+            log(f"cross-patched {i + 1}/{len(units)} units")
+    out = pd.DataFrame(rows).astype({"position": "Int64"})
+    out.attrs.update(parent_ld=ld_p, child_ld=ld_c, gap=gap, gap_se=se, gap_resolved=real)
+    return out
+
+
+def edge_gap(parent, child, batch: TaskBatch, size: int = 256, min_gap_se: float = 2.0) -> tuple[float, float, float, float, bool]:
+    """(parent LD, child LD, gap = child - parent, its standard error over examples (paired), whether
+    |gap| is at least `min_gap_se` standard errors)."""
+    d = [logit_diff(final_logits(m, batch.clean, batch=size), batch.answer.to(next(m.parameters()).device),
+                    batch.wrong.to(next(m.parameters()).device)).double().cpu() for m in (parent, child)]
+    diff = d[1] - d[0]
+    se = float(diff.std() / len(diff) ** 0.5) if len(diff) > 1 else float("nan")
+    gap = float(diff.mean())
+    return float(d[0].mean()), float(d[1].mean()), gap, se, bool(abs(gap) >= min_gap_se * se)
+
+
+def feature_contribution(model, sae, post: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The MLP output [n, L, d_model] carried by the SAE features in `mask` [d_sae] (bool): their part
+    of the reconstruction of `post` (hook_post [n, L, d_mlp]) through the model's W_out."""
+    n, L, d = post.shape
+    f = sae.encode(post.reshape(-1, d)) * mask.to(post.device)
+    part = sae.decode(f) - sae.decode(torch.zeros_like(f[:1]))
+    return (part @ model.blocks[0].mlp.W_out).reshape(n, L, -1)
+
+
+def feature_cmap(parent, child, sae_parent, sae_child, batch: TaskBatch, sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 size: int = 256, min_gap_se: float = 2.0) -> pd.DataFrame:
+    """Feature-level CMAP: per named set (child mask, parent mask), the parent's MLP output at every
+    position becomes its own minus what its features in the parent mask carry plus what the child's
+    features in the child mask carry (on the same clean prompts); share of the gap recovered."""
+    names = [MLP_POST, HOOKS["mlp"]]
+    with torch.no_grad():
+        cp = run_cache(parent, batch.clean, names, size)
+        cc = run_cache(child, batch.clean, [MLP_POST], size)
+        ld_p, ld_c, gap, se, real = edge_gap(parent, child, batch, size, min_gap_se)
+        rows = []
+        for name, (child_mask, parent_mask) in sets.items():
+            out = cp[HOOKS["mlp"]] - feature_contribution(parent, sae_parent, cp[MLP_POST], parent_mask) \
+                + feature_contribution(child, sae_child, cc[MLP_POST], child_mask)
+
+            def put(act, hook, r, o=out):
+                return o[r]
+
+            ld = mean_ld(final_logits(parent, batch.clean, [(HOOKS["mlp"], put)], size), batch)
+            rows.append({"set": name, "child_features": int(child_mask.sum()), "parent_features": int(parent_mask.sum()),
+                         "ld": ld, "share": gap_share(ld - ld_p, gap) if real else float("nan")})
+    out = pd.DataFrame(rows)
+    out.attrs.update(parent_ld=ld_p, child_ld=ld_c, gap=gap, gap_se=se, gap_resolved=real)
+    return out
+
+
+def feature_sets(parent_table: pd.DataFrame, child_table: pd.DataFrame, draws: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The feature sets of one edge from feature flow's tables (classify_edge): persisted child features
+    with the persisting parent features, emerged child features with the disappearing parent ones,
+    all live features on both sides; and the null: per named set, `draws` random sets of live features
+    of the same sizes on both sides (`random_persisted_<d>`, `random_emerged_<d>`)."""
+    def mask(table, statuses, n):
+        m = torch.zeros(n, dtype=torch.bool)
+        m[torch.as_tensor(table.loc[table["status"].isin(statuses), "feature"].to_numpy().copy())] = True
+        return m
+
+    nc, np_ = len(child_table), len(parent_table)
+    sets = {PERSISTED: (mask(child_table, [PERSISTED], nc), mask(parent_table, [PERSISTS], np_)),
+            EMERGED: (mask(child_table, [EMERGED], nc), mask(parent_table, [DISAPPEARS], np_)),
+            "all_live": (mask(child_table, [PERSISTED, EMERGED], nc), mask(parent_table, [PERSISTS, DISAPPEARS], np_))}
+    live_c = child_table.loc[child_table["status"] != DEAD, "feature"].tolist()
+    live_p = parent_table.loc[parent_table["status"] != DEAD, "feature"].tolist()
+    rng = random.Random(seed)
+    for name in (PERSISTED, EMERGED):
+        k_c, k_p = int(sets[name][0].sum()), int(sets[name][1].sum())
+        for d in range(draws):
+            mc, mp = torch.zeros(nc, dtype=torch.bool), torch.zeros(np_, dtype=torch.bool)
+            mc[rng.sample(live_c, k_c)] = True
+            mp[rng.sample(live_p, k_p)] = True
+            sets[f"random_{name}_{d}"] = (mc, mp)
+    return sets
+
+
+def feature_summary(fc: pd.DataFrame) -> dict:
+    """Shares recovered by the named sets, and per named set the mean and spread of its size-matched
+    random sets (the null), and how many standard deviations the set lies above them."""
+    named = fc[~fc["set"].str.startswith("random_")].set_index("set")["share"]
+    out = {k: float(v) for k, v in named.items()}
+    for name in (PERSISTED, EMERGED):
+        rand = fc[fc["set"].str.startswith(f"random_{name}_")]["share"].to_numpy()
+        mean, std = (float(np.mean(rand)), float(np.std(rand))) if len(rand) else (float("nan"), float("nan"))
+        out[f"random_{name}_mean"], out[f"random_{name}_std"] = mean, std
+        out[f"{name}_z"] = (out[name] - mean) / std if std > 0 else float("nan")
+    return out

@@ -1,0 +1,117 @@
+"""Fitting one lineage node's SAE: a fresh dictionary of the node's recipe (`SAESpec`), its input
+normalisation from the activation store, training with resumable checkpoints, the evaluations on
+the store's held-out windows, the comparison against a random dictionary at the same L0 (the null),
+and the quality bars the lineage sets. `checks.json` beside the saved SAE records the bars' outcome;
+everything computed from an SAE reads it back (`require_passing`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import save_file
+
+from featureflow_dagster.activations import ActivationStore
+from featureflow_dagster.sae import SAE_REGISTRY, SAEConfig
+from featureflow_dagster.sae.base import SAE
+from featureflow_dagster.sae.evaluate import SAEEvaluation, CheckOutcome, check_evaluation, evaluate_sae, quality_against_null
+from featureflow_dagster.sae.train import SAETrainResult, train_sae
+
+CHECKS_FILE = "checks.json"
+DENSITY_FILE = "feature_density.safetensors"
+
+
+class FailedQualityChecks(RuntimeError):
+    """An SAE that failed a quality bar of its lineage, asked to feed something computed from it."""
+
+
+def new_sae(spec, d_in: int, context: int, model_name: str, seed: int) -> SAE:
+    """An untrained SAE of the recipe `spec` (`SAESpec`) on `d_in`-dimensional activations."""
+    cfg = SAEConfig(architecture=spec.architecture, d_in=d_in, d_sae=spec.expansion * d_in, k=spec.k,
+                    context_size=context, model_name=model_name)
+    if spec.architecture == "relu":
+        extra = {"l1_coefficient": spec.l1_coefficient, "decoder_constraint": spec.decoder_constraint}
+    else:
+        extra = {"aux_k_coefficient": spec.aux_k_coefficient}
+    return SAE_REGISTRY[spec.architecture](cfg, seed=seed, **extra)
+
+
+def eval_windows(acts: ActivationStore) -> torch.Tensor:
+    """The token windows [n, context] of the store's eval split."""
+    return torch.cat([s["tokens"] for s in acts.iter_shards("eval", ("tokens",))])
+
+
+@dataclass
+class FittedSAE:
+    sae: SAE
+    training: SAETrainResult
+    evaluation: SAEEvaluation
+    values: dict[str, float]  # the evaluation's scalars and the null comparison: what the bars judge
+    checks: dict[str, CheckOutcome]  # the configured bars, by name
+
+
+def fit_sae(spec, acts: ActivationStore, model, seed: int, device: torch.device, model_name: str,
+            checkpoint_path: Path | None = None, log: Callable[[str], None] | None = None) -> FittedSAE:
+    """Train an SAE of recipe `spec` on the store's train split (resuming from `checkpoint_path` when it
+    holds this very configuration), evaluate it through `model` on the eval windows, and judge it
+    against the random-dictionary null and the recipe's bars."""
+    autoencoder = new_sae(spec, acts.d_in, acts.context, model_name, seed)
+    if spec.subtract_data_mean:
+        autoencoder.data_mean.copy_(acts.mean("train"))
+    if spec.normalize_activations == "expected_average_only_in":
+        autoencoder.input_scale.fill_(acts.d_in**0.5 / acts.mean_norm("train", autoencoder.data_mean))
+    w_dec_init = autoencoder.W_dec.detach().clone()
+    steps = acts.steps("train", spec.batch_windows, spec.epochs)
+    if steps == 0:
+        raise ValueError(f"{model_name}: the store holds fewer windows than one batch of {spec.batch_windows}; "
+                         "lower sae.batch_windows or raise sae.tokens")
+    fingerprint = f"{json.dumps(spec.model_dump(), sort_keys=True)}|{acts.manifest['splits']['train']['shards'][0]['sha256']}|{seed}"
+    result = train_sae(
+        autoencoder, lambda start: acts.batches("train", spec.batch_windows, seed, spec.epochs, start), steps,
+        spec.lr, (spec.beta1, spec.beta2), device, seed=seed, dead_window_tokens=spec.dead_window_tokens,
+        resample_dead_every=spec.resample_dead_every, checkpoint_path=checkpoint_path,
+        checkpoint_every=spec.checkpoint_every, fingerprint=fingerprint, log=log,
+        lr_warmup_steps=round(spec.lr_warmup_fraction * steps), lr_decay_steps=round(spec.lr_decay_fraction * steps),
+        sparsity_warmup_steps=round(spec.l1_warmup_fraction * steps),
+    )
+    autoencoder.eval()
+    ev = evaluate_sae(autoencoder, model, eval_windows(acts), device, ultra_low_density=spec.ultra_low_density)
+    values = {**ev.scalars(), **quality_against_null(autoencoder, w_dec_init, acts, ev.l0, seed, device)}
+    return FittedSAE(autoencoder, result, ev, values, {c.name: c for c in check_evaluation(values, spec.checks)})
+
+
+def save_fitted(fitted: FittedSAE, folder: Path) -> None:
+    """The SAE in the SAELens layout, its feature densities and its bars' outcomes (`checks.json`)."""
+    fitted.sae.to("cpu").save(folder)
+    save_file({"density": fitted.evaluation.density}, str(folder / DENSITY_FILE))
+    (folder / CHECKS_FILE).write_text(json.dumps({c.name: {"passed": c.passed, "value": c.value, "bound": c.bound}
+                                                  for c in fitted.checks.values()}, indent=1))
+
+
+def failed_checks(folder: Path) -> dict[str, dict]:
+    """The bars the SAE saved in `folder` failed ({} when it passed them all). A missing or unreadable
+    `checks.json` is an error: every SAE featureflow writes has one."""
+    path = Path(folder) / CHECKS_FILE
+    try:
+        checks = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing, so whether this SAE passed its quality checks is unknown; "
+                                "materialize its sae partition again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); materialize its sae partition again") from None
+    return {k: v for k, v in checks.items() if not v["passed"]}
+
+
+def require_passing(folders: dict[str, Path]) -> None:
+    """Raise FailedQualityChecks (naming the node and the failed bars) when an SAE of `folders`
+    ({node: SAE folder}) failed a quality check: a failing SAE feeds no transfer, correlation or flow."""
+    for node, folder in folders.items():
+        failed = failed_checks(folder)
+        if failed:
+            detail = ", ".join(f"{k} (value {v['value']:.4g}, bound {v['bound']})" for k, v in failed.items())
+            raise FailedQualityChecks(
+                f"the SAE of node '{node}' failed its quality checks: {detail}; fix its `sae:` settings "
+                f"and materialize sae[{node}] again before anything is computed from it")
