@@ -52,11 +52,16 @@ def tokenize_to_blocks(
 
 
 def save_blocks(path: Path, blocks: dict[str, SourceBlocks], metadata: dict[str, str]) -> None:
+    """`train.<source>` and `validation.<source>` blocks, with `metadata` as one sorted JSON string under
+    the header key `featureflow`: safetensors writes several metadata keys in an order that changes from
+    process to process, and the same blocks must give the same bytes (their sha256 is recorded downstream)."""
+    import json
+
     tensors = {}
     for name, b in blocks.items():
         tensors[f"train.{name}"] = b.train.contiguous()
         tensors[f"validation.{name}"] = b.validation.contiguous()
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(tensors, str(path), metadata={"featureflow": json.dumps(metadata, sort_keys=True)})
 
 
 def load_blocks(path: Path, split: str) -> dict[str, torch.Tensor]:

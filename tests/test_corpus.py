@@ -65,3 +65,24 @@ def test_blocks_respect_budget_and_separate_documents():
     assert blocks.shape == (6, 16) and seen >= 100
     full, _ = tokenize_to_blocks(tok, docs, 16, budget=None)
     assert (full == tok.eos_token_id).sum() >= 19  # one end-of-text per document, minus the dropped tail
+
+
+def test_the_same_blocks_give_the_same_bytes_in_every_process(tmp_path):
+    """safetensors orders several metadata keys differently from process to process; token blocks are
+    written so that their bytes (whose sha256 the edges' manifests record) do not depend on the process."""
+    import hashlib
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from featureflow_dagster.blocks import SourceBlocks, save_blocks\n"
+        "b = {'python': SourceBlocks(torch.arange(32, dtype=torch.int32).reshape(4, 8), torch.arange(8, dtype=torch.int32).reshape(1, 8), 32)}\n"
+        "save_blocks(sys.argv[1], b, {'node': 'base', 'n_ctx': '8', 'hash': 'h', 'source': 'python'})\n"
+    )
+    digests = set()
+    for i in range(4):
+        out = tmp_path / f"blocks{i}.safetensors"
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True, timeout=120)
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1
