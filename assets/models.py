@@ -1,14 +1,16 @@
 """Model assets: one per lineage node (`model/<node>`), each holding that node's single partition.
 
 A base trains from scratch; a fine-tune starts from its parent's saved weights. Merged models are
-built in merges.py under the same `MODEL` artefact."""
+built in merges.py under the same `MODEL` artefact. `model_summary` describes every node's saved model."""
 
+
+import json
 
 import dagster as dg
 
 from featureflow_dagster.blocks import load_blocks
 from featureflow_dagster.lineage import Lineage
-from featureflow_dagster.model import init_model, load_model, parameter_distance, weights_hash
+from featureflow_dagster.model import init_model, load_model, parameter_distance, summarize_model, weights_hash
 from featureflow_dagster.plots import loss_curve_figure, write_html
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
@@ -16,7 +18,7 @@ from featureflow_dagster.tokenizer import load_tokenizer
 from featureflow_dagster.training import train_lineage_node
 from featureflow_dagster.assets.data import TOKENIZER, TOKENS
 from featureflow_dagster.assets.guard import step_log
-from featureflow_dagster.assets.partitions import model_key, same_node, single_node_partition
+from featureflow_dagster.assets.partitions import model_key, node_partitions, per_node_models, same_node, single_node_partition
 from featureflow_dagster.assets.spec import Artefact, nodes
 
 
@@ -33,11 +35,36 @@ MODEL = Artefact(
     settings=lambda lineage: nodes(lineage, lambda n: _model_settings(lineage, n)),
     key_figures=("final_train_loss", "t"), kinds=frozenset({"pytorch", "huggingface"}), on_device=True,
 )
-ARTEFACTS = [MODEL]
+MODEL_SUMMARY = Artefact(
+    "model_summary", "models", "1", "model_summary/{key}.json",
+    settings=lambda lineage: nodes(lineage, lambda n: {}),  # nothing of the lineage file but its model changes its bytes
+    key_figures=("parameters",), kinds=frozenset({"json"}),
+    description="Each node's model at a glance, read from its saved folder without loading it: architecture in "
+    "TransformerLens's names, parameters in total and per part (embed, attention, mlp, norm, unembed), dtypes, bytes.",
+)
+ARTEFACTS = [MODEL, MODEL_SUMMARY]
 
 
 def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
-    return [_trained_model_asset(lineage, n.name) for n in lineage.topological_order() if n.kind != "merge"]
+    trained = [_trained_model_asset(lineage, n.name) for n in lineage.topological_order() if n.kind != "merge"]
+    return [*trained, _model_summary(lineage)]
+
+
+def _model_summary(lineage: Lineage) -> dg.AssetsDefinition:
+    @MODEL_SUMMARY.asset(partitions_def=node_partitions(lineage), deps=per_node_models([(n, n) for n in lineage.node_names]))
+    def model_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        node = context.partition_key
+        summary = summarize_model(MODEL.at(store, node))
+        path = MODEL_SUMMARY.at(store, node)
+        with store.write_file(path) as tmp:
+            tmp.write_text(json.dumps(summary, indent=1))
+        return MODEL_SUMMARY.result(path, file_sha256(path), {
+            "parameters": summary["parameters"], "architecture": summary["architecture"],
+            "shape": f"{summary['n_layers']} layers, d_model {summary['d_model']}, d_mlp {summary['d_mlp']}, "
+                     f"{summary['n_heads']} heads ({summary['n_key_value_heads']} key/value), d_vocab {summary['d_vocab']}",
+            "parameters_by_part": dg.MetadataValue.json(summary["parameters_by_part"]), "weights_bytes": summary["weights_bytes"]})
+
+    return model_summary
 
 
 def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:

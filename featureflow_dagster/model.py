@@ -67,3 +67,42 @@ def parameter_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
         num += float(((ta.float() - tb) ** 2).sum())
         den += float((tb**2).sum())
     return (num / den) ** 0.5
+
+
+# which part of a causal LM a parameter belongs to, by the first marker in its (Hugging Face) name
+PARTS = (("embed_tokens", "embed"), ("self_attn", "attention"), ("mlp", "mlp"), ("norm", "norm"), ("lm_head", "unembed"))
+
+
+def summarize_model(folder: str | Path) -> dict:
+    """A saved model (Hugging Face folder) without loading its weights: its architecture in
+    TransformerLens's names (d_model, d_mlp, n_layers, n_heads, n_key_value_heads, d_vocab, n_ctx),
+    parameter counts in total and per part (embed, attention, mlp, norm, unembed, other), the weights'
+    dtypes and bytes on disk, from config.json and the safetensors headers."""
+    import json
+    import math
+
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no *.safetensors weights; materialize its model again")
+    parts: dict[str, int] = {}
+    dtypes: set[str] = set()
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                tensor = f.get_slice(name)
+                part = next((p for marker, p in PARTS if marker in name), "other")
+                parts[part] = parts.get(part, 0) + math.prod(tensor.get_shape())
+                dtypes.add(tensor.get_dtype())
+    return {
+        "architecture": (config.get("architectures") or ["?"])[0], "model_type": config.get("model_type"),
+        "d_model": config.get("hidden_size"), "d_mlp": config.get("intermediate_size"),
+        "n_layers": config.get("num_hidden_layers"), "n_heads": config.get("num_attention_heads"),
+        "n_key_value_heads": config.get("num_key_value_heads"), "d_vocab": config.get("vocab_size"),
+        "n_ctx": config.get("max_position_embeddings"), "tied_embeddings": bool(config.get("tie_word_embeddings", False)),
+        "parameters": sum(parts.values()), "parameters_by_part": dict(sorted(parts.items())),
+        "dtypes": sorted(dtypes), "weights_bytes": sum(p.stat().st_size for p in files),
+    }

@@ -60,11 +60,11 @@ def test_plan_lists_a_node_and_its_ancestors_in_order_with_why(tmp_path):
     assert labels[:3] == ["corpus[base]", "corpus[code]", "tokenizer"]
     assert labels.index("model/base[base]") < labels.index("model/code[code]") < labels.index("sae[code]")
     assert set(labels) == {"corpus[base]", "corpus[code]", "tokenizer", "tokens[base]", "tokens[code]", "model/base[base]",
-                           "model/code[code]", "activation_store[base]", "activation_store[code]", "sae[base]", "sae[code]",
+                           "model/code[code]", "model_summary[base]", "model_summary[code]", "activation_store[base]", "activation_store[code]", "sae[base]", "sae[code]",
                            "feature_activations[base__code]", "sae_transfer[base__code]", "feature_correlation[base__code]",
                            "feature_examples[base]", "feature_examples[code]", "tasks", "task_performance[base]",
                            "task_performance[code]", "circuits[base]", "circuits[code]", "cmap[base__code]"}
-    assert "22 to materialize, 0 blocked" in res.stdout
+    assert "24 to materialize, 0 blocked" in res.stdout
     assert not (tmp_path / "home").exists()  # a plan writes no artefact
 
 

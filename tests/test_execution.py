@@ -13,7 +13,7 @@ from featureflow_dagster.definitions import build_definitions
 from featureflow_dagster.lineage import load_lineage
 from featureflow_dagster.runner import descendant_counts, materialization_plan, materialize_lineage, select
 
-CPU_ONLY = {"corpus", "tokenizer", "tokens", "tasks", "feature_flow", "case_studies", "autointerp_summary"}
+CPU_ONLY = {"model_summary", "corpus", "tokenizer", "tokens", "tasks", "feature_flow", "case_studies", "autointerp_summary"}
 
 
 def _with_autointerp():
@@ -92,9 +92,9 @@ def test_the_scheduler_starts_the_partition_with_most_descendants_first(tmp_path
     plan = materialization_plan(defs)
     # everything but itself and what it is trained from or beside: three corpora, the tokenizer, three token sets, tasks
     assert weight[("model/base", "base")] == len(plan) - 1 - 3 - 1 - 3 - 1
-    # the merge sweep: the merged model, its store, SAE, examples, task scores and circuits, the two edges
-    # into the merge (activations, transfer, correlation, CMAP each), the flow, case studies and pages
-    assert weight[("slerp_sweep", "merged")] == 6 + 2 * 4 + 3
+    # the merge sweep: the merged model, its summary, store, SAE, examples, task scores and circuits, the two
+    # edges into the merge (activations, transfer, correlation, CMAP each), the flow, case studies and pages
+    assert weight[("slerp_sweep", "merged")] == 7 + 2 * 4 + 3
     assert weight[("model/code", "code")] > weight[("slerp_sweep", "merged")] > weight[("sae", "merged")] > 0
     assert weight[("feature_pages", None)] == weight[("circuits", "base")] == 0
 

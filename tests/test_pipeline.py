@@ -1,5 +1,6 @@
 """The micro lineage materialized through Dagster itself, and what Dagster then knows about staleness."""
 
+import json
 import os
 import re
 import shutil
@@ -17,13 +18,6 @@ from featureflow_dagster.definitions import build_definitions
 from featureflow_dagster.runner import materialization_plan, materialize_lineage, observe_config, stale_statuses
 from featureflow_dagster.lineage import load_lineage, parse_lineage, resolve_lineage_path
 from featureflow_dagster.model import parameter_distance, weights_hash
-from featureflow_dagster.assets.data import CORPUS, TOKENIZER, TOKENS
-from featureflow_dagster.assets.examples import CASE_STUDIES, FEATURE_EXAMPLES, FEATURE_PAGES
-from featureflow_dagster.assets.flow import FEATURE_ACTIVATIONS, FEATURE_CORRELATION, FEATURE_FLOW
-from featureflow_dagster.assets.merges import SLERP_SWEEP
-from featureflow_dagster.assets.models import MODEL
-from featureflow_dagster.assets.patching import CIRCUITS, CMAP, TASKS, TASK_PERFORMANCE
-from featureflow_dagster.assets.sae import ACTIVATION_STORE, SAE, SAE_TRANSFER
 
 pytestmark = pytest.mark.slow
 
@@ -48,24 +42,16 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_every_artefact_round_trips_through_shared_storage_to_another_machine(micro, tmp_path):
     """A second machine (another local mirror of the same store URL) gets every artefact of every type,
     byte for byte, through the store's own accessors."""
+    from featureflow_dagster.assets import ARTEFACTS
     from featureflow_dagster.resources import ArtifactStore
 
     lineage, home, instance, defs, done = micro
     here = defs.resources["store"]
     there = ArtifactStore(root=str(tmp_path / "other"), lineage_name=lineage.name, url=here.url)
-    edges = [f"{p}__{c}" for p, c in lineage.edges()]
-    for node in lineage.node_names:
-        for path in (MODEL.at(there, node), ACTIVATION_STORE.at(there, node), SAE.at(there, node), FEATURE_EXAMPLES.at(there, node),
-                     TASK_PERFORMANCE.at(there, node), CIRCUITS.at(there, node)):
-            assert path.exists(), path
-        if lineage.node(node).data is not None:
-            assert CORPUS.at(there, node).is_file() and TOKENS.at(there, node).is_file()
-    for edge in edges:
-        for path in (SAE_TRANSFER.at(there, edge), FEATURE_ACTIVATIONS.at(there, edge), FEATURE_CORRELATION.at(there, edge),
-                     CMAP.at(there, edge)):
-            assert path.exists(), path
-    for path in (TOKENIZER.at(there), FEATURE_FLOW.at(there), CASE_STUDIES.at(there), TASKS.at(there),
-                 FEATURE_PAGES.at(there), there.plotly_js(), there.report_dir("sae", "base"), SLERP_SWEEP.at(there, "merged")):
+    for artefact in ARTEFACTS:  # every asset's artefact, every partition the lineage builds
+        for key in artefact.settings(lineage):
+            assert artefact.at(there, key).exists(), (artefact.name, key)
+    for path in (there.plotly_js(), there.report_dir("sae", "base")):
         assert path.exists(), path
     there.mirror.fetch()  # and whatever no accessor names (the lineage marker)
     mine, theirs = _files(home), _files(Path(there.root))
@@ -106,6 +92,17 @@ def test_micro_models_are_hugging_face_models(micro):
     assert not list((home / "checkpoints").rglob("*.pt"))  # finished runs leave no checkpoint
 
 
+def test_every_model_is_summarized_from_its_saved_folder(micro):
+    lineage, home, instance, defs, done = micro
+    for node in lineage.node_names:
+        model = AutoModelForCausalLM.from_pretrained(home / "model" / node)
+        summary = json.loads((home / "model_summary" / f"{node}.json").read_text())
+        assert summary["parameters"] == sum(p.numel() for p in model.parameters())
+        assert (summary["n_layers"], summary["d_model"], summary["d_mlp"]) == (1, lineage.model.d_model, lineage.model.d_mlp)
+        meta = _meta_partition(instance, ["model_summary"], node)
+        assert meta["parameters"] == summary["parameters"] and meta["path"] == str(home / "model_summary" / f"{node}.json")
+
+
 def test_finetune_starts_from_parent_and_moves_away(micro):
     lineage, home, instance, defs, _ = micro
     base = _meta(instance, ["model", "base"])
@@ -144,7 +141,7 @@ def test_changing_one_node_marks_exactly_its_descendants_stale(micro):
     stale = {k for k, s in status.items() if s != "FRESH"}
     nodes, edges = ["base", "code", "prose", "merged"], ["base__code", "base__prose", "code__merged", "prose__merged"]
     assert stale == {("model/code", "code"), ("model/prose", "prose"), ("slerp_sweep", "merged"), ("model/merged", "merged")} | {
-        (a, n) for a in ("activation_store", "sae", "feature_examples", "task_performance", "circuits") for n in nodes} | {
+        (a, n) for a in ("model_summary", "activation_store", "sae", "feature_examples", "task_performance", "circuits") for n in nodes} | {
         (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation", "cmap") for e in edges} | {
         ("feature_flow", None), ("case_studies", None), ("feature_pages", None)}
     materialize_lineage(defs, instance, only={dg.AssetKey(["model", "base"])}, echo=lambda *_: None)
@@ -162,7 +159,7 @@ def test_changing_one_finetune_marks_only_its_sweep_and_merge_stale(micro):
     materialize_lineage(changed, instance, only={dg.AssetKey(["model", "prose"])}, echo=lambda *_: None)
     stale = {k for k, s in _status(changed, instance).items() if s != "FRESH"}
     assert stale == {("slerp_sweep", "merged"), ("model/merged", "merged")} | {
-        (a, n) for a in ("activation_store", "sae", "feature_examples", "task_performance", "circuits") for n in ("prose", "merged")} | {
+        (a, n) for a in ("model_summary", "activation_store", "sae", "feature_examples", "task_performance", "circuits") for n in ("prose", "merged")} | {
         (a, e) for a in ("sae_transfer", "feature_activations", "feature_correlation", "cmap")
         for e in ("base__prose", "prose__merged", "code__merged")} | {("feature_flow", None), ("case_studies", None), ("feature_pages", None)}
     materialize_lineage(defs, instance, only={dg.AssetKey(["model", "prose"])}, echo=lambda *_: None)  # the old bytes back

@@ -38,11 +38,11 @@ def _node(raw, name):
 
 
 def _node_stage(*nodes):
-    """A node's model and everything per node below it (store, SAE)."""
+    """A node's model and everything per node below it (its summary, store, SAE)."""
     out = set()
     for n in nodes:
-        out |= {(f"model/{n}", n), ("activation_store", n), ("sae", n), ("feature_examples", n), ("task_performance", n),
-                ("circuits", n)}
+        out |= {(f"model/{n}", n), ("model_summary", n), ("activation_store", n), ("sae", n), ("feature_examples", n),
+                ("task_performance", n), ("circuits", n)}
     return out
 
 

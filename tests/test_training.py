@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from featureflow_dagster.hooked import load_hooked_model
 from featureflow_dagster.hooks import MLP_POST
 from featureflow_dagster.lineage import ModelSpec, TrainingSpec
-from featureflow_dagster.model import init_model, weights_hash
+from featureflow_dagster.model import init_model, summarize_model, weights_hash
 from featureflow_dagster.storage import atomic_dir
 from featureflow_dagster.tokenizer import train_bpe
 from featureflow_dagster.training import batch_indices, evaluate, lr_factor, train_causal_lm
@@ -99,3 +99,20 @@ def test_atomic_dir_keeps_old_artefact_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert (final / "weights").read_text() == "v1"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_saved_model_is_summarized_without_loading_it(tok, tmp_path):
+    model = init_model(SPEC.model_copy(update={"n_kv_heads": 1}), tok, 0)
+    model.save_pretrained(tmp_path)
+    summary = summarize_model(tmp_path)
+    named = dict(model.named_parameters())
+    assert summary["parameters"] == sum(p.numel() for p in named.values())
+    assert summary["parameters_by_part"]["mlp"] == sum(p.numel() for n, p in named.items() if ".mlp." in n)
+    assert summary["parameters_by_part"]["embed"] == len(tok) * SPEC.d_model
+    assert "other" not in summary["parameters_by_part"]
+    assert (summary["d_model"], summary["d_mlp"], summary["n_heads"], summary["n_key_value_heads"], summary["d_vocab"]) == \
+        (SPEC.d_model, SPEC.d_mlp, SPEC.n_heads, 1, len(tok))
+    assert summary["dtypes"] == ["F32"] and summary["weights_bytes"] == (tmp_path / "model.safetensors").stat().st_size
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no .*safetensors"):
+        summarize_model(tmp_path)
