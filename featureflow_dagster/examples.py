@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from featureflow_dagster.activations import run_to_hook
-from featureflow_dagster.flow import _to_csr
+from featureflow_dagster.flow import to_csr
 
 # Histogram bins shared by every feature: log-spaced edges from 1e-4 to 1e4 of the activation.
 HIST_EDGES = np.logspace(-4, 4, 81)
@@ -312,7 +312,7 @@ def context_codes(model, sae, windows: torch.Tensor, device, batch_windows: int 
     parts = []
     for start in range(0, windows.shape[0], batch_windows):
         acts = run_to_hook(model, windows[start:start + batch_windows].to(device, torch.long))
-        parts.append(_to_csr(sae.encode(acts.reshape(-1, acts.shape[-1]).float())))
+        parts.append(to_csr(sae.encode(acts.reshape(-1, acts.shape[-1]).float())))
     return sp.vstack(parts, format="csc")
 
 
