@@ -1,7 +1,7 @@
 """The artefact store: where every artefact of a lineage lives on disk, written atomically.
 
 Layout under `root` ($FEATUREFLOW_HOME): each asset's artefact lives where its `Artefact.place` says
-(assets/; `featureflow_dagster.assets.ARTEFACTS` lists them, docs/architecture.md shows the tree), beside
+(assets/; `featureflow_dagster.assets.ARTEFACTS` lists them, the README's on-disk layout shows the tree), beside
   lineage.json                   which lineage owns this folder
   reports/<asset>/<key>/         plots (plotly HTML) and tables; reports/plotly.min.js, the one plotly.js they all load
   llm_cache/<xx>/<sha256>.json   every LLM answer, keyed by (model, messages, sampling parameters)
@@ -9,7 +9,7 @@ Layout under `root` ($FEATUREFLOW_HOME): each asset's artefact lives where its `
   .locks/<asset>[<key>].lock     held (flock) while a process materializes that partition
 
 With `url` (FEATUREFLOW_STORE, e.g. s3://bucket/featureflow/demo) the artefacts live on shared storage
-and `root` is this machine's mirror of them (featureflow_dagster/remote.py): every path accessor first
+and `root` is this machine's mirror of them (featureflow_dagster/remote.py): `at` first
 fetches what another machine published there (except where an asset asks with `fetch=False` for a
 large artefact it is about to replace whole), and every atomic write an asset makes is published
 as it completes (the asset guard installs the hook), checkpoints included, so a pod that is killed
