@@ -21,7 +21,7 @@ from featureflow_dagster.assets.examples import FEATURE_EXAMPLES
 from featureflow_dagster.assets.flow import read_flow
 from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.models import MODEL
-from featureflow_dagster.assets.partitions import node_partitions, per_node_models
+from featureflow_dagster.assets.partitions import node_partitions, own_models
 from featureflow_dagster.assets.sae import SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, nodes
 
@@ -58,7 +58,7 @@ def _classification(store: ArtifactStore, lineage: Lineage) -> pd.DataFrame | No
 
 def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
     spec = lineage.autointerp
-    deps = [dg.AssetDep("feature_examples"), dg.AssetDep("sae"), dg.AssetDep("tokenizer"), *per_node_models([(n, n) for n in lineage.node_names])]
+    deps = [dg.AssetDep("feature_examples"), dg.AssetDep("sae"), dg.AssetDep("tokenizer"), *own_models(lineage)]
     if lineage.edges():
         deps.append(dg.AssetDep("feature_flow"))
 

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from featureflow_dagster.blocks import load_blocks
 from featureflow_dagster.examples import direct_logit_effects, examples_for_node, feature_table, load_evidence, model_logit_path
 from featureflow_dagster.flow import case_studies, describe_cases, trajectories
-from featureflow_dagster.serve import reports_url
+from featureflow_dagster.serve import FEATURE_PAGES_DIR, REPORTS_DIR, reports_url
 from featureflow_dagster import site
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.model import load_model
@@ -26,7 +26,7 @@ from featureflow_dagster.assets.data import TOKENIZER, TOKENS
 from featureflow_dagster.assets.flow import FEATURE_CORRELATION, flow_tables, read_flow
 from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.models import MODEL
-from featureflow_dagster.assets.partitions import ancestry_token_edges, fan_out, model_key, node_partitions, per_node_models
+from featureflow_dagster.assets.partitions import ancestry_token_edges, fan_out, model_key, node_partitions, own_models
 from featureflow_dagster.assets.sae import SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, nodes
 
@@ -47,7 +47,7 @@ CASE_STUDIES = Artefact(
     "its top-token hypothesis. Shown with highlighted contexts on the feature pages.",
 )
 FEATURE_PAGES = Artefact(
-    "feature_pages", "features", "1", "reports/features",
+    "feature_pages", "features", "1", f"{REPORTS_DIR}/{FEATURE_PAGES_DIR}",
     settings=lambda lineage: {None: {}},  # nothing of the lineage file changes its bytes but what arrives from upstream
     key_figures=("pages", "megabytes"), kinds=frozenset({"html", "plotly"}), on_device=True,
     description="Static site under reports/features/: an index of every live feature (filter and sort by node, "
@@ -65,7 +65,7 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
 
 def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
     deps = [dg.AssetDep("sae"), dg.AssetDep("tokens", partition_mapping=fan_out(ancestry_token_edges(lineage))),
-            *per_node_models([(n, n) for n in lineage.node_names])]
+            *own_models(lineage)]
 
     @FEATURE_EXAMPLES.asset(partitions_def=node_partitions(lineage), deps=deps)
     def feature_examples(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
@@ -76,8 +76,7 @@ def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
         tok = load_tokenizer(TOKENIZER.at(store))
         blocks = [b for owner in lineage.data_ancestry(node) for b in load_blocks(TOKENS.at(store, owner), "validation").values()]
         started = time.perf_counter()
-        ex = examples_for_node(model, sae, blocks, lineage.examples.tokens, len(tok), lineage.examples, lineage.seed_of(node), dev,
-                               log=step_log(context))
+        ex = examples_for_node(model, sae, blocks, len(tok), lineage.examples, lineage.seed_of(node), dev, log=step_log(context))
         seconds = time.perf_counter() - started
         top, top_ids, bottom, bottom_ids = direct_logit_effects(sae.W_dec.detach().cpu(), *(t.cpu() for t in model_logit_path(model)),
                                                                 k=lineage.examples.logit_k)
@@ -138,7 +137,7 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
 
     @FEATURE_PAGES.asset(deps=deps)
     def feature_pages(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
-        from featureflow_dagster.assets.autointerp import AUTOINTERP
+        from featureflow_dagster.assets.autointerp import AUTOINTERP  # here: assets/autointerp.py imports this module
 
         require_passing_saes(store, names)
         started = time.perf_counter()

@@ -18,7 +18,7 @@ from featureflow_dagster.tokenizer import load_tokenizer
 from featureflow_dagster.training import train_lineage_node
 from featureflow_dagster.assets.data import TOKENIZER, TOKENS
 from featureflow_dagster.assets.guard import step_log
-from featureflow_dagster.assets.partitions import model_key, node_partitions, per_node_models, same_node, single_node_partition
+from featureflow_dagster.assets.partitions import model_key, node_partitions, own_models, same_node, single_node_partition
 from featureflow_dagster.assets.spec import Artefact, nodes
 
 
@@ -51,7 +51,7 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
 
 
 def _model_summary(lineage: Lineage) -> dg.AssetsDefinition:
-    @MODEL_SUMMARY.asset(partitions_def=node_partitions(lineage), deps=per_node_models([(n, n) for n in lineage.node_names]))
+    @MODEL_SUMMARY.asset(partitions_def=node_partitions(lineage), deps=own_models(lineage))
     def model_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         node = context.partition_key
         summary = summarize_model(MODEL.at(store, node))

@@ -61,6 +61,11 @@ def edge_ends(lineage: Lineage) -> list[tuple[str, str]]:
     return [(n, e.key) for e in lineage.edges() for n in e]
 
 
+def own_models(lineage: Lineage) -> list[dg.AssetDep]:
+    """One dep per model/<n> on its own partition: how node-partitioned assets read their node's model."""
+    return per_node_models([(n, n) for n in lineage.node_names])
+
+
 def per_node_models(edges: list[tuple[str, str]]) -> list[dg.AssetDep]:
     """One dep per model/<n>, mapping its single partition to the downstream partitions in `edges`
     ((node, downstream partition) pairs)."""

@@ -27,7 +27,7 @@ from featureflow_dagster.assets.data import TOKENIZER, TOKENS
 from featureflow_dagster.assets.flow import FEATURE_CORRELATION
 from featureflow_dagster.assets.models import MODEL
 from featureflow_dagster.assets.guard import step_log
-from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, node_partitions, per_node_models
+from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, node_partitions, own_models, per_node_models
 from featureflow_dagster.assets.sae import SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, edges, nodes
 
@@ -127,7 +127,7 @@ def _tasks(lineage: Lineage) -> dg.AssetsDefinition:
 
 def _task_performance(lineage: Lineage) -> dg.AssetsDefinition:
     @TASK_PERFORMANCE.asset(partitions_def=node_partitions(lineage),
-                            deps=[dg.AssetDep("tasks"), *per_node_models([(n, n) for n in lineage.node_names])])
+                            deps=[dg.AssetDep("tasks"), *own_models(lineage)])
     def task_performance(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         node = context.partition_key
         model = load_hooked_model(MODEL.at(store, node), device.torch_device())
@@ -145,7 +145,7 @@ def _task_performance(lineage: Lineage) -> dg.AssetsDefinition:
 
 
 def _circuits(lineage: Lineage) -> dg.AssetsDefinition:
-    @CIRCUITS.asset(partitions_def=node_partitions(lineage), deps=[dg.AssetDep("tasks"), *per_node_models([(n, n) for n in lineage.node_names])])
+    @CIRCUITS.asset(partitions_def=node_partitions(lineage), deps=[dg.AssetDep("tasks"), *own_models(lineage)])
     def circuits(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         node = context.partition_key
         model = load_hooked_model(MODEL.at(store, node), device.torch_device())

@@ -20,7 +20,7 @@ from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.assets.data import TOKENS
 from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.models import MODEL
-from featureflow_dagster.assets.partitions import ancestry_token_edges, edge_ends, edge_partitions, fan_out, node_partitions, per_node_models
+from featureflow_dagster.assets.partitions import ancestry_token_edges, edge_ends, edge_partitions, fan_out, node_partitions, own_models, per_node_models
 from featureflow_dagster.assets.spec import Artefact, edges, nodes
 
 ACTIVATION_STORE = Artefact(
@@ -61,7 +61,7 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
 
 def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
     deps = [dg.AssetDep("tokens", partition_mapping=fan_out(ancestry_token_edges(lineage))),
-            *per_node_models([(n, n) for n in lineage.node_names])]
+            *own_models(lineage)]
 
     @ACTIVATION_STORE.asset(partitions_def=node_partitions(lineage), deps=deps)
     def activation_store(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
@@ -123,7 +123,7 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
     check_specs = _check_specs(lineage)
 
     @SAE.asset(partitions_def=node_partitions(lineage), check_specs=check_specs,
-               deps=[dg.AssetDep("activation_store"), *per_node_models([(n, n) for n in lineage.node_names])])
+               deps=[dg.AssetDep("activation_store"), *own_models(lineage)])
     def sae(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource):
         node = context.partition_key
         spec, seed, dev = lineage.sae_spec(node), lineage.sae_seed(node), device.torch_device()

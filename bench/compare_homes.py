@@ -7,9 +7,10 @@ of code that should not change results (a refactor) writes the same artefacts.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
+
+from featureflow_dagster.storage import file_sha256
 
 SKIP = (".locks",)
 
@@ -18,17 +19,13 @@ def files(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in SKIP}
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def main() -> int:
     if len(sys.argv) != 3:
         print(__doc__, file=sys.stderr)
         return 2
     a, b = Path(sys.argv[1]), Path(sys.argv[2])
     fa, fb = files(a), files(b)
-    same = [rel for rel in sorted(fa & fb) if sha256(a / rel) == sha256(b / rel)]
+    same = [rel for rel in sorted(fa & fb) if file_sha256(a / rel) == file_sha256(b / rel)]
     differ = sorted((fa & fb) - set(same))
     print(f"{len(fa & fb)} files on both sides: {len(same)} identical, {len(differ)} differ; "
           f"only in the first {len(fa - fb)}, only in the second {len(fb - fa)}")

@@ -232,9 +232,9 @@ def _reports_port() -> int:
 def _start_reports(lineage, port: int):
     """Serve the lineage's reports/ on 127.0.0.1:`port`; None (with a warning) when the port is taken."""
     from featureflow_dagster.instance import featureflow_home
-    from featureflow_dagster.serve import reports_url, serve_reports
+    from featureflow_dagster.serve import FEATURE_INDEX, REPORTS_DIR, reports_url, serve_reports
 
-    root = featureflow_home(lineage.name) / "reports"
+    root = featureflow_home(lineage.name) / REPORTS_DIR
     try:
         server = serve_reports(root, port)
     except OSError as e:
@@ -242,7 +242,7 @@ def _start_reports(lineage, port: int):
               "FEATUREFLOW_REPORTS_PORT to a free port", file=sys.stderr)
         return None
     os.environ["FEATUREFLOW_REPORTS_PORT"] = str(port)  # the assets' metadata links point here
-    print(f"featureflow: reports of '{lineage.name}' ({root}) on {reports_url('features/index.html', port)}", flush=True)
+    print(f"featureflow: reports of '{lineage.name}' ({root}) on {reports_url(FEATURE_INDEX, port)}", flush=True)
     return server
 
 
@@ -281,12 +281,13 @@ def _reports(args) -> int:
     lineage = _load(args)
     if lineage is None:
         return BAD_INPUT
-    from featureflow_dagster.assets.examples import FEATURE_PAGES
     from featureflow_dagster.instance import featureflow_home
-    from featureflow_dagster.resources import ArtifactStore
+    from featureflow_dagster.serve import FEATURE_INDEX, REPORTS_DIR
 
-    if not (FEATURE_PAGES.at(ArtifactStore(root=str(featureflow_home(lineage.name)), lineage_name=lineage.name)) / "index.html").is_file():
-        print(f"note: no feature pages yet under {featureflow_home(lineage.name) / 'reports'}; "
+    # the reports' own layout (serve.py), so that serving them imports no asset module (nor torch)
+    reports = featureflow_home(lineage.name) / REPORTS_DIR
+    if not (reports / FEATURE_INDEX).is_file():
+        print(f"note: no feature pages yet under {reports}; "
               "`featureflow materialize` builds them", file=sys.stderr)
     server = _start_reports(lineage, args.port or _reports_port())
     if server is None:

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from featureflow_dagster.activations import run_to_hook
-from featureflow_dagster.flow import to_csr
+from featureflow_dagster.flow import edge_windows, to_csr
 
 # Histogram bins shared by every feature: log-spaced edges from 1e-4 to 1e4 of the activation.
 HIST_EDGES = np.logspace(-4, 4, 81)
@@ -272,15 +272,13 @@ def feature_llr(examples: FeatureExamples, feature: int, hypothesis) -> float:
     return float((totals * llr[toks]).sum() / totals.sum())
 
 
-def examples_for_node(model, sae, blocks: list[torch.Tensor], tokens: int, vocab_size: int, spec, seed: int, device,
+def examples_for_node(model, sae, blocks: list[torch.Tensor], vocab_size: int, spec, seed: int, device,
                       log=None) -> "FeatureExamples":
-    """`collect_examples` over up to `tokens` tokens of windows (the SAE's context) drawn with `seed` from
-    `blocks` (held-out token blocks), with the recipe `spec` (`ExamplesSpec`: top_k, samples, batch)."""
-    from featureflow_dagster.flow import edge_windows
-
+    """`collect_examples` over up to `spec.tokens` tokens of windows (the SAE's context) drawn with `seed`
+    from `blocks` (held-out token blocks), with the recipe `spec` (`ExamplesSpec`: tokens, top_k, samples, batch)."""
     ctx = sae.cfg.context_size
     available = sum(b.shape[0] for b in blocks) * (blocks[0].shape[1] // ctx) * ctx
-    windows, _ = edge_windows(blocks, ctx, min(tokens, available), seed)
+    windows, _ = edge_windows(blocks, ctx, min(spec.tokens, available), seed)
     return collect_examples(model, sae, windows, device, vocab_size=vocab_size, top_k=spec.top_k, samples=spec.samples,
                             batch_windows=spec.batch_windows, seed=seed, log=log)
 

@@ -12,6 +12,9 @@ import threading
 from pathlib import Path
 
 DEFAULT_PORT = 3001
+REPORTS_DIR = "reports"  # a home's folder of reports, the one this server serves
+FEATURE_PAGES_DIR = "features"  # the feature pages within it (the `feature_pages` asset)
+FEATURE_INDEX = f"{FEATURE_PAGES_DIR}/index.html"  # where `/` leads once the pages exist
 
 
 def reports_port() -> int:
@@ -25,9 +28,9 @@ def reports_url(path: str = "", port: int | None = None) -> str:
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's naming)
-        if self.path in ("/", "/index.html") and (Path(self.directory) / "features" / "index.html").is_file():
+        if self.path in ("/", "/index.html") and (Path(self.directory) / FEATURE_INDEX).is_file():
             self.send_response(302)
-            self.send_header("Location", "/features/index.html")
+            self.send_header("Location", f"/{FEATURE_INDEX}")
             self.end_headers()
             return
         if self.path == "/favicon.ico":  # none: say so without a 404 in the browser's console

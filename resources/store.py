@@ -28,6 +28,7 @@ from typing import Iterator
 import dagster as dg
 from pydantic import Field
 
+from featureflow_dagster.serve import REPORTS_DIR
 from featureflow_dagster.storage import atomic_dir, atomic_file, committing
 
 _MIRRORS: dict = {}
@@ -94,11 +95,11 @@ class ArtifactStore(dg.ConfigurableResource):
         return self.at("llm_cache")
 
     def report_dir(self, asset: str, key: str) -> Path:
-        return self.at(f"reports/{asset}/{key}")
+        return self.at(f"{REPORTS_DIR}/{asset}/{key}")
 
     def plotly_js(self) -> Path:
         """The one plotly.js every report of this home loads (see plots.write_html)."""
-        return self.at("reports/plotly.min.js")
+        return self.at(f"{REPORTS_DIR}/plotly.min.js")
 
     def checkpoint_path(self, asset: str, key: str) -> Path:
         return self.at(f"checkpoints/{asset}/{key}.pt")

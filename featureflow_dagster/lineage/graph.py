@@ -45,18 +45,21 @@ class Edge(NamedTuple):
         return f"{self.parent}{EDGE_ARROW}{self.child}"
 
     @classmethod
+    def _split(cls, text: str, sep: str) -> "Edge | None":
+        parts = text.split(sep)
+        return cls(*parts) if len(parts) == 2 and all(parts) else None
+
+    @classmethod
     def from_key(cls, key: str) -> "Edge | None":
         """The edge a partition key names, or None for any other key (a node's)."""
-        parts = key.split(EDGE_SEPARATOR)
-        return cls(*parts) if len(parts) == 2 and all(parts) else None
+        return cls._split(key, EDGE_SEPARATOR)
 
     @classmethod
     def parse(cls, text: str) -> "Edge":
         """An edge from its key (`base__lua`) or its label (`base->lua`)."""
-        for sep in (EDGE_SEPARATOR, EDGE_ARROW):
-            parts = text.split(sep)
-            if len(parts) == 2 and all(parts):
-                return cls(*parts)
+        edge = cls._split(text, EDGE_SEPARATOR) or cls._split(text, EDGE_ARROW)
+        if edge is not None:
+            return edge
         raise ValueError(f"{text!r} is not an edge; write it as parent{EDGE_SEPARATOR}child or parent{EDGE_ARROW}child")
 
 
