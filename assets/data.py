@@ -7,6 +7,7 @@ import pandas as pd
 from featureflow_dagster.blocks import blocks_hash, build_blocks, save_blocks
 from featureflow_dagster.corpus import build_corpus, corpus_hash
 from featureflow_dagster.lineage import Lineage
+from featureflow_dagster.pretrained import resolve
 from featureflow_dagster.resources import ArtifactStore
 from featureflow_dagster.tokenizer import build_tokenizer, load_tokenizer, tokenizer_hash
 from featureflow_dagster.assets.partitions import data_node_partitions
@@ -28,7 +29,8 @@ CORPUS = Artefact(
 )
 TOKENIZER = Artefact(
     "tokenizer", "data", "1", "tokenizer",
-    settings=lambda lineage: {None: lineage.tokenizer.model_dump(mode="json")},
+    settings=lambda lineage: {None: {**lineage.tokenizer.model_dump(mode="json"),
+                                     **({"base": lineage.base.pretrained.model_dump(mode="json")} if lineage.tokenizer.kind == "model" else {})}},
     key_figures=("vocab_size",), kinds=frozenset({"huggingface"}),
     description="The lineage's tokenizer: a BPE trained on the base node's training documents, or a named one.",
 )
@@ -36,7 +38,7 @@ TOKENS = Artefact(
     "tokens", "data", "1", "tokens/{key}.safetensors",
     settings=lambda lineage: _data_nodes(lineage, lambda node: {
         "data": node.data.model_dump(mode="json", exclude={"sources": {"__all__": {"expected_tokens"}}}),
-        "n_ctx": lineage.model_spec(node.name).n_ctx}),
+        "n_ctx": lineage.block_n_ctx}),
     key_figures=("train_tokens",), kinds=frozenset({"safetensors"}),
     description="n_ctx-token blocks per source and split, within the node's token budgets.",
 )
@@ -57,11 +59,17 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
         data_hash = corpus_hash(stats)
         return CORPUS.result(path, data_hash, {"sources": dg.MetadataValue.json(stats), "documents": len(table), "data_hash": data_hash})
 
-    @TOKENIZER.asset(deps=[dg.AssetDep(corpus, partition_mapping=dg.SpecificPartitionsPartitionMapping([base]))])
+    from_model = lineage.tokenizer.kind == "model"
+    source = dg.AssetKey(["pretrained", base]) if from_model else dg.AssetDep(corpus, partition_mapping=dg.SpecificPartitionsPartitionMapping([base]))
+
+    @TOKENIZER.asset(deps=[source])
     def tokenizer(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         spec = lineage.tokenizer
-        table = pd.read_parquet(CORPUS.at(store, base)) if spec.kind == "bpe" else None
-        tok = build_tokenizer(spec, table, context.log.info)
+        if from_model:  # the tokenizer that comes with the base's pretrained model
+            tok = load_tokenizer(resolve(base, lineage.base.pretrained).folder)
+        else:
+            table = pd.read_parquet(CORPUS.at(store, base)) if spec.kind == "bpe" else None
+            tok = build_tokenizer(spec, table, context.log.info)
         out = TOKENIZER.at(store)
         with store.write_dir(out) as tmp:
             tok.save_pretrained(str(tmp))
@@ -73,7 +81,7 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
         node = lineage.node(context.partition_key)
         tok = load_tokenizer(TOKENIZER.at(store))
         table = pd.read_parquet(CORPUS.at(store, node.name))
-        n_ctx = lineage.model_spec(node.name).n_ctx
+        n_ctx = lineage.block_n_ctx
         blocks, stats = build_blocks(tok, table, node.data, n_ctx, log=step_log(context))
         digest = blocks_hash(blocks)
         path = TOKENS.at(store, node.name)

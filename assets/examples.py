@@ -78,7 +78,7 @@ def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
         started = time.perf_counter()
         ex = examples_for_node(model, sae, blocks, len(tok), lineage.examples, lineage.seed_of(node), dev, log=step_log(context))
         seconds = time.perf_counter() - started
-        top, top_ids, bottom, bottom_ids = direct_logit_effects(sae.W_dec.detach().cpu(), *(t.cpu() for t in model_logit_path(model)),
+        top, top_ids, bottom, bottom_ids = direct_logit_effects(sae.W_dec.detach().cpu(), model_logit_path(model, sae.cfg.hook_name),
                                                                 k=lineage.examples.logit_k)
         table = feature_table(ex, tok.convert_ids_to_tokens(list(range(len(tok)))), top_ids)
         out = FEATURE_EXAMPLES.at(store, node, fetch=False)

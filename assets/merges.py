@@ -21,7 +21,7 @@ from featureflow_dagster.assets.spec import Artefact
 def _auto_merges(lineage: Lineage) -> list[str]:
     """Merge nodes whose SLERP t is chosen by a sweep (`merge.slerp_t: auto`)."""
     return [n.name for n in lineage.topological_order()
-            if n.kind == "merge" and lineage.merge_spec(n.name).method == "slerp" and lineage.merge_spec(n.name).slerp_t == "auto"]
+            if n.kind == "merge" and n.pretrained is None and lineage.merge_spec(n.name).method == "slerp" and lineage.merge_spec(n.name).slerp_t == "auto"]
 
 
 SLERP_SWEEP = Artefact(
@@ -36,7 +36,8 @@ ARTEFACTS = [SLERP_SWEEP]
 
 def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
     auto = _auto_merges(lineage)
-    assets = [_merged_model_asset(lineage, n.name, n.name in auto) for n in lineage.topological_order() if n.kind == "merge"]
+    assets = [_merged_model_asset(lineage, n.name, n.name in auto) for n in lineage.topological_order()
+              if n.kind == "merge" and n.pretrained is None]  # a published merge is a pretrained node (models.py)
     if auto:
         assets.append(_slerp_sweep_asset(lineage, auto))
     return assets

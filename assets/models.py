@@ -1,6 +1,7 @@
 """Model assets: one per lineage node (`model/<node>`), each holding that node's single partition.
 
-A base trains from scratch; a fine-tune starts from its parent's saved weights. Merged models are
+A base trains from scratch; a fine-tune starts from its parent's saved weights; a pretrained node's
+weights come from a repo or folder, observed as `pretrained/<node>`. Merged models are
 built in merges.py under the same `MODEL` artefact. `model_summary` describes every node's saved model."""
 
 
@@ -12,6 +13,7 @@ from featureflow_dagster.blocks import load_blocks
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.model import init_model, load_model, parameter_distance, summarize_model, weights_hash
 from featureflow_dagster.plots import loss_curve_figure, write_html
+from featureflow_dagster.pretrained import link_model_files, resolve
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.tokenizer import load_tokenizer
@@ -23,6 +25,8 @@ from featureflow_dagster.assets.spec import Artefact, nodes
 
 
 def _model_settings(lineage: Lineage, n: str) -> dict:
+    if lineage.node(n).pretrained is not None:  # its bytes are versioned by the `pretrained/<node>` observation
+        return {"pretrained": lineage.node(n).pretrained.model_dump(mode="json")}
     if lineage.node(n).data is not None:
         return {"model": lineage.model_spec(n).model_dump(mode="json"),
                 "training": lineage.training_spec(n).model_dump(mode="json"), "seed": lineage.seed_of(n)}
@@ -46,8 +50,42 @@ ARTEFACTS = [MODEL, MODEL_SUMMARY]
 
 
 def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
-    trained = [_trained_model_asset(lineage, n.name) for n in lineage.topological_order() if n.kind != "merge"]
-    return [*trained, _model_summary(lineage)]
+    trained = [_trained_model_asset(lineage, n) for n in lineage.node_names if lineage.trains(n)]
+    pretrained = [a for n in lineage.pretrained_nodes for a in _pretrained_model_assets(lineage, n)]
+    return [*pretrained, *trained, _model_summary(lineage)]
+
+
+def pretrained_key(node: str) -> dg.AssetKey:
+    return dg.AssetKey(["pretrained", node])
+
+
+def _pretrained_model_assets(lineage: Lineage, node: str) -> list:
+    """An external model: `pretrained/<node>`, an observable source whose data version is the resolved
+    revision (a repo's commit, a folder's weights hash), and `model/<node>`, its weights brought into the
+    store (hard links to the Hugging Face cache where the file system allows, else copies), so that everything downstream reads
+    every model from one place. A new revision makes `model/<node>` and exactly what depends on it stale."""
+    spec = lineage.node(node).pretrained
+
+    @dg.observable_source_asset(key=pretrained_key(node), group_name="models", description=f"Pretrained weights of node "
+                                f"'{node}': {spec.label}. Observed version: the commit or the weights' sha256.")
+    def _observe() -> dg.DataVersion:
+        return dg.DataVersion(resolve(node, spec).version)
+
+    @MODEL.asset(key=model_key(node), partitions_def=single_node_partition(node), deps=[pretrained_key(node)],
+                 description=f"pretrained {lineage.node(node).kind} model of node '{node}' ({spec.label})")
+    def _model(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        resolved = resolve(node, spec, weights=True)
+        out = MODEL.at(store, node, fetch=False)
+        with store.write_dir(out) as tmp:
+            copied = link_model_files(resolved.folder, tmp, link=spec.repo is not None)
+        summary = summarize_model(out)
+        metadata = {"source": spec.repo or str(spec.local_path()), "version": resolved.version,
+                    **({"revision": spec.revision} if spec.revision else {}),
+                    "architecture": summary["architecture"], "dtypes": dg.MetadataValue.json(summary["dtypes"]),
+                    "parameters": summary["parameters"], "files": dg.MetadataValue.json(copied)}
+        return MODEL.result(out, resolved.version, metadata)
+
+    return [_observe, _model]
 
 
 def _model_summary(lineage: Lineage) -> dg.AssetsDefinition:

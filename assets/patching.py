@@ -40,7 +40,7 @@ TASKS = Artefact(
     "tasks", "circuits", "1", "tasks",
     settings=lambda lineage: _with_tasks(lineage, {None: {
         "tasks": [t.model_dump(mode="json") for t in lineage.tasks], "seed": lineage.seed,
-        "source": lineage.data_ancestry(lineage.base.name), "n_ctx": lineage.model_spec(lineage.base.name).n_ctx}}),
+        "source": lineage.data_ancestry(lineage.base.name), "n_ctx": lineage.block_n_ctx}}),
     key_figures=("examples",), kinds=frozenset({"pytorch", "safetensors"}),
     description="The lineage's tasks: clean and counterfactual prompts with their answers, mined from the base "
     "node's held-out text (brackets, quotes, identifiers) or templated (entity tracking).",
@@ -108,7 +108,7 @@ def _tasks(lineage: Lineage) -> dg.AssetsDefinition:
         batches = {}
         for spec in lineage.tasks:
             try:
-                batches[spec.name] = build_task(spec, tok, strings, rows, lineage.model.n_ctx, lineage.seed if spec.seed is None else spec.seed)
+                batches[spec.name] = build_task(spec, tok, strings, rows, lineage.block_n_ctx, lineage.seed if spec.seed is None else spec.seed)
             except TaskError as e:
                 raise dg.Failure(description=f"{e}; fix it in the lineage file's `tasks:`", allow_retries=False) from None
         out = TASKS.at(store)

@@ -27,15 +27,17 @@ ACTIVATION_STORE = Artefact(
     "activation_store", "sae", "1", "activation_store/{key}",
     settings=lambda lineage: nodes(lineage, lambda n: {
         **lineage.sae_spec(n).model_dump(mode="json", include={"context", "tokens", "eval_tokens", "store_dtype", "shard_tokens"}),
-        "seed": lineage.seed_of(n)}),
+        "seed": lineage.seed_of(n),
+        **({"hook": lineage.hook} if lineage.hook != MLP_POST else {})}),  # the default hook versions nothing (stores made before `hook:` stay fresh)
     key_figures=("train_tokens",), kinds=frozenset({"pytorch", "safetensors"}), on_device=True,
-    description=f"{MLP_POST} over context-token windows sampled uniformly from the node's and its ancestors' data.",
+    description="The lineage's hook (default blocks.0.mlp.hook_post) over context-token windows sampled uniformly from the "
+    "node's and its ancestors' data.",
 )
 SAE = Artefact(
     "sae", "sae", "2", "sae/{key}",
     settings=lambda lineage: nodes(lineage, lambda n: {"sae": lineage.sae_spec(n).model_dump(mode="json"), "seed": lineage.sae_seed(n)}),
     key_figures=("l0", "explained_variance", "loss_recovered"), kinds=frozenset({"pytorch", "safetensors"}), on_device=True,
-    description="Sparse autoencoder on the node's hook_post activations (SAELens layout), with its evaluations.",
+    description="Sparse autoencoder on the node's activations at the lineage's hook (SAELens layout), with its evaluations.",
 )
 SAE_TRANSFER = Artefact(
     "sae_transfer", "sae", "1", "sae_transfer/{key}.parquet",
@@ -81,7 +83,7 @@ def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
         started = time.perf_counter()
         with store.write_dir(out) as tmp:
             manifest = build_activation_store(
-                model, train, validation, refs, spec.context, spec.tokens, spec.eval_tokens, spec.store_dtype,
+                model, lineage.hook, train, validation, refs, spec.context, spec.tokens, spec.eval_tokens, spec.store_dtype,
                 spec.shard_tokens, lineage.seed_of(node), tmp, dev, log=step_log(context),
             )
         seconds = time.perf_counter() - started

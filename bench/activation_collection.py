@@ -36,7 +36,7 @@ def main() -> int:
     batches = list(tokens.split(args.batch))
 
     def ours():
-        return [run_to_hook(hf, b) for b in batches]
+        return [run_to_hook(hf, b, MLP_POST) for b in batches]
 
     def theirs():
         out = []

@@ -1,11 +1,13 @@
-"""MLP activations (`blocks.0.mlp.hook_post`) of a Hugging Face Mistral model, and the on-disk store.
+"""Activations at a hook point (TransformerLens names, e.g. `blocks.0.mlp.hook_post`, `blocks.3.hook_resid_post`)
+of a Hugging Face causal LM of any supported family, and the on-disk store.
 
-`hook_post` in TransformerLens is act(gate(x)) * up(x), the input of the MLP's output projection;
-in `MistralForCausalLM` that is the input of `model.layers[0].mlp.down_proj`. A forward pre-hook on
-`down_proj` captures it and, for collection, stops the forward pass there (nothing after the hook
-runs: no output projection, no unembedding). The same hook can replace it (a spliced SAE
-reconstruction, zero-ablation) for loss evaluation. Equality with TransformerLens's
-`run_with_cache` is tested.
+`mlp.hook_post` in TransformerLens is act(gate(x)) * up(x) (act(W_in x) without a gate), the input of the
+MLP's output projection; a forward pre-hook on that projection captures it. The residual stream after a
+layer is the layer's output, caught by a forward hook. `arch.adapter_for` says where those modules are
+in each family. For collection the hook stops the forward pass there (nothing after it runs: no later
+layer, no unembedding). The same hook can replace the activations (a spliced SAE reconstruction,
+zero-ablation) for loss evaluation. Equality with TransformerLens's `run_with_cache` and with a
+hand-written hook per family is tested.
 
 Store layout (one folder per node and split):
   manifest.json                 hook, d_in, context, dtype, sources, shards with sha256, seed
@@ -28,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from featureflow_dagster.hooks import MLP_POST
+from featureflow_dagster.arch import adapter_for, parse_hook
 from featureflow_dagster.storage import file_sha256
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -38,27 +40,39 @@ class _StopForward(Exception):
     pass
 
 
-def _mlp_out_projection(model, layer: int = 0) -> torch.nn.Module:
-    return model.model.layers[layer].mlp.down_proj
-
-
 @contextlib.contextmanager
-def capture_mlp_post(model, stop: bool = False, replace: Callable[[torch.Tensor], torch.Tensor] | None = None):
-    """Within the block, each forward of `model` records hook_post [batch, pos, d_mlp] into the
-    yielded list; with `stop` the forward ends right after (call through `run_to_hook`); with
-    `replace` the MLP uses replace(hook_post) instead."""
+def capture(model, hook: str, stop: bool = False, replace: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """Within the block, each forward of `model` records the activations at `hook` (a TransformerLens
+    name, `arch.SITES`) [batch, pos, width] into the yielded list; with `stop` the forward ends right
+    after (call through `run_to_hook`); with `replace` the model goes on with replace(activations).
+    The module is found by the model's architecture adapter (`arch.adapter_for`)."""
+    point = parse_hook(hook)
+    module = adapter_for(model).module(model, point)
     captured: list[torch.Tensor] = []
 
-    def hook(module, args):
-        (acts,) = args
+    def pre_hook(module, args):  # mlp.hook_post: the input of the MLP's output projection
+        acts = args[0]
         captured.append(acts.detach())
         if stop:
             raise _StopForward
         if replace is not None:
-            return (replace(acts),)
+            return (replace(acts), *args[1:])
         return None
 
-    handle = _mlp_out_projection(model).register_forward_pre_hook(hook)
+    def post_hook(module, args, output):  # the other sites: a module's output (a layer returns a tuple in some families)
+        acts = output[0] if isinstance(output, tuple) else output
+        captured.append(acts.detach())
+        if stop:
+            raise _StopForward
+        if replace is not None:
+            new = replace(acts)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+        return None
+
+    if point.site == "mlp.hook_post":
+        handle = module.register_forward_pre_hook(pre_hook)
+    else:
+        handle = module.register_forward_hook(post_hook)
     try:
         yield captured
     finally:
@@ -66,9 +80,10 @@ def capture_mlp_post(model, stop: bool = False, replace: Callable[[torch.Tensor]
 
 
 @torch.no_grad()
-def run_to_hook(model, tokens: torch.Tensor) -> torch.Tensor:
-    """hook_post activations [batch, pos, d_mlp] of `tokens` [batch, pos]; runs the model only up to the hook."""
-    with capture_mlp_post(model, stop=True) as captured:
+def run_to_hook(model, tokens: torch.Tensor, hook: str) -> torch.Tensor:
+    """Activations at `hook` [batch, pos, width] of `tokens` [batch, pos]; runs the model only up to the hook
+    (no later layer, no unembedding)."""
+    with capture(model, hook, stop=True) as captured:
         try:
             model(input_ids=tokens)
         except _StopForward:
@@ -122,6 +137,15 @@ def gather_windows(blocks: list[torch.Tensor], windows: torch.Tensor, context: i
     return out
 
 
+def collection_batch(model, context: int, budget: int = 1 << 24, cap: int = 64) -> int:
+    """Windows per forward while collecting: at most `cap`, fewer for wide models so that one forward's
+    widest hidden state (tokens x max(d_model, d_mlp)) stays within `budget` elements (64 MiB in float32)."""
+    from featureflow_dagster.arch import config_dims
+
+    dims = config_dims(model.config)
+    return max(1, min(cap, budget // (context * max(dims["d_model"], dims["d_mlp"]))))
+
+
 # ---------------------------------------------------------------------------------------------
 # The store
 # ---------------------------------------------------------------------------------------------
@@ -129,6 +153,7 @@ def gather_windows(blocks: list[torch.Tensor], windows: torch.Tensor, context: i
 
 def write_store(
     model,
+    hook: str,
     tokens: torch.Tensor,
     origin: torch.Tensor,
     folder: Path,
@@ -139,7 +164,7 @@ def write_store(
     device: torch.device,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
-    """Run `model` up to hook_post over token windows [n, context] and write shards of at most
+    """Run `model` up to `hook` over token windows [n, context] and write shards of at most
     `shard_windows` windows to folder/split/. Only one shard is ever held in memory. Returns the
     shard records (file, windows, sha256) for the manifest."""
     (folder / split).mkdir(parents=True, exist_ok=True)
@@ -152,7 +177,7 @@ def write_store(
         parts = []
         for b in range(start, stop, batch_windows):
             x = tokens[b : min(stop, b + batch_windows)].to(device, torch.long)
-            acts = run_to_hook(model, x)
+            acts = run_to_hook(model, x, hook)
             parts.append(acts.reshape(-1, acts.shape[-1]).to("cpu", DTYPES[dtype]))
             bar.update(x.shape[0])
         name = f"{split}/shard_{shard_index:05d}.safetensors"
@@ -177,6 +202,10 @@ class ActivationStore:
     @property
     def d_in(self) -> int:
         return self.manifest["d_in"]
+
+    @property
+    def hook_name(self) -> str:
+        return self.manifest["hook_name"]
 
     @property
     def context(self) -> int:
@@ -262,6 +291,7 @@ class ActivationStore:
 
 def build_activation_store(
     model,
+    hook: str,
     train_blocks: list[torch.Tensor],
     validation_blocks: list[torch.Tensor],
     sources: list[SourceRef],
@@ -273,13 +303,16 @@ def build_activation_store(
     seed: int,
     folder: Path,
     device: torch.device,
-    batch_windows: int = 64,
+    batch_windows: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Sample windows uniformly from every source's blocks (training blocks for 'train',
-    validation blocks for 'eval'), collect hook_post for them and write the store and its manifest
-    into `folder`. Returns the manifest."""
+    validation blocks for 'eval'), collect the activations at `hook` for them and write the store and its manifest
+    into `folder`. Windows per forward: `batch_windows`, or sized from the model's width (`collection_batch`).
+    Returns the manifest."""
     n_ctx = train_blocks[0].shape[1]
+    batch_windows = batch_windows or collection_batch(model, context)
+    d_in = int(run_to_hook(model.to(device), train_blocks[0][:1, :2].to(device, torch.long), hook).shape[-1])
     splits = {}
     for split, blocks, budget, split_seed in (
         ("train", train_blocks, train_tokens, seed),
@@ -287,7 +320,7 @@ def build_activation_store(
     ):
         windows = sample_windows([b.shape[0] for b in blocks], n_ctx, context, max(1, budget // context), split_seed)
         tokens = gather_windows(blocks, windows, context)
-        shards = write_store(model, tokens, windows, folder, split, dtype, max(1, shard_tokens // context), batch_windows, device, log)
+        shards = write_store(model, hook, tokens, windows, folder, split, dtype, max(1, shard_tokens // context), batch_windows, device, log)
         per_source = torch.bincount(windows[:, 0].long(), minlength=len(sources)).tolist()
         splits[split] = {
             "shards": shards,
@@ -296,8 +329,8 @@ def build_activation_store(
             "windows_per_source": {f"{s.node}/{s.source}": n for s, n in zip(sources, per_source)},
         }
     manifest = {
-        "hook_name": MLP_POST,
-        "d_in": int(model.config.intermediate_size),
+        "hook_name": hook,
+        "d_in": d_in,
         "context": context,
         "dtype": dtype,
         "seed": seed,

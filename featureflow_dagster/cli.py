@@ -35,11 +35,27 @@ def _load(args):
         return None
 
 
+def _check_models(lineage, args) -> bool:
+    """The pretrained nodes' configs and tokenizers checked against the lineage (`pretrained.check_lineage_models`):
+    False after printing the INVALID line. Reads config.json and the tokenizer only, never weights."""
+    if not lineage.pretrained_nodes:
+        return True
+    from featureflow_dagster.lineage import LineageError, resolve_lineage_path
+    from featureflow_dagster.pretrained import check_lineage_models
+
+    try:
+        check_lineage_models(lineage, resolve_lineage_path(getattr(args, "lineage", None)))
+    except LineageError as e:
+        print(f"INVALID  {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def _validate(args) -> int:
     from featureflow_dagster.lineage import resolve_lineage_path
 
     lineage = _load(args)
-    if lineage is None:
+    if lineage is None or not _check_models(lineage, args):
         return BAD_INPUT
     print(f"VALID    lineage '{lineage.name}' ({resolve_lineage_path(args.lineage)})")
     for node in lineage.topological_order():
@@ -51,7 +67,10 @@ def _validate(args) -> int:
             line += " data=" + ", ".join(f"{s.name}({s.kind}, {budgets[s.name] or 'all'} tokens)" for s in node.data.sources)
         if node.merge is not None:
             line += f" merge={node.merge.method} t={node.merge.t}"
+        if node.pretrained is not None:
+            line += f" pretrained={node.pretrained.label}"
         print(line)
+    print(f"  hook: {lineage.hook}")
     print(f"  edges: {', '.join(f'{p}->{c}' for p, c in lineage.edges())}")
     if lineage.schedule:
         print(f"  schedule: {lineage.schedule} (while the Dagster daemon runs)")
@@ -151,6 +170,8 @@ def _materialize(args) -> int:
     if selection is None:
         return BAD_INPUT
     lineage, defs, instance, chosen = selection
+    if not _check_models(lineage, args):
+        return BAD_INPUT
     import functools
 
     from featureflow_dagster.definitions import build_definitions

@@ -126,7 +126,7 @@ def token_counts(lineage: Lineage, log=None) -> dict[str, dict[str, int | None]]
         node = lineage.node(name)
         if readable:
             table = base_table if name == base else build_corpus(node.data.sources)[0]
-            _, stats = build_blocks(tok, table, node.data, lineage.model_spec(name).n_ctx)
+            _, stats = build_blocks(tok, table, node.data, lineage.block_n_ctx)
             out[name] = {s: st["train_tokens"] for s, st in stats.items()}
         else:
             budgets = node.data.source_budgets()

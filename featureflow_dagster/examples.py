@@ -12,6 +12,7 @@ bins and per-(feature, token) activation sums; no full code matrix is ever held.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from featureflow_dagster.activations import run_to_hook
+from featureflow_dagster.arch import adapter_for, parse_hook
 from featureflow_dagster.flow import edge_windows, to_csr
 
 # Histogram bins shared by every feature: log-spaced edges from 1e-4 to 1e4 of the activation.
@@ -154,7 +156,7 @@ def collect_examples(model, sae, windows: torch.Tensor, device, vocab_size: int,
     batches = -(-n // batch_windows)
     for b, start in enumerate(range(0, n, batch_windows)):
         tok = windows[start:start + batch_windows].long()
-        acts = run_to_hook(model, tok.to(device)).reshape(-1, sae.cfg.d_in)
+        acts = run_to_hook(model, tok.to(device), sae.cfg.hook_name).reshape(-1, sae.cfg.d_in)
         codes = sae.encode(acts.to(torch.float32)).float().cpu()  # [tokens, d_sae]
         base = start * ctx
         # top-k: this batch's top-k per feature merged with the running ones
@@ -210,17 +212,30 @@ def collect_examples(model, sae, windows: torch.Tensor, device, vocab_size: int,
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def direct_logit_effects(w_dec: torch.Tensor, down_proj: torch.Tensor, norm_weight: torch.Tensor, unembed: torch.Tensor,
-                         k: int = 10, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top and bottom k output tokens of each feature's direct path, decoder row → MLP down-projection
-    → final norm weight → unembedding, each row median-centred (the final norm's scale by the
-    residual's RMS is left out, as in sae_vis).
+class LogitPath(NamedTuple):
+    """A hook's direct path to the logits: activations [d_in] → residual (`to_residual` [d_model, d_in]: the
+    MLP's output projection for mlp.hook_post, the identity for residual-width sites) → final norm's gain
+    (`norm_weight` [d_model], after centring when `centre`: a LayerNorm) → `unembed` [vocab, d_model]."""
 
-    w_dec [d_sae, d_mlp]; down_proj [d_model, d_mlp] (nn.Linear layout); norm_weight [d_model];
-    unembed [vocab, d_model]. Returns (top values, top token ids, bottom values, bottom token ids),
-    each [d_sae, k]; computed in blocks of features so that [d_sae, vocab] never exists at once."""
-    to_logits = (down_proj.T.float() * norm_weight.float()) @ unembed.T.float()  # [d_mlp, vocab]
+    to_residual: torch.Tensor
+    norm_weight: torch.Tensor
+    unembed: torch.Tensor
+    centre: bool = False
+
+
+@torch.no_grad()
+def direct_logit_effects(w_dec: torch.Tensor, path: LogitPath, k: int = 10,
+                         block: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top and bottom k output tokens of each feature's direct path, decoder row → `path` (output
+    projection → final norm's gain → unembedding), each row median-centred (the final norm's scale by
+    the residual's RMS is left out, as in sae_vis).
+
+    w_dec [d_sae, d_in]. Returns (top values, top token ids, bottom values, bottom token ids), each
+    [d_sae, k]; computed in blocks of features so that [d_sae, vocab] never exists at once."""
+    to_res = path.to_residual.T.float()  # [d_in, d_model]
+    if path.centre:
+        to_res = to_res - to_res.mean(dim=1, keepdim=True)
+    to_logits = (to_res * path.norm_weight.float()) @ path.unembed.T.float()  # [d_in, vocab]
     tops, top_ids, bots, bot_ids = [], [], [], []
     for start in range(0, w_dec.shape[0], block):
         effects = w_dec[start:start + block].float() @ to_logits
@@ -232,12 +247,33 @@ def direct_logit_effects(w_dec: torch.Tensor, down_proj: torch.Tensor, norm_weig
     return torch.cat(tops), torch.cat(top_ids), torch.cat(bots), torch.cat(bot_ids)
 
 
-def model_logit_path(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(down_proj, final norm weight, unembedding) of a one-layer Hugging Face Mistral model."""
-    layers = model.model.layers
-    if len(layers) != 1:
-        raise ValueError(f"direct logit effects need the MLP of the last layer to feed the logits directly; the model has {len(layers)} layers")
-    return layers[0].mlp.down_proj.weight.detach(), model.model.norm.weight.detach(), model.lm_head.weight.detach()
+@torch.no_grad()
+def norm_gain(norm: torch.nn.Module) -> tuple[torch.Tensor, bool]:
+    """(per-channel gain, centres?) of a final norm: a LayerNorm centres and scales by its weight; an RMSNorm
+    scales by its weight, or by 1 + weight in the families that store it so (Gemma), which a probe tells
+    apart: the norm applied to a zero-mean ±1 vector and its negation."""
+    w = norm.weight.detach()
+    if isinstance(norm, torch.nn.LayerNorm):
+        return w.float().cpu(), True
+    x = torch.ones(1, w.numel(), device=w.device, dtype=w.dtype)
+    x[:, 1::2] = -1
+    gain = ((norm(x) - norm(-x)) / (2 * x))[0].float()
+    w = w.float()
+    return (w if (gain - w).abs().max() <= (gain - (1 + w)).abs().max() else 1 + w).cpu(), False
+
+
+def model_logit_path(model, hook: str) -> LogitPath:
+    """The direct path to the logits of the activations at `hook` in a Hugging Face model of any supported
+    family (`arch.adapter_for`). At a layer before the last it is the logit lens of what the site writes."""
+    point = parse_hook(hook)
+    adapter = adapter_for(model)
+    if point.site == "mlp.hook_post":
+        to_residual = adapter.mlp_out_weight(model, point.layer)
+    else:
+        d_model = adapter.unembed_weight(model).shape[1]
+        to_residual = torch.eye(d_model)
+    gain, centre = norm_gain(adapter.final_norm(model))
+    return LogitPath(to_residual.cpu(), gain, adapter.unembed_weight(model).cpu(), centre)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +345,7 @@ def context_codes(model, sae, windows: torch.Tensor, device, batch_windows: int 
     """The SAE's codes at every position of `windows` [n, context], [n * context, d_sae] sparse (by column)."""
     parts = []
     for start in range(0, windows.shape[0], batch_windows):
-        acts = run_to_hook(model, windows[start:start + batch_windows].to(device, torch.long))
+        acts = run_to_hook(model, windows[start:start + batch_windows].to(device, torch.long), sae.cfg.hook_name)
         parts.append(to_csr(sae.encode(acts.reshape(-1, acts.shape[-1]).float())))
     return sp.vstack(parts, format="csc")
 

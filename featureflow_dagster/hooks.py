@@ -1,10 +1,13 @@
 """Hook and component names, said once, in TransformerLens's spelling (`blocks.<layer>.<site>`).
 
-Today every model featureflow trains has one block, so every name below is block 0's; `hook` spells
-the same site at another layer.
+The constants below are block 0's (the paper's models have one block); `hook` spells a site at another
+layer and `parse_hook` reads a lineage's `hook:` back (torch-free, so reading a lineage needs no torch).
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 
 def hook(site: str, layer: int = 0) -> str:
@@ -24,3 +27,35 @@ HEAD_RESULT = hook("attn.hook_result")  # per-head contributions to the residual
 # the patchable components other than heads, by the name reports use
 COMPONENT_HOOKS = {"embed": RESID_PRE, "attn": ATTN_OUT, "mlp": MLP_OUT}
 COMPONENT_KINDS = ("embed", "attn", "heads", "mlp")
+
+
+# the sites featureflow reads, replaces and writes stores of (`arch.Adapter.module` says where each is, per family)
+SITES = ("mlp.hook_post", "hook_resid_post", "hook_mlp_out", "hook_attn_out")
+_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+class HookError(ValueError):
+    """A hook name featureflow does not read."""
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    layer: int
+    site: str
+
+    @property
+    def name(self) -> str:
+        return hook(self.site, self.layer)
+
+    @property
+    def width(self) -> str:
+        """The config dimension the activations have: 'd_mlp' or 'd_model'."""
+        return "d_mlp" if self.site == "mlp.hook_post" else "d_model"
+
+
+def parse_hook(name: str) -> HookPoint:
+    """`blocks.<L>.<site>` with a site of `SITES`, else HookError saying what is accepted."""
+    m = _HOOK.match(name)
+    if not m or m.group(2) not in SITES:
+        raise HookError(f"hook '{name}' is not one featureflow reads; use blocks.<layer>.<site> with a site of {list(SITES)}")
+    return HookPoint(int(m.group(1)), m.group(2))

@@ -1,8 +1,9 @@
-"""The Mistral-like language model of every lineage node, as a Hugging Face `MistralForCausalLM`.
+"""Language models of lineage nodes as Hugging Face causal LMs.
 
-Horn & Elliott (2024) use one self-attention block and a gated SiLU MLP with RMSNorm and rotary
-positions; `MistralForCausalLM` is exactly that family, so every saved model loads with
-`AutoModelForCausalLM.from_pretrained` and any tool built for `transformers`.
+Models featureflow trains are Mistral-like (`MistralForCausalLM`): Horn & Elliott (2024) use one
+self-attention block and a gated SiLU MLP with RMSNorm and rotary positions, which is that family.
+Pretrained nodes bring models of any supported family (`arch.SUPPORTED`); every saved model loads
+with `load_model` (`AutoModelForCausalLM.from_pretrained`) and any tool built for `transformers`.
 """
 
 from __future__ import annotations
@@ -44,8 +45,20 @@ def init_model(spec: ModelSpec, tokenizer, seed: int) -> MistralForCausalLM:
     return MistralForCausalLM(mistral_config(spec, tokenizer))
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> MistralForCausalLM:
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """A saved causal LM (Hugging Face folder) of any supported family (`arch.SUPPORTED`; another is
+    refused from its config, before the weights load) on `device`. On CUDA it keeps its saved dtype
+    (bfloat16 stays bfloat16); on a CPU it computes in float32 (bfloat16 matmuls are slow there), unless
+    `dtype` says otherwise."""
+    from transformers import AutoConfig
+
+    from featureflow_dagster.arch import adapter_for
+
+    adapter_for(AutoConfig.from_pretrained(str(path)))
+    device = torch.device(device)
+    if dtype is None:
+        dtype = "auto" if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     return model.to(device)
 
 

@@ -31,13 +31,13 @@ def saved_model(tmp_path_factory):
 def test_run_to_hook_equals_transformer_lens_and_stops_early(saved_model):
     model, folder, vocab = saved_model
     x = torch.randint(0, vocab, (3, 24))
-    acts = run_to_hook(model, x)
+    acts = run_to_hook(model, x, MLP_POST)
     _, cache = load_hooked_model(folder).run_with_cache(x, names_filter=MLP_POST)
     assert acts.shape == (3, 24, 32)
     assert (acts - cache[MLP_POST]).abs().max() < 1e-5
     calls = []
     handle = model.lm_head.register_forward_hook(lambda *a: calls.append(1))
-    run_to_hook(model, x)
+    run_to_hook(model, x, MLP_POST)
     handle.remove()
     assert calls == []  # the unembedding never ran
 
@@ -65,12 +65,12 @@ def test_store_shards_manifest_and_batches(saved_model, tmp_path):
     model, _, vocab = saved_model
     tokens = torch.randint(0, vocab, (50, 24), dtype=torch.int32)
     origin = torch.zeros(50, 3, dtype=torch.int32)
-    shards = write_store(model, tokens, origin, tmp_path, "train", "float32", shard_windows=16, batch_windows=7, device=CPU)
+    shards = write_store(model, MLP_POST, tokens, origin, tmp_path, "train", "float32", shard_windows=16, batch_windows=7, device=CPU)
     assert [s["windows"] for s in shards] == [16, 16, 16, 2]
     assert all(s["sha256"] == file_sha256(tmp_path / s["file"]) for s in shards)
     (tmp_path / "manifest.json").write_text(json.dumps({"d_in": 32, "context": 24, "splits": {"train": {"shards": shards}}}))
     store = ActivationStore(tmp_path)
-    everything = run_to_hook(model, tokens.long()).reshape(-1, 32)
+    everything = run_to_hook(model, tokens.long(), MLP_POST).reshape(-1, 32)
     assert torch.allclose(store.mean(), everything.mean(0), atol=1e-6)
     epoch = list(store.batches("train", 10, seed=3))
     assert len(epoch) == 5 and epoch[0].shape == (240, 32)

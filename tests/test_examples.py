@@ -36,7 +36,7 @@ def setup():
     windows = torch.randint(0, 40, (23, 8), dtype=torch.int32)
     ex = collect_examples(model, sae, windows, CPU, vocab_size=40, top_k=5, samples=7, inactive_pool=30, batch_windows=4)
     with torch.no_grad():
-        codes = sae.encode(run_to_hook(model, windows.long()).reshape(-1, 24)).numpy()
+        codes = sae.encode(run_to_hook(model, windows.long(), sae.cfg.hook_name).reshape(-1, 24)).numpy()
     return model, sae, windows, ex, codes
 
 
@@ -86,8 +86,9 @@ def test_contexts_are_clipped_to_their_window(setup):
 
 def test_logit_effects_equal_the_direct_matrix_product(setup):
     model, sae, _, _, _ = setup
-    down, norm, unembed = model_logit_path(model)
-    top, top_ids, bottom, bottom_ids = direct_logit_effects(sae.W_dec.detach(), down, norm, unembed, k=4, block=10)
+    path = model_logit_path(model, sae.cfg.hook_name)
+    down, norm, unembed = path.to_residual, path.norm_weight, path.unembed
+    top, top_ids, bottom, bottom_ids = direct_logit_effects(sae.W_dec.detach(), path, k=4, block=10)
     full = sae.W_dec.detach() @ down.T @ torch.diag(norm) @ unembed.T
     full = full - full.median(dim=1, keepdim=True).values
     ref_v, ref_i = torch.topk(full, 4, dim=1)

@@ -191,7 +191,7 @@ def test_codes_on_disk_equal_the_dense_encoding(tmp_path):
     assert nnz == {"parent": sum(c[0].nnz for c in chunks), "child": sum(c[1].nnz for c in chunks)}
     for side, (model, sae) in enumerate(zip(models, saes)):
         with torch.no_grad():
-            acts = run_to_hook(model, tokens.long())
+            acts = run_to_hook(model, tokens.long(), sae.cfg.hook_name)
             dense = sae.encode(acts.reshape(-1, 24)).numpy()
         ours = np.concatenate([c[side].toarray() for c in chunks])
         assert ours.shape == (66, 96) and (dense > 0).any()

@@ -441,7 +441,7 @@ def test_micro_feature_examples_match_their_sae(micro):
     window, offset = divmod(int(ex["top_positions"][f, 0]), 24)
     sae, model = load_sae(home / "sae" / "code"), load_model(home / "model" / "code", "cpu")
     with torch.no_grad():
-        codes = sae.encode(run_to_hook(model, ex["windows"][window:window + 1].long())[0])
+        codes = sae.encode(run_to_hook(model, ex["windows"][window:window + 1].long(), sae.cfg.hook_name)[0])
     assert float(codes[offset, f]) == pytest.approx(float(ex["top_values"][f, 0]), rel=1e-4)
     assert float(codes[:, f].max()) <= float(ex["top_values"][f, 0]) + 1e-5
     assert _meta_partition(instance, "feature_examples", "code")["live_features"] == int((table["density"] > 0).sum())

@@ -51,7 +51,7 @@ def write_codes(parent_model, child_model, parent_sae, child_sae, tokens: torch.
         for b in range(0, part.shape[0], batch_windows):
             x = part[b : b + batch_windows].to(device, torch.long)
             for side, model, sae in (("parent", parent_model, parent_sae), ("child", child_model, child_sae)):
-                acts = run_to_hook(model, x)
+                acts = run_to_hook(model, x, sae.cfg.hook_name)
                 codes[side].append(to_csr(sae.encode(acts.reshape(-1, acts.shape[-1]).float())))
         out = {"tokens": part.contiguous(), "origin": origin[start : start + chunk_windows].contiguous()}
         for side in ("parent", "child"):

@@ -12,7 +12,7 @@ Shipped lineages live in `featureflow_dagster/lineages/<name>.yaml`; `resolve_li
 from featureflow_dagster.lineage.graph import Edge, Lineage
 from featureflow_dagster.lineage.schema import (
     DEFAULT_THRESHOLD, ENTITY_BOXES, ENTITY_OBJECTS, AutointerpSpec, DataSpec, ExamplesSpec, FilesSource, FlowSpec,
-    HFSource, LineageError, MergeSpec, ModelSpec, NodeSpec, PatchingSpec, SAEChecks, SAESpec, StdlibSource,
+    HFSource, LineageError, MergeSpec, ModelSpec, NodeSpec, PatchingSpec, PretrainedSpec, SAEChecks, SAESpec, StdlibSource,
     SweepSpec, TaskSpec, TokenizerSpec, TrainingSpec
 )
 from featureflow_dagster.lineage.validation import (
@@ -22,6 +22,6 @@ from featureflow_dagster.lineage.validation import (
 __all__ = [
     "DEFAULT_LINEAGE", "DEFAULT_THRESHOLD", "ENTITY_BOXES", "ENTITY_OBJECTS", "SHIPPED_LINEAGES", "AutointerpSpec",
     "DataSpec", "Edge", "ExamplesSpec", "FilesSource", "FlowSpec", "HFSource", "Lineage", "LineageError", "MergeSpec",
-    "ModelSpec", "NodeSpec", "PatchingSpec", "SAEChecks", "SAESpec", "StdlibSource", "SweepSpec", "TaskSpec",
+    "ModelSpec", "NodeSpec", "PatchingSpec", "PretrainedSpec", "SAEChecks", "SAESpec", "StdlibSource", "SweepSpec", "TaskSpec",
     "TokenizerSpec", "TrainingSpec", "load_lineage", "parse_lineage", "resolve_lineage_path", "validate_graph",
 ]

@@ -8,7 +8,9 @@ import zlib
 from functools import cached_property
 from typing import NamedTuple
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
+
+from featureflow_dagster.hooks import MLP_POST, parse_hook
 
 from featureflow_dagster.lineage.schema import (
     AutointerpSpec,
@@ -25,6 +27,7 @@ from featureflow_dagster.lineage.schema import (
     _Strict,
 )
 
+DEFAULT_PRETRAINED_N_CTX = 256
 EDGE_SEPARATOR = "__"  # node names may not contain it (NodeSpec refuses them)
 EDGE_ARROW = "->"
 
@@ -68,7 +71,12 @@ class Lineage(_Strict):
     description: str = ""
     seed: int = 0
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
-    model: ModelSpec
+    model: ModelSpec | None = Field(default=None, description="The architecture of the models trained here; "
+                                    "needed unless every base and fine-tune is pretrained.")
+    n_ctx: int | None = Field(default=None, gt=1, description="Token block length when there is no `model:` "
+                              "(every model pretrained); default 256. With `model:`, its n_ctx.")
+    hook: str = Field(default=MLP_POST, description="Where the SAEs read, in TransformerLens's names: "
+                      "blocks.<L>.mlp.hook_post, blocks.<L>.hook_resid_post, blocks.<L>.hook_mlp_out or blocks.<L>.hook_attn_out.")
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     sae: SAESpec = Field(default_factory=SAESpec)
     flow: FlowSpec = Field(default_factory=FlowSpec)
@@ -84,7 +92,37 @@ class Lineage(_Strict):
     )
     nodes: list[NodeSpec] = Field(min_length=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_of_a_pretrained_base(cls, raw):
+        """A lineage whose base is pretrained uses the model's own tokenizer unless it says otherwise."""
+        if isinstance(raw, dict) and "tokenizer" not in raw:
+            nodes = raw.get("nodes") or []
+            if any(isinstance(n, dict) and n.get("kind") == "base" and n.get("pretrained") for n in nodes):
+                return {**raw, "tokenizer": {"kind": "model"}}
+        return raw
+
+    @field_validator("hook")
+    @classmethod
+    def _known_hook(cls, value: str) -> str:
+        parse_hook(value)
+        return value
+
     # -- graph queries (valid only after validate_graph) ---------------------------------------
+
+    @property
+    def block_n_ctx(self) -> int:
+        """Length of the token blocks (and the longest window) of every node."""
+        return self.model.n_ctx if self.model is not None else (self.n_ctx or DEFAULT_PRETRAINED_N_CTX)
+
+    @property
+    def pretrained_nodes(self) -> list[str]:
+        return [n.name for n in self.topological_order() if n.pretrained is not None]
+
+    def trains(self, name: str) -> bool:
+        """Whether the node's model is trained here (a base or fine-tune that is not pretrained)."""
+        node = self.node(name)
+        return node.kind != "merge" and node.pretrained is None
 
     @cached_property
     def by_name(self) -> dict[str, NodeSpec]:
@@ -174,8 +212,10 @@ class Lineage(_Strict):
         spec = self.merge_spec(name)
         return spec.base or self.nearest_common_ancestor(self.node(name).parents)
 
-    def model_spec(self, name: str) -> ModelSpec:
-        return self.node(name).model or self.model
+    def model_spec(self, name: str) -> ModelSpec | None:
+        """The architecture of a model trained here; None for a pretrained node (its config.json says)."""
+        node = self.node(name)
+        return None if node.pretrained is not None else (node.model or self.model)
 
     def sae_spec(self, name: str) -> SAESpec:
         return self.node(name).sae or self.sae

@@ -163,9 +163,11 @@ class DataSpec(_Strict):
 class TokenizerSpec(_Strict):
     """'bpe': a byte-level BPE trained on the base node's training documents.
     'mistral': the Mistral-7B v0.1 SentencePiece model shipped in the mistral-common wheel.
-    'pretrained': a Hugging Face tokenizer folder on local disk."""
+    'pretrained': a Hugging Face tokenizer folder on local disk.
+    'model': the tokenizer that comes with the base node's pretrained model (the default when the base is
+    pretrained; every pretrained node's tokenizer must then be the same)."""
 
-    kind: Literal["bpe", "mistral", "pretrained"] = "bpe"
+    kind: Literal["bpe", "mistral", "pretrained", "model"] = "bpe"
     vocab_size: int = Field(default=4096, ge=260)
     max_training_chars: int = Field(default=20_000_000, gt=0)
     path: str | None = None
@@ -199,6 +201,31 @@ class ModelSpec(_Strict):
         if self.n_heads % (self.n_kv_heads or self.n_heads):
             raise ValueError(f"n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}")
         return self
+
+
+class PretrainedSpec(_Strict):
+    """A model that exists already, analysed as it is (nothing is trained): a Hugging Face repo id, with an
+    optional revision, or a local Hugging Face model folder (config.json, safetensors weights, tokenizer).
+    Its family must be one featureflow supports (`featureflow_dagster.arch.SUPPORTED`)."""
+
+    repo: str | None = Field(default=None, description="Hugging Face repo id, e.g. 'EleutherAI/pythia-70m'.")
+    revision: str | None = Field(default=None, description="Branch, tag or commit of `repo` (default: its main branch).")
+    path: str | None = Field(default=None, description="A local Hugging Face model folder instead of a repo.")
+
+    @model_validator(mode="after")
+    def _repo_or_path(self):
+        if (self.repo is None) == (self.path is None):
+            raise ValueError("give either 'repo' (a Hugging Face repo id) or 'path' (a local model folder)")
+        if self.revision is not None and self.repo is None:
+            raise ValueError("'revision' belongs to a 'repo'; a local folder has none")
+        return self
+
+    def local_path(self) -> Path | None:
+        return Path(os.path.expanduser(self.path)) if self.path is not None else None
+
+    @property
+    def label(self) -> str:
+        return self.path if self.path is not None else f"{self.repo}@{self.revision or 'main'}"
 
 
 class TrainingSpec(_Strict):
@@ -299,12 +326,12 @@ class SAEChecks(_Strict):
 class SAESpec(_Strict):
     """Activation store and sparse autoencoder of a node (Horn & Elliott 2024, Bricken et al. 2023).
 
-    The store holds `blocks.0.mlp.hook_post` over `context`-token windows sampled uniformly from the
+    The store holds the lineage's `hook` (default `blocks.0.mlp.hook_post`) over `context`-token windows sampled uniformly from the
     training data of the node and all its ancestors: `tokens` for training, `eval_tokens` (from
     validation data) for the evaluations."""
 
     architecture: Literal["relu", "topk", "batchtopk"] = "relu"
-    expansion: int = Field(default=16, gt=0, description="d_sae = expansion * d_mlp")
+    expansion: int = Field(default=16, gt=0, description="d_sae = expansion * the hook's width (d_mlp or d_model)")
     k: int | None = Field(default=None, gt=0, description="topk/batchtopk: active features per token")
     l1_coefficient: float = Field(default=3e-4, ge=0, description="relu: λ, in the units of the (normalised) activations.")
     decoder_constraint: Literal["unit_norm", "free"] = Field(
@@ -460,6 +487,8 @@ class NodeSpec(_Strict):
     model: ModelSpec | None = None
     training: TrainingSpec | None = None
     merge: MergeSpec | None = None
+    pretrained: PretrainedSpec | None = Field(default=None, description="Weights that exist already (a repo or a folder): "
+                                              "the node is analysed, not trained or merged; its kind and parents say where it comes from.")
     sae: SAESpec | None = None
     seed: int | None = None
     description: str = ""
@@ -467,7 +496,12 @@ class NodeSpec(_Strict):
     @model_validator(mode="after")
     def _fields_per_kind(self):
         if self.kind in ("base", "finetune") and self.data is None:
-            raise ValueError(f"a {self.kind} node needs 'data' (its training sources)")
+            what = "the data its SAE's activations are drawn from" if self.pretrained else "its training sources"
+            raise ValueError(f"a {self.kind} node needs 'data' ({what})")
+        if self.pretrained is not None:
+            for name in ("model", "training", "merge"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"a pretrained node is neither trained nor merged here; remove '{name}'")
         if self.kind == "merge" and self.data is not None:
             raise ValueError("a merge node trains on nothing; remove 'data'")
         if self.kind != "merge" and self.merge is not None:

@@ -92,7 +92,7 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
         if len(set(node.parents)) != len(node.parents):
             raise LineageError(file, node.name, "parents", f"a parent is listed twice: {node.parents}")
         if node.kind == "base" and node.parents:
-            raise LineageError(file, node.name, "parents", "a base node is trained from scratch and has no parents")
+            raise LineageError(file, node.name, "parents", "a base node is the lineage's root and has no parents")
         if node.kind == "finetune" and len(node.parents) != 1:
             raise LineageError(
                 file, node.name, "parents", f"a finetune node needs exactly one parent; got {len(node.parents)}"
@@ -136,30 +136,50 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
                         file, node.name, "merge.base", f"'{merge.base}' is not an ancestor of every parent {node.parents}"
                     )
         for p in node.parents:
-            if lineage.model_spec(node.name) != lineage.model_spec(p):
-                mine, theirs = lineage.model_spec(node.name).model_dump(), lineage.model_spec(p).model_dump()
+            mine, theirs = lineage.model_spec(node.name), lineage.model_spec(p)
+            if mine is None or theirs is None:
+                continue  # a pretrained side: its config.json is checked against the other's (pretrained.check_lineage_models)
+            if mine != theirs:
+                mine, theirs = mine.model_dump(), theirs.model_dump()
                 diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
                 raise LineageError(
                     file, node.name, "model",
                     f"architecture differs from parent '{p}' (field: (this node, parent)) {diff}; "
                     "a child must keep its parents' architecture",
                 )
+        if node.pretrained is not None and node.pretrained.path is not None:
+            folder = node.pretrained.local_path()
+            if not (folder / "config.json").is_file():
+                raise LineageError(file, node.name, "pretrained.path",
+                                   f"{folder} is not a Hugging Face model folder (no config.json there)")
+        if lineage.trains(node.name) and lineage.model_spec(node.name) is None:
+            raise LineageError(file, node.name, "model", "this node is trained here and needs an architecture: "
+                               "give the lineage a 'model:' (or the node 'pretrained:' weights)")
         if node.data is not None:
             for i, src in enumerate(node.data.sources):
                 _check_source_paths(src, file, node.name, f"data.sources.{i}")
+    if lineage.model is not None and lineage.n_ctx is not None:
+        raise LineageError(file, None, "n_ctx", "the block length is model.n_ctx when the lineage has a 'model:'; remove 'n_ctx'")
+    if lineage.tokenizer.kind == "model" and lineage.base.pretrained is None:
+        raise LineageError(file, lineage.base.name, "tokenizer.kind", "tokenizer kind 'model' takes the base's pretrained "
+                           "model's tokenizer, but the base is trained here; use 'bpe', 'mistral' or 'pretrained'")
+    pretrained = [n.name for n in lineage.nodes if n.pretrained is not None]
+    if pretrained and lineage.tokenizer.kind in ("bpe", "mistral"):
+        raise LineageError(file, pretrained[0], "pretrained", f"a pretrained model reads its own tokenizer's ids, but the lineage's "
+                           f"tokenizer is '{lineage.tokenizer.kind}'; use tokenizer kind 'model' (a pretrained base) or 'pretrained'")
     for node in lineage.nodes:
-        n_ctx, context = lineage.model_spec(node.name).n_ctx, lineage.sae_spec(node.name).context
+        n_ctx, context = lineage.block_n_ctx, lineage.sae_spec(node.name).context
         if context > n_ctx:
             raise LineageError(file, node.name, "sae.context", f"{context}-token windows exceed the model's n_ctx {n_ctx}")
-    if lineage.flow.context is not None and lineage.flow.context > lineage.model.n_ctx:
-        raise LineageError(file, None, "flow.context", f"{lineage.flow.context}-token windows exceed the models' n_ctx {lineage.model.n_ctx}")
+    if lineage.flow.context is not None and lineage.flow.context > lineage.block_n_ctx:
+        raise LineageError(file, None, "flow.context", f"{lineage.flow.context}-token windows exceed the models' n_ctx {lineage.block_n_ctx}")
     names = [t.name for t in lineage.tasks]
     for i, t in enumerate(lineage.tasks):
         if t.name in names[:i]:
             raise LineageError(file, None, f"tasks.{i}.name", f"duplicate task name '{t.name}'")
-        if t.kind != "entity_tracking" and t.length > lineage.model.n_ctx:
+        if t.kind != "entity_tracking" and t.length > lineage.block_n_ctx:
             raise LineageError(file, None, f"tasks.{i}.length", f"task '{t.name}': prompts of {t.length} tokens exceed "
-                               f"the models' n_ctx {lineage.model.n_ctx}")
+                               f"the models' n_ctx {lineage.block_n_ctx}")
         if t.kind == "entity_tracking" and t.n_objects > min(len(t.objects), len(t.boxes)):
             raise LineageError(file, None, f"tasks.{i}.n_objects", f"task '{t.name}': {t.n_objects} objects per prompt "
                                f"need as many objects and boxes ({len(t.objects)}, {len(t.boxes)} given)")

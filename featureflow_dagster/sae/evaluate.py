@@ -4,8 +4,8 @@ On token windows [n, context] run through a model:
 - l0: mean number of active features per token.
 - mse: mean over elements of (x̂ − x)²; explained_variance: 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖².
 - ce_clean, ce_spliced, ce_zero: next-token cross-entropy (nats, positions 1..context−1 of each
-  window) of the model as is, with hook_post replaced by the SAE's reconstruction, and with
-  hook_post zero-ablated; loss_recovered = (ce_zero − ce_spliced) / (ce_zero − ce_clean).
+  window) of the model as is, with the SAE's hook (`cfg.hook_name`) replaced by its reconstruction, and
+  with it zero-ablated; loss_recovered = (ce_zero − ce_spliced) / (ce_zero − ce_clean).
 - dead_fraction: features that never fire on these tokens; ultra_low_fraction: features that fire
   on a fraction of tokens in (0, ultra_low_density).
 - density: per-feature firing frequency [d_sae] (for the histogram).
@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from featureflow_dagster.activations import ActivationStore, capture_mlp_post
+from featureflow_dagster.activations import ActivationStore, capture
 from featureflow_dagster.sae.base import SAE, SAEConfig
 
 
@@ -55,7 +55,7 @@ def _ce(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[float, int]:
 @torch.no_grad()
 def evaluate_sae(sae: SAE, model, windows: torch.Tensor, device: torch.device, batch_windows: int = 64,
                  ultra_low_density: float = 1e-5) -> SAEEvaluation:
-    """Evaluate `sae` on the hook_post activations of `model` over token windows [n, context]."""
+    """Evaluate `sae` on the activations of `model` at the SAE's hook over token windows [n, context]."""
     sae.to(device).eval()
     model.to(device).eval()
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
@@ -68,7 +68,7 @@ def evaluate_sae(sae: SAE, model, windows: torch.Tensor, device: torch.device, b
     n_tokens = n_pred = 0
     for start in range(0, windows.shape[0], batch_windows):
         tok = windows[start : start + batch_windows].to(device, torch.long)
-        with capture_mlp_post(model) as captured:
+        with capture(model, sae.cfg.hook_name) as captured:
             clean_logits = model(input_ids=tok).logits
         x = captured[0].reshape(-1, d_in).float()
         f = sae.encode(x)
@@ -83,9 +83,9 @@ def evaluate_sae(sae: SAE, model, windows: torch.Tensor, device: torch.device, b
         loss, count = _ce(clean_logits, tok)
         ce["clean"] += loss
         n_pred += count
-        with capture_mlp_post(model, replace=lambda a: sae(a.reshape(-1, d_in).float()).reshape(a.shape).to(a.dtype)):
+        with capture(model, sae.cfg.hook_name, replace=lambda a: sae(a.reshape(-1, d_in).float()).reshape(a.shape).to(a.dtype)):
             ce["spliced"] += _ce(model(input_ids=tok).logits, tok)[0]
-        with capture_mlp_post(model, replace=torch.zeros_like):
+        with capture(model, sae.cfg.hook_name, replace=torch.zeros_like):
             ce["zero"] += _ce(model(input_ids=tok).logits, tok)[0]
     sst = float((sum_x2 - sum_x**2 / n_tokens).sum())
     density = fires / n_tokens

@@ -19,6 +19,7 @@ from featureflow_dagster.sae import SAE_REGISTRY, SAEConfig
 from featureflow_dagster.sae.base import SAE
 from featureflow_dagster.sae.evaluate import SAEEvaluation, CheckOutcome, check_evaluation, evaluate_sae, quality_against_null
 from featureflow_dagster.sae.train import SAETrainResult, train_sae
+from featureflow_dagster.hooks import MLP_POST
 
 CHECKS_FILE = "checks.json"
 DENSITY_FILE = "feature_density.safetensors"
@@ -28,10 +29,10 @@ class FailedQualityChecks(RuntimeError):
     """An SAE that failed a quality bar of its lineage, asked to feed something computed from it."""
 
 
-def new_sae(spec, d_in: int, context: int, model_name: str, seed: int) -> SAE:
-    """An untrained SAE of the recipe `spec` (`SAESpec`) on `d_in`-dimensional activations."""
+def new_sae(spec, d_in: int, context: int, model_name: str, seed: int, hook_name: str = MLP_POST) -> SAE:
+    """An untrained SAE of the recipe `spec` (`SAESpec`) on `d_in`-dimensional activations at `hook_name`."""
     cfg = SAEConfig(architecture=spec.architecture, d_in=d_in, d_sae=spec.expansion * d_in, k=spec.k,
-                    context_size=context, model_name=model_name)
+                    hook_name=hook_name, context_size=context, model_name=model_name)
     if spec.architecture == "relu":
         extra = {"l1_coefficient": spec.l1_coefficient, "decoder_constraint": spec.decoder_constraint}
     else:
@@ -58,7 +59,7 @@ def fit_sae(spec, acts: ActivationStore, model, seed: int, device: torch.device,
     """Train an SAE of recipe `spec` on the store's train split (resuming from `checkpoint_path` when it
     holds this very configuration), evaluate it through `model` on the eval windows, and judge it
     against the random-dictionary null and the recipe's bars."""
-    autoencoder = new_sae(spec, acts.d_in, acts.context, model_name, seed)
+    autoencoder = new_sae(spec, acts.d_in, acts.context, model_name, seed, acts.hook_name)
     if spec.subtract_data_mean:
         autoencoder.data_mean.copy_(acts.mean("train"))
     if spec.normalize_activations == "expected_average_only_in":

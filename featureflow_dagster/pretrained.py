@@ -1,0 +1,170 @@
+"""Pretrained nodes: models that exist already, from a Hugging Face repo (with a revision) or a local folder.
+
+`resolve` finds a node's folder and the version that names its bytes: the commit a repo's revision
+resolves to, or the sha256 of a folder's config and weights. It goes through `huggingface_hub`'s
+`snapshot_download`, which is the path a connected user takes and, with `HF_HUB_OFFLINE=1` (or no
+network), answers from the local Hugging Face cache. `check_lineage_models` reads every pretrained
+node's config.json and tokenizer (never its weights) and refuses, naming node and field, what cannot
+run: an unsupported family, a hook the model does not have, disagreeing tokenizers, vocabularies,
+widths or depths along an edge, a block length beyond the model's context. `featureflow materialize`
+runs it before any compute; the `pretrained/<node>` observations and the model assets run it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from featureflow_dagster.lineage import Lineage, LineageError, PretrainedSpec
+
+# what a light resolution fetches from a repo: the config and the tokenizer, never the weights
+LIGHT_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+               "tokenizer.model", "vocab.json", "merges.txt"]
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+DIMENSIONS = ("architecture", "d_model", "d_mlp", "n_layers", "n_heads", "d_vocab")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    node: str
+    folder: Path
+    version: str  # a repo's commit, or 'sha256:<hex>' of a folder's config and weights
+
+    @property
+    def config(self) -> dict:
+        return json.loads((self.folder / "config.json").read_text())
+
+
+def folder_version(folder: Path) -> str:
+    """sha256 over the names and bytes of a model folder's config.json and weight files (sorted)."""
+    from featureflow_dagster.storage import file_sha256
+
+    files = sorted({p for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)} | {folder / "config.json"})
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(file_sha256(f).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def resolve(node: str, spec: PretrainedSpec, file: str | Path = "<lineage>", weights: bool = False) -> Resolved:
+    """The node's model folder and version. A repo is fetched through the Hugging Face cache (config and
+    tokenizer only unless `weights`); offline, only the cache answers. LineageError naming the node and
+    field for a folder without config.json, a repo or revision that does not exist, or one not cached offline."""
+    if spec.path is not None:
+        folder = spec.local_path()
+        if not (folder / "config.json").is_file():
+            raise LineageError(file, node, "pretrained.path", f"{folder} is not a Hugging Face model folder (no config.json there)")
+        if weights and not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
+            raise LineageError(file, node, "pretrained.path", f"{folder} holds no weights (*.safetensors or *.bin)")
+        return Resolved(node, folder, folder_version(folder))
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    patterns = None if weights else LIGHT_FILES
+    try:
+        folder = Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=patterns))
+    except GatedRepoError:
+        raise LineageError(file, node, "pretrained.repo", f"'{spec.repo}' is gated: accept its terms on the hub and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise LineageError(file, node, "pretrained.repo", f"no model '{spec.repo}' on the Hugging Face hub "
+                           "(a private or gated repo needs HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise LineageError(file, node, "pretrained.revision", f"'{spec.repo}' has no revision '{spec.revision}'") from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        why = "offline (HF_HUB_OFFLINE is set)" if offline else f"the hub could not be reached ({type(e).__name__})"
+        raise LineageError(file, node, "pretrained.repo", f"'{spec.repo}'{'@' + spec.revision if spec.revision else ''} is not in "
+                           f"the local Hugging Face cache ({cache}) and {why}: download it on a connected machine "
+                           f"(`hf download {spec.repo}`) or point 'pretrained.path' at a folder") from None
+    if not (folder / "config.json").is_file():
+        raise LineageError(file, node, "pretrained.repo", f"'{spec.repo}' holds no config.json; it is not a transformers model")
+    if weights and not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
+        raise LineageError(file, node, "pretrained.repo", f"'{spec.repo}' holds no *.safetensors or *.bin weights")
+    return Resolved(node, folder, folder.name)  # the snapshot folder is named by the commit
+
+
+def link_model_files(folder: Path, out: Path, link: bool) -> list[str]:
+    """Bring a model folder's files (config, weights, tokenizer; not sub-folders) into `out`. With `link`
+    (the Hugging Face cache, whose blobs never change in place) a hard link where `out` is on the same
+    file system, so a 7B model's weights are not stored twice; else a copy (a user's own folder may be
+    overwritten in place by its next save). The cache's symlinks are followed to their blobs. Returns the file names."""
+    import shutil
+
+    names = []
+    for src in sorted(folder.iterdir()):
+        if not src.is_file() or src.name.startswith("."):
+            continue
+        real, dst = src.resolve(), out / src.name
+        try:
+            if not link:
+                raise OSError
+            os.link(real, dst)
+        except OSError:
+            shutil.copy2(real, dst)
+        names.append(src.name)
+    return names
+
+
+def _dimensions(config) -> dict:
+    from featureflow_dagster.arch import architecture_of, config_dims
+
+    return {"architecture": architecture_of(config), **config_dims(config)}
+
+
+def check_lineage_models(lineage: Lineage, file: str | Path = "<lineage>") -> dict[str, Resolved]:
+    """Resolve every pretrained node (config and tokenizer only) and check what pydantic and the graph
+    checks cannot see; returns the resolutions by node. Refuses with LineageError naming node and field."""
+    from transformers import AutoConfig
+
+    from featureflow_dagster.arch import ArchitectureError, adapter_for, check_hook
+    from featureflow_dagster.tokenizer import load_tokenizer, tokenizer_hash
+
+    resolved = {n: resolve(n, lineage.node(n).pretrained, file) for n in lineage.pretrained_nodes}
+    dims, tokenizers = {}, {}
+    for n, r in resolved.items():
+        field = "pretrained.path" if lineage.node(n).pretrained.path else "pretrained.repo"
+        config = AutoConfig.from_pretrained(str(r.folder))
+        try:
+            adapter_for(config)
+        except ArchitectureError as e:
+            raise LineageError(file, n, field, str(e)) from None
+        try:
+            check_hook(config, lineage.hook)
+        except ArchitectureError as e:
+            raise LineageError(file, n, "hook", f"{e} (the lineage's hook)") from None
+        dims[n] = _dimensions(config)
+        if dims[n]["n_ctx"] is not None and lineage.block_n_ctx > dims[n]["n_ctx"]:
+            raise LineageError(file, n, "n_ctx", f"{lineage.block_n_ctx}-token blocks exceed the model's context "
+                               f"({dims[n]['n_ctx']} positions); lower the lineage's n_ctx")
+        try:
+            tokenizers[n] = tokenizer_hash(load_tokenizer(r.folder))
+        except Exception as e:  # noqa: BLE001 - any failure to read the tokenizer is the same problem for the user
+            raise LineageError(file, n, field, f"the model's tokenizer does not load from {r.folder}: {e}") from None
+    pairs = [(p, c) for p, c in lineage.edges()]
+    for node in lineage.nodes:  # a merge's parents must agree with each other too
+        pairs += [(node.parents[0], q) for q in node.parents[1:]] if node.kind == "merge" else []
+    for p, c in pairs:
+        if p in dims and c in dims:
+            for key in DIMENSIONS:
+                if dims[p][key] != dims[c][key]:
+                    raise LineageError(file, c, "pretrained", f"{key} {dims[c][key]} differs from '{p}' ({dims[p][key]}); "
+                                       "the models along an edge must share architecture, width, depth and vocabulary")
+            if tokenizers[p] != tokenizers[c]:
+                raise LineageError(file, c, "pretrained", f"its tokenizer differs from '{p}''s; the models along an edge "
+                                   "must share one tokenizer (token ids mean the same text)")
+    if lineage.tokenizer.kind == "model":
+        reference, where = tokenizers.get(lineage.base.name), f"the base '{lineage.base.name}''s"
+    elif lineage.tokenizer.kind == "pretrained":
+        reference, where = tokenizer_hash(load_tokenizer(os.path.expanduser(lineage.tokenizer.path))), "the lineage's tokenizer.path"
+    else:
+        reference = None
+    for n, digest in tokenizers.items():
+        if reference is not None and digest != reference:
+            raise LineageError(file, n, "pretrained", f"its tokenizer differs from {where}, which the lineage uses")
+    return resolved

@@ -1,0 +1,68 @@
+"""Tiny random-initialised causal LMs of several families, saved as Hugging Face folders (with a
+tokenizer), and fine-tunes of them made outside featureflow: what a researcher's own checkpoints look like."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import torch
+import transformers as T
+
+from featureflow_dagster.tokenizer import train_bpe
+
+FAMILIES = {
+    "llama": lambda v, n_ctx: T.LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=n_ctx),
+    "mistral": lambda v, n_ctx: T.MistralConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=n_ctx),
+    "gemma": lambda v, n_ctx: T.GemmaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=n_ctx),
+    "gemma2": lambda v, n_ctx: T.Gemma2Config(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=n_ctx),
+    "qwen2": lambda v, n_ctx: T.Qwen2Config(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=n_ctx),
+    "neox": lambda v, n_ctx: T.GPTNeoXConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, max_position_embeddings=n_ctx),
+    "gpt2": lambda v, n_ctx: T.GPT2Config(vocab_size=v, n_embd=32, n_layer=2, n_head=4, n_positions=n_ctx),
+}
+
+
+def stdlib_texts(pattern: str, limit: int) -> list[str]:
+    """Real text: standard-library source files matching `pattern`."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [p.read_text(errors="replace") for p in sorted(root.glob(pattern))[:limit]]
+
+
+def tiny_tokenizer(vocab_size: int = 300):
+    return train_bpe(stdlib_texts("[a-c]*.py", 20), vocab_size)
+
+
+def tiny_model(family: str, tok, seed: int = 0, n_ctx: int = 64):
+    torch.manual_seed(seed)
+    config = FAMILIES[family](len(tok), n_ctx)
+    config.bos_token_id = config.eos_token_id = tok.eos_token_id
+    config.pad_token_id = tok.pad_token_id
+    return T.AutoModelForCausalLM.from_config(config).eval()
+
+
+def save(model, tok, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def finetune_outside(model, tok, texts: list[str], steps: int = 5, seed: int = 1, lr: float = 1e-2, n_ctx: int = 32):
+    """A few AdamW steps on other text, with plain PyTorch: a fine-tune made without featureflow."""
+    torch.manual_seed(seed)
+    ids = torch.tensor(tok("\n".join(texts))["input_ids"][: steps * 4 * n_ctx]).reshape(-1, n_ctx)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        batch = ids[(step * 4) % len(ids):][:4]
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
