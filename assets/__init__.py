@@ -49,6 +49,11 @@ def automation_condition(schedule: str | None) -> dg.AutomationCondition:
 def build_assets(lineage: Lineage) -> list[dg.AssetsDefinition]:
     derived = [a for group in GROUPS for a in group.build(lineage)]
     cond = automation_condition(lineage.schedule)
-    derived = [a.with_attributes(automation_condition=cond) for a in derived]
-    observe = dg.AutomationCondition.cron_tick_passed(lineage.schedule).since_last_handled() if lineage.schedule else None
-    return [build_config_asset(lineage, ARTEFACTS, observe), *derived]
+    # observable sources (pretrained weights) carry their own condition: observed on the schedule, like the config
+    derived = [a if isinstance(a, dg.SourceAsset) else a.with_attributes(automation_condition=cond) for a in derived]
+    return [build_config_asset(lineage, ARTEFACTS, observe_condition(lineage)), *derived]
+
+
+def observe_condition(lineage: Lineage) -> dg.AutomationCondition | None:
+    """When the daemon observes the observable sources (the lineage file, pretrained weights): on the lineage's `schedule:`."""
+    return dg.AutomationCondition.cron_tick_passed(lineage.schedule).since_last_handled() if lineage.schedule else None

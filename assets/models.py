@@ -66,7 +66,10 @@ def _pretrained_model_assets(lineage: Lineage, node: str) -> list:
     every model from one place. A new revision makes `model/<node>` and exactly what depends on it stale."""
     spec = lineage.node(node).pretrained
 
-    @dg.observable_source_asset(key=pretrained_key(node), group_name="models", description=f"Pretrained weights of node "
+    from featureflow_dagster.assets import observe_condition
+
+    @dg.observable_source_asset(key=pretrained_key(node), group_name="models", automation_condition=observe_condition(lineage),
+                                description=f"Pretrained weights of node "
                                 f"'{node}': {spec.label}. Observed version: the commit or the weights' sha256.")
     def _observe() -> dg.DataVersion:
         return dg.DataVersion(resolve(node, spec).version)

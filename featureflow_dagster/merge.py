@@ -9,6 +9,8 @@ once and only the two coefficients changing with t.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,11 +132,69 @@ def mergekit_merge(config: dict, out_dir: Path, seed: int) -> None:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    run_merge(
-        MergeConfiguration.model_validate(config),
-        str(out_dir),
-        MergeOptions(copy_tokenizer=True, quiet=True, write_model_card=False, random_seed=seed, lazy_unpickle=False),
-    )
+    merge_config = MergeConfiguration.model_validate(config)
+    with _saved_weights_only([Path(m["model"]) for m in config["models"]]):
+        run_merge(
+            merge_config,
+            str(out_dir),
+            MergeOptions(copy_tokenizer=True, quiet=True, write_model_card=False, random_seed=seed, lazy_unpickle=False),
+        )
+
+
+@contextlib.contextmanager
+def _saved_weights_only(model_dirs: list[Path]):
+    """mergekit's architecture definitions list some buffers that transformers 5 no longer saves (GPT-NeoX's
+    attention.bias, masked_bias and rotary inv_freq; GPT-2's attn.bias): with them required, mergekit refuses
+    every model saved today. Within this block, a weight that none of the models' safetensors hold is optional
+    (mergekit then skips it, as transformers rebuilds it on load); every saved tensor is still merged. mergekit
+    has no option for this, so its lookup `mergekit.merge.get_architecture_info` is wrapped for the block."""
+    import mergekit.merge as mm
+    from mergekit.architecture.base import ModuleArchitecture, ModuleDefinition
+    from safetensors import safe_open
+
+    present: set[str] = set()
+    for folder in model_dirs:
+        for f in folder.glob("*.safetensors"):
+            with safe_open(str(f), framework="pt") as st:
+                present.update(st.keys())
+
+    class SavedOnly(ModuleArchitecture):
+        def __init__(self, inner, prefix):
+            self.inner, self.prefix = inner, prefix or ""
+
+        def _mark(self, weights):
+            def saved(w):
+                return any(self.prefix + n in present for n in (w.name, *(w.aliases or ()), *(w.tied_names or ())))
+            return [w if w.optional or saved(w) else w.model_copy(update={"optional": True}) for w in weights]
+
+        def pre_weights(self, config):
+            return self._mark(self.inner.pre_weights(config))
+
+        def post_weights(self, config):
+            return self._mark(self.inner.post_weights(config))
+
+        def layer_weights(self, index, config):
+            return self._mark(self.inner.layer_weights(index, config))
+
+        def num_layers_config_key(self):
+            return self.inner.num_layers_config_key()
+
+        def num_layers(self, config):
+            return self.inner.num_layers(config)
+
+    original = mm.get_architecture_info
+
+    def saved_only(config, options):
+        arch = original(config, options)
+        modules = {k: ModuleDefinition(architecture=SavedOnly(m.architecture, m.weight_prefix), weight_prefix=m.weight_prefix,
+                                       subfolder=m.subfolder) for k, m in arch.modules.items()}
+        return arch.model_copy(update={"modules": modules})
+
+    mm.get_architecture_info = saved_only
+    try:
+        yield
+    finally:
+        mm.get_architecture_info = original
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,12 @@ def link_model_files(folder: Path, out: Path, link: bool) -> list[str]:
     return names
 
 
+def dims_arch(config) -> str:
+    from featureflow_dagster.arch import architecture_of
+
+    return architecture_of(config)
+
+
 def _dimensions(config) -> dict:
     from featureflow_dagster.arch import architecture_of, config_dims
 
@@ -138,6 +144,13 @@ def check_lineage_models(lineage: Lineage, file: str | Path = "<lineage>") -> di
             check_hook(config, lineage.hook)
         except ArchitectureError as e:
             raise LineageError(file, n, "hook", f"{e} (the lineage's hook)") from None
+        if lineage.tasks:
+            from featureflow_dagster.hooked import HOOKED_FAMILIES
+
+            if dims_arch(config) not in HOOKED_FAMILIES:
+                raise LineageError(file, n, "tasks", f"circuits and CMAP patch TransformerLens HookedTransformers, which "
+                                   f"TransformerLens does not build for {dims_arch(config)} (it does for {list(HOOKED_FAMILIES)}); "
+                                   "remove 'tasks:' to study this lineage without them")
         dims[n] = _dimensions(config)
         if dims[n]["n_ctx"] is not None and lineage.block_n_ctx > dims[n]["n_ctx"]:
             raise LineageError(file, n, "n_ctx", f"{lineage.block_n_ctx}-token blocks exceed the model's context "

@@ -735,3 +735,35 @@ def test_circuits_and_cmap_through_dagster_agree_with_each_other_and_the_models(
             assert (home / "reports" / "cmap" / edge / f"{name}.html").is_file()
         meta = _meta_partition(instance, "cmap", edge)
         assert meta["persisted_child_features"] + meta["emerged_child_features"] <= 1024
+
+
+def test_micro_models_imported_as_pretrained_nodes_give_identical_stores_and_flow(micro, tmp_path):
+    """The identity: featureflow's own trained micro models, pointed at as pretrained folders (the merge as a
+    published merge), give byte-identical activation stores and SAEs and the same flow classification."""
+    import pandas as pd
+
+    from featureflow_dagster.pretrained import check_lineage_models
+    from featureflow_dagster.runner import select
+
+    lineage, home, *_ = micro
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    raw["name"] = "micro-pretrained"
+    raw.pop("tokenizer"), raw.pop("training"), raw.pop("tasks")
+    raw["n_ctx"] = raw.pop("model")["n_ctx"]
+    for node in raw["nodes"]:
+        node["pretrained"] = {"path": str(home / "model" / node["name"])}
+        node.pop("merge", None)
+    copy = parse_lineage(raw, "micro-pretrained")
+    assert copy.tokenizer.kind == "model" and set(check_lineage_models(copy)) == set(lineage.node_names)
+    defs = build_definitions(copy, home=str(tmp_path / "home"), device="cpu")
+    report = materialize_lineage(defs, dg.DagsterInstance.ephemeral(), echo=lambda *_: None,
+                                 chosen=select(defs, ["corpus", "tokenizer", "tokens", "model", "activation_store", "sae",
+                                                      "feature_activations", "feature_correlation", "feature_flow"]))
+    assert ("feature_flow", None) in {(k.to_user_string(), pk) for k, pk in report.done}
+    ours = tmp_path / "home"
+    for node in lineage.node_names:
+        assert _files(ours / "activation_store" / node) == _files(home / "activation_store" / node), node
+        # the SAEs trained on them: the same weights (cfg.json names the lineage, which differs)
+        assert (ours / "sae" / node / "sae_weights.safetensors").read_bytes() == (home / "sae" / node / "sae_weights.safetensors").read_bytes()
+    a, b = (pd.read_parquet(h / "feature_flow" / "classification.parquet") for h in (home, ours))
+    pd.testing.assert_frame_equal(a, b)

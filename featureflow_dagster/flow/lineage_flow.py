@@ -203,7 +203,12 @@ def describe_cases(cases: dict, features: dict[str, pd.DataFrame], decode) -> li
     def describe(node: str, f: int) -> dict:
         row = features[node].iloc[f]
         return {"node": node, "feature": f, "top_token": decode(int(row["top_token_id"])) if row["top_token_id"] >= 0 else "",
-                "llr_top_token": float(row["llr_top_token"]), "density": float(row["density"])}
+                # a feature that never fired on the held-out examples has no top token and no LLR: None, not NaN (JSON)
+                "llr_top_token": float(row["llr_top_token"]) if np.isfinite(row["llr_top_token"]) else None,
+                "density": float(row["density"])}
+
+    def llr(e: dict) -> str:
+        return "–" if e["llr_top_token"] is None else f"{e['llr_top_token']:.2f}"
 
     rows = []
     for path, c in cases["persisting"].items():
@@ -211,14 +216,14 @@ def describe_cases(cases: dict, features: dict[str, pd.DataFrame], decode) -> li
             c["evidence"] = [describe(n, f) for n, f in zip(c["nodes"], c["features"])]
             rows.append({"case": "persists " + path.replace(">", " → "), "features": " → ".join(f"{n}#{f}" for n, f in zip(c["nodes"], c["features"])),
                          "top tokens": " / ".join(repr(e["top_token"]) for e in c["evidence"]),
-                         "LLR": " / ".join(f"{e['llr_top_token']:.2f}" for e in c["evidence"]),
+                         "LLR": " / ".join(llr(e) for e in c["evidence"]),
                          "r": " / ".join(f"{r:.3f}" for r in c["r"])})
     for edge, d in cases["disappearing"].items():
         if d is not None:
             d["evidence"] = [describe(d["parent"], d["feature"]), describe(d["child"], d["best_partner"])]
             rows.append({"case": "disappears " + " → ".join(Edge.parse(edge)), "features": f"{d['parent']}#{d['feature']} (best: {d['child']}#{d['best_partner']})",
                          "top tokens": " / ".join(repr(e["top_token"]) for e in d["evidence"]),
-                         "LLR": " / ".join(f"{e['llr_top_token']:.2f}" for e in d["evidence"]), "r": f"{d['best_r']:.3f}"})
+                         "LLR": " / ".join(llr(e) for e in d["evidence"]), "r": f"{d['best_r']:.3f}"})
     return rows
 
 

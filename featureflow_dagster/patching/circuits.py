@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from featureflow_dagster.hooks import HEAD_Z, RESID_MID, RESID_POST
+from featureflow_dagster.hooks import hook as hook_at
 from featureflow_dagster.patching.tasks import TaskBatch, task_metrics
 from featureflow_dagster.patching.components import (HOOKS, Unit, relative_position, gap_share, cache_names, component_names, final_logits, hook_of, mean_ld,
                                                    patch_hooks, run_cache)
@@ -37,9 +38,11 @@ def activation_patching(model, batch: TaskBatch, components: list[str], size: in
 
 
 def path_patching(model, batch: TaskBatch, size: int = 256) -> pd.DataFrame:
-    """Per head, the clean-minus-corrupt change of its output added (at every position) only along one
-    path of the corrupt run: into the MLP's input (resid_mid, taken back out of resid_post) or straight
-    to the logits (resid_post). effect as in `activation_patching`."""
+    """Per head (of block 0), the clean-minus-corrupt change of its output added (at every position) only along
+    one path of the corrupt run: into block 0's MLP input (resid_mid, taken back out of resid_post; absent
+    where attention and MLP run in parallel, GPT-NeoX, whose MLP never reads its block's heads) or straight
+    to the logits (the last block's resid_post, read only by the final norm and the unembedding). effect as
+    in `activation_patching`."""
     names = [HEAD_Z]
     clean = run_cache(model, batch.clean, names, size)[HEAD_Z]
     corrupt = run_cache(model, batch.corrupt, names, size)[HEAD_Z]
@@ -56,8 +59,10 @@ def path_patching(model, batch: TaskBatch, size: int = 256) -> pd.DataFrame:
         def sub(act, hook, r, d=delta):
             return act - d[r]
 
-        for path, hooks in (("mlp", [(RESID_MID, add), (RESID_POST, sub)]),
-                            ("logits", [(RESID_POST, add)])):
+        paths = [("logits", [(hook_at("hook_resid_post", model.cfg.n_layers - 1), add)])]
+        if not model.cfg.parallel_attn_mlp:
+            paths.insert(0, ("mlp", [(RESID_MID, add), (RESID_POST, sub)]))
+        for path, hooks in paths:
             ld = mean_ld(final_logits(model, batch.corrupt, hooks, size), batch)
             rows.append({"head": h, "path": path, "ld": ld, "effect": gap_share(ld - ld_corrupt, ld_clean - ld_corrupt)})
     return pd.DataFrame(rows)

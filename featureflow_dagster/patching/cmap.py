@@ -13,7 +13,8 @@ import pandas as pd
 import torch
 
 from featureflow_dagster.flow import DEAD, DISAPPEARS, EMERGED, PERSISTED, PERSISTS
-from featureflow_dagster.hooks import HEAD_RESULT, HEAD_Z, MLP_POST
+from featureflow_dagster.hooks import HEAD_RESULT, HEAD_Z, parse_hook
+from featureflow_dagster.hooks import hook as hook_at
 from featureflow_dagster.patching.tasks import TaskBatch, logit_diff
 from featureflow_dagster.patching.components import (HOOKS, Unit, unit_index, relative_position, gap_share, final_logits, hook_of, mean_ld, patch_hooks,
                                                    run_cache)
@@ -93,34 +94,48 @@ def edge_gap(parent, child, batch: TaskBatch, size: int = 256, min_gap_se: float
     return float(d[0].mean()), float(d[1].mean()), gap, se, bool(abs(gap) >= min_gap_se * se)
 
 
-def feature_contribution(model, sae, post: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The MLP output [n, L, d_model] carried by the SAE features in `mask` [d_sae] (bool): their part
-    of the reconstruction of `post` (hook_post [n, L, d_mlp]) through the model's W_out."""
-    n, L, d = post.shape
-    f = sae.encode(post.reshape(-1, d)) * mask.to(post.device)
+def written_site(hook_name: str) -> str:
+    """Where an SAE's features write into the residual stream: an MLP's hidden activations (mlp.hook_post)
+    through its W_out into that layer's `hook_mlp_out`; a residual-width site (resid_post, mlp_out, attn_out) is its own."""
+    point = parse_hook(hook_name)
+    return hook_at("hook_mlp_out", point.layer) if point.site == "mlp.hook_post" else hook_name
+
+
+def feature_contribution(model, sae, acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What the SAE features in `mask` [d_sae] (bool) carry at `written_site(sae's hook)` [n, L, d_model]: their
+    part of the reconstruction of `acts` (the SAE's hook [n, L, d_in]), through the layer's W_out for mlp.hook_post."""
+    n, L, d = acts.shape
+    f = sae.encode(acts.reshape(-1, d)) * mask.to(acts.device)
     part = sae.decode(f) - sae.decode(torch.zeros_like(f[:1]))
-    return (part @ model.blocks[0].mlp.W_out).reshape(n, L, -1)
+    point = parse_hook(sae.cfg.hook_name)
+    if point.site == "mlp.hook_post":
+        part = part @ model.blocks[point.layer].mlp.W_out
+    return part.reshape(n, L, -1)
 
 
 def feature_cmap(parent, child, sae_parent, sae_child, batch: TaskBatch, sets: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  size: int = 256, min_gap_se: float = 2.0) -> pd.DataFrame:
-    """Feature-level CMAP: per named set (child mask, parent mask), the parent's MLP output at every
-    position becomes its own minus what its features in the parent mask carry plus what the child's
-    features in the child mask carry (on the same clean prompts); share of the gap recovered."""
-    names = [MLP_POST, HOOKS["mlp"]]
+    """Feature-level CMAP at the SAEs' hook: per named set (child mask, parent mask), what the parent writes
+    there (its MLP output for mlp.hook_post SAEs, else the site itself) at every position becomes its own minus
+    what its features in the parent mask carry plus what the child's features in the child mask carry (on the
+    same clean prompts); share of the gap recovered."""
+    read = sae_parent.cfg.hook_name
+    if sae_child.cfg.hook_name != read:
+        raise ValueError(f"the parent's SAE reads {read} and the child's {sae_child.cfg.hook_name}; feature CMAP needs one site")
+    write = written_site(read)
     with torch.no_grad():
-        cp = run_cache(parent, batch.clean, names, size)
-        cc = run_cache(child, batch.clean, [MLP_POST], size)
+        cp = run_cache(parent, batch.clean, sorted({read, write}), size)
+        cc = run_cache(child, batch.clean, [read], size)
         ld_p, ld_c, gap, se, real = edge_gap(parent, child, batch, size, min_gap_se)
         rows = []
         for name, (child_mask, parent_mask) in sets.items():
-            out = cp[HOOKS["mlp"]] - feature_contribution(parent, sae_parent, cp[MLP_POST], parent_mask) \
-                + feature_contribution(child, sae_child, cc[MLP_POST], child_mask)
+            out = cp[write] - feature_contribution(parent, sae_parent, cp[read], parent_mask) \
+                + feature_contribution(child, sae_child, cc[read], child_mask)
 
             def put(act, hook, r, o=out):
                 return o[r]
 
-            ld = mean_ld(final_logits(parent, batch.clean, [(HOOKS["mlp"], put)], size), batch)
+            ld = mean_ld(final_logits(parent, batch.clean, [(write, put)], size), batch)
             rows.append({"set": name, "child_features": int(child_mask.sum()), "parent_features": int(parent_mask.sum()),
                          "ld": ld, "share": gap_share(ld - ld_p, gap) if real else float("nan")})
     out = pd.DataFrame(rows)

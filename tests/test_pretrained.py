@@ -1,0 +1,123 @@
+"""Pretrained nodes: resolution from a folder and from the Hugging Face cache (offline, the path a connected
+user takes), versions, and the checks that refuse a lineage before any compute."""
+
+import shutil
+
+import pytest
+import yaml
+
+from featureflow_dagster.lineage import LineageError, PretrainedSpec, parse_lineage
+from featureflow_dagster.pretrained import check_lineage_models, folder_version, link_model_files, resolve
+from tiny_models import finetune_outside, save, stdlib_texts, tiny_model, tiny_tokenizer
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def neox(tok, tmp_path_factory):
+    return save(tiny_model("neox", tok), tok, tmp_path_factory.mktemp("neox") / "model")
+
+
+def _hub_cache(cache, repo: str, folder, commit: str = COMMIT):
+    """A Hugging Face hub cache holding `folder` as `repo` at `commit` (the layout `hf download` writes)."""
+    entry = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = entry / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (entry / "blobs").mkdir()
+    for f in folder.iterdir():
+        blob = entry / "blobs" / f"blob-{f.name}"
+        shutil.copy(f, blob)
+        (snapshot / f.name).symlink_to(blob)
+    (entry / "refs").mkdir()
+    (entry / "refs" / "main").write_text(commit)
+    return snapshot
+
+
+def _lineage(nodes, **top):
+    data = {"sources": [{"name": "python", "kind": "stdlib", "what": "source", "include": ["[a-b]*.py"]}]}
+    raw = {"name": "pre", "n_ctx": 32, "sae": {"context": 16}, **top,
+           "nodes": [{**n, "data": data} if n["kind"] != "merge" else n for n in nodes]}
+    return parse_lineage(yaml.safe_load(yaml.safe_dump(raw)))
+
+
+def test_a_folder_is_versioned_by_its_weights(neox, tok, tmp_path):
+    spec = PretrainedSpec(path=str(neox))
+    first = resolve("base", spec)
+    assert first.folder == neox and first.version == folder_version(neox) and first.version.startswith("sha256:")
+    copy = tmp_path / "copy"
+    shutil.copytree(neox, copy)
+    assert resolve("base", PretrainedSpec(path=str(copy))).version == first.version  # bytes, not place
+    model = finetune_outside(tiny_model("neox", tok), tok, stdlib_texts("json/*.py", 3), steps=2)
+    save(model, tok, copy)
+    assert resolve("base", PretrainedSpec(path=str(copy))).version != first.version
+
+
+def test_a_repo_resolves_from_the_local_hub_cache_offline(neox, tmp_path, monkeypatch):
+    snapshot = _hub_cache(tmp_path / "hub", "someone/tiny-neox", neox)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    got = resolve("base", PretrainedSpec(repo="someone/tiny-neox"), weights=True)
+    assert got.folder == snapshot and got.version == COMMIT
+    assert resolve("base", PretrainedSpec(repo="someone/tiny-neox", revision=COMMIT)).version == COMMIT
+    out = tmp_path / "store"
+    out.mkdir()
+    names = link_model_files(got.folder, out, link=True)
+    assert "model.safetensors" in names and (out / "model.safetensors").stat().st_ino == snapshot.joinpath("model.safetensors").resolve().stat().st_ino
+    with pytest.raises(LineageError) as err:
+        resolve("lua", PretrainedSpec(repo="someone/not-there"))
+    message = str(err.value)
+    assert "node 'lua'" in message and "field 'pretrained.repo'" in message and "not in the local Hugging Face cache" in message
+    assert "offline" in message
+
+
+def test_lineage_checks_refuse_mismatches_naming_node_and_field(neox, tok, tmp_path):
+    llama = save(tiny_model("llama", tok), tok, tmp_path / "llama")
+    wide_tok = tiny_tokenizer(320)
+    other_vocab = save(tiny_model("neox", wide_tok), wide_tok, tmp_path / "vocab")
+    ft = save(finetune_outside(tiny_model("neox", tok), tok, stdlib_texts("json/*.py", 3), steps=2), tok, tmp_path / "ft")
+    good = _lineage([{"name": "base", "kind": "base", "pretrained": {"path": str(neox)}},
+                     {"name": "ft", "kind": "finetune", "parents": ["base"], "pretrained": {"path": str(ft)}}],
+                    hook="blocks.1.hook_resid_post")
+    assert good.tokenizer.kind == "model" and good.model is None and good.block_n_ctx == 32
+    assert set(check_lineage_models(good)) == {"base", "ft"}
+    cases = [
+        (llama, "ft", "pretrained", "architecture LlamaForCausalLM differs from 'base'"),
+        (other_vocab, "ft", "pretrained", "d_vocab"),
+    ]
+    for folder, node, field, words in cases:
+        bad = _lineage([{"name": "base", "kind": "base", "pretrained": {"path": str(neox)}},
+                        {"name": "ft", "kind": "finetune", "parents": ["base"], "pretrained": {"path": str(folder)}}])
+        with pytest.raises(LineageError) as err:
+            check_lineage_models(bad)
+        assert f"node '{node}'" in str(err.value) and f"field '{field}'" in str(err.value) and words in str(err.value)
+    deep = _lineage([{"name": "base", "kind": "base", "pretrained": {"path": str(neox)}}], hook="blocks.7.mlp.hook_post")
+    with pytest.raises(LineageError, match=r"node 'base'.*field 'hook'.*layer 7 is beyond the model's depth \(2 layers"):
+        check_lineage_models(deep)
+    long = _lineage([{"name": "base", "kind": "base", "pretrained": {"path": str(neox)}}], n_ctx=128)
+    with pytest.raises(LineageError, match=r"field 'n_ctx'.*exceed the model's context \(64 positions\)"):
+        check_lineage_models(long)
+
+
+def test_pretrained_lineage_files_are_validated_before_anything_is_read(neox, tmp_path):
+    base = {"name": "base", "kind": "base", "pretrained": {"path": str(neox)}}
+    with pytest.raises(LineageError, match="field 'pretrained.path'.*not a Hugging Face model folder"):
+        _lineage([{**base, "pretrained": {"path": str(tmp_path / "nothing")}}])
+    with pytest.raises(LineageError, match="give either 'repo'"):
+        _lineage([{**base, "pretrained": {"repo": "a/b", "path": str(neox)}}])
+    with pytest.raises(LineageError, match="neither trained nor merged here; remove 'training'"):
+        _lineage([{**base, "training": {"lr": 1e-3}}])
+    with pytest.raises(LineageError, match="tokenizer is 'bpe'"):
+        _lineage([base], tokenizer={"kind": "bpe"})
+    with pytest.raises(LineageError, match="field 'hook'.*not one featureflow reads"):
+        _lineage([base], hook="blocks.0.attn.hook_pattern")
+    with pytest.raises(LineageError, match="node 'ft'.*field 'model'.*trained here and needs an architecture"):
+        _lineage([base, {"name": "ft", "kind": "finetune", "parents": ["base"]}])

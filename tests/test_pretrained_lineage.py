@@ -1,0 +1,79 @@
+"""Lineages of pretrained models of three families, made outside featureflow (a random-initialised base,
+a fine-tune of it by a few optimizer steps on other text, saved as folders), with a merge made here:
+every stage materializes through Dagster at layer 1 of two-layer models. And the identity: featureflow's
+own micro models imported as pretrained nodes give byte-identical activation stores and the same flow."""
+
+import json
+
+import dagster as dg
+import pandas as pd
+import pytest
+import yaml
+
+from featureflow_dagster.definitions import build_definitions
+from featureflow_dagster.lineage import parse_lineage
+from featureflow_dagster.pretrained import check_lineage_models
+from featureflow_dagster.runner import materialize_lineage, stale_statuses, observe_config
+from tiny_models import finetune_outside, save, stdlib_texts, tiny_model, tiny_tokenizer
+
+pytestmark = pytest.mark.slow
+
+
+def pretrained_lineage(name: str, base, ft, hook: str) -> dict:
+    return {
+        "name": name, "seed": 0, "n_ctx": 32, "hook": hook,
+        "sae": {"expansion": 4, "l1_coefficient": 1e-3, "lr": 1e-3, "batch_windows": 16, "epochs": 4, "context": 16,
+                "tokens": 3200, "eval_tokens": 1600, "shard_tokens": 1600, "dead_window_tokens": 1600, "checkpoint_every": 10},
+        "examples": {"top_k": 5, "samples": 10, "tokens": 1600},
+        "flow": {"tokens": 1600, "chunk_tokens": 800, "top_k": 3, "batch_windows": 32},
+        "tasks": [{"name": "brackets", "kind": "close_bracket", "examples": 32, "length": 12}],
+        "patching": {"random_circuits": 3, "feature_null_draws": 2},
+        "nodes": [
+            {"name": "base", "kind": "base", "pretrained": {"path": str(base)},
+             "data": {"tokens": 8000, "validation_tokens": 2048, "sources": [
+                 {"name": "python", "kind": "stdlib", "what": "source", "include": ["[a-c]*.py"], "weight": 1, "validation_fraction": 0.2}]}},
+            {"name": "ft", "kind": "finetune", "parents": ["base"], "pretrained": {"path": str(ft)},
+             "data": {"validation_tokens": 2048, "sources": [
+                 {"name": "packages", "kind": "stdlib", "what": "source", "include": ["json/*.py", "email/*.py"], "tokens": 4000,
+                  "validation_fraction": 0.2}]}},
+            {"name": "merged", "kind": "merge", "parents": ["base", "ft"], "merge": {"method": "slerp", "t": 0.5}},
+        ],
+    }
+
+
+@pytest.mark.parametrize("family,hook", [("llama", "blocks.1.mlp.hook_post"), ("neox", "blocks.1.hook_resid_post"),
+                                         ("gpt2", "blocks.1.mlp.hook_post")])
+def test_a_pretrained_lineage_of_each_family_materializes_every_stage(family, hook, tmp_path):
+    tok = tiny_tokenizer()
+    base = save(tiny_model(family, tok, seed=3), tok, tmp_path / "weights" / "base")
+    ft = save(finetune_outside(tiny_model(family, tok, seed=3), tok, stdlib_texts("json/*.py", 4), steps=6),
+              tok, tmp_path / "weights" / "ft")
+    lineage = parse_lineage(pretrained_lineage(f"pre-{family}", base, ft, hook))
+    check_lineage_models(lineage)
+    defs = build_definitions(lineage, home=str(tmp_path / "home"), device="cpu")
+    instance = dg.DagsterInstance.ephemeral()
+    report = materialize_lineage(defs, instance, echo=lambda *_: None)
+    done = {(k.to_user_string(), pk) for k, pk in report.done}
+    for asset, keys in {"model": ["base", "ft", "merged"], "activation_store": ["base", "ft", "merged"], "sae": ["base", "ft", "merged"],
+                        "feature_examples": ["base", "ft", "merged"], "circuits": ["base", "ft", "merged"],
+                        "sae_transfer": ["base__ft", "base__merged", "ft__merged"], "feature_correlation": ["base__ft", "base__merged", "ft__merged"],
+                        "cmap": ["base__ft", "base__merged", "ft__merged"]}.items():
+        for k in keys:
+            assert ((f"model/{k}" if asset == "model" else asset), k) in done, (asset, k)
+    home = tmp_path / "home"
+    manifest = json.loads((home / "activation_store" / "ft" / "manifest.json").read_text())
+    assert manifest["hook_name"] == hook and manifest["d_in"] == {"llama": 64, "neox": 32, "gpt2": 128}[family]
+    sae_cfg = json.loads((home / "sae" / "ft" / "cfg.json").read_text())
+    assert sae_cfg["metadata"]["hook_name"] == hook  # SAELens's layout: a SAELens user loads it at the right hook
+    merged = json.loads((home / "model" / "merged" / "config.json").read_text())
+    assert merged["architectures"] == json.loads((base / "config.json").read_text())["architectures"]
+    flow = pd.read_parquet(home / "feature_flow" / "classification.parquet")
+    assert set(flow["node"]) == {"base", "ft", "merged"} and set(flow["edge"]) == {"base->ft", "base->merged", "ft->merged"}
+    # nothing left to do, and a new version of the fine-tune's weights makes exactly what depends on it stale
+    observe_config(defs, instance)
+    assert set(stale_statuses(defs, instance).values()) == {"FRESH"}
+    save(finetune_outside(tiny_model(family, tok, seed=3), tok, stdlib_texts("email/*.py", 4), steps=6), tok, ft)
+    observe_config(defs, instance)
+    stale = {(k.to_user_string(), pk) for (k, pk), s in stale_statuses(defs, instance).items() if s != "FRESH"}
+    assert ("model/ft", "ft") in stale and ("model/base", "base") not in stale and ("sae", "base") not in stale
+    assert ("sae", "ft") in stale and ("feature_correlation", "base__ft") in stale and ("model/merged", "merged") in stale
