@@ -19,7 +19,8 @@ import functools
 import time
 from dataclasses import dataclass, field
 
-from featureflow_dagster.lineage import Edge, Lineage
+from featureflow_dagster.hooks import parse_hook
+from featureflow_dagster.lineage import Edge, Lineage, ModelSpec
 
 # Each device step of an asset that is not priced here (plots, pages, patching, flow tables) is small
 # next to training; they are listed with their kind and no estimate.
@@ -69,6 +70,10 @@ def vocab_size(lineage: Lineage) -> int:
         return spec.vocab_size
     if spec.kind == "mistral":
         return 32000  # the Mistral-7B v0.1 SentencePiece model
+    if spec.kind == "model":
+        from featureflow_dagster.pretrained import resolve
+
+        return _saved_vocab_size(str(resolve(lineage.base.name, lineage.base.pretrained).folder))
     return _saved_vocab_size(str(spec.path))
 
 
@@ -80,8 +85,45 @@ def _saved_vocab_size(path: str) -> int:
     return len(load_tokenizer(path))
 
 
-def lm_matmul_params(lineage: Lineage, node: str) -> int:
+def model_shape(lineage: Lineage, node: str) -> ModelSpec:
+    """The architecture of a node's model: its `model:` when trained here, else read from a pretrained node's
+    config.json (resolved as `featureflow validate` does; a merge of pretrained parents has its first parent's)."""
     m = lineage.model_spec(node)
+    if m is not None:
+        return m
+    spec = lineage.node(node)
+    if spec.pretrained is None:
+        return model_shape(lineage, spec.parents[0])
+    return _pretrained_shape(node, spec.pretrained, lineage.block_n_ctx)
+
+
+@functools.lru_cache(maxsize=None)
+def _pretrained_shape(node: str, pretrained, n_ctx: int) -> ModelSpec:
+    import json
+
+    from featureflow_dagster.arch import config_dims
+    from featureflow_dagster.pretrained import resolve
+
+    config = json.loads((resolve(node, pretrained).folder / "config.json").read_text())
+
+    class _Config(dict):
+        __getattr__ = dict.get
+
+    d = config_dims(_Config(config))
+    # model_construct: a real model's shape is what it is (Gemma's heads times head_dim need not equal d_model)
+    return ModelSpec.model_construct(d_model=d["d_model"], d_mlp=d["d_mlp"], n_heads=d["n_heads"],
+                                     n_kv_heads=config.get("num_key_value_heads"), n_layers=d["n_layers"], n_ctx=n_ctx,
+                                     tie_word_embeddings=bool(config.get("tie_word_embeddings", False)))
+
+
+def hook_width(lineage: Lineage, node: str) -> int:
+    """The width of the activations the node's SAE reads (d_mlp at mlp.hook_post, else d_model)."""
+    m = model_shape(lineage, node)
+    return m.d_mlp if parse_hook(lineage.hook).width == "d_mlp" else m.d_model
+
+
+def lm_matmul_params(lineage: Lineage, node: str) -> int:
+    m = model_shape(lineage, node)
     head = m.d_model // m.n_heads
     kv = (m.n_kv_heads or m.n_heads) * head
     attn = m.d_model * m.n_heads * head * 2 + m.d_model * kv * 2
@@ -89,13 +131,13 @@ def lm_matmul_params(lineage: Lineage, node: str) -> int:
 
 
 def lm_params(lineage: Lineage, node: str) -> int:
-    m = lineage.model_spec(node)
+    m = model_shape(lineage, node)
     embed = 0 if m.tie_word_embeddings else m.d_model * vocab_size(lineage)
     return lm_matmul_params(lineage, node) + embed + m.n_layers * 2 * m.d_model + m.d_model
 
 
 def lm_forward_flops_per_token(lineage: Lineage, node: str) -> float:
-    m = lineage.model_spec(node)
+    m = model_shape(lineage, node)
     return 2 * lm_matmul_params(lineage, node) + 2 * m.n_layers * m.n_ctx * m.d_model
 
 
@@ -121,7 +163,13 @@ def token_counts(lineage: Lineage, log=None) -> dict[str, dict[str, int | None]]
         base = lineage.base.name
         base_table = build_corpus(lineage.node(base).data.sources)[0]
         # the tokenizer the `tokenizer` asset will build (a BPE is trained on the base corpus, as there)
-        tok = build_tokenizer(lineage.tokenizer, base_table if lineage.tokenizer.kind == "bpe" else None, log)
+        if lineage.tokenizer.kind == "model":  # the base model's own, as the `tokenizer` asset takes it
+            from featureflow_dagster.pretrained import resolve
+            from featureflow_dagster.tokenizer import load_tokenizer
+
+            tok = load_tokenizer(resolve(base, lineage.base.pretrained).folder)
+        else:
+            tok = build_tokenizer(lineage.tokenizer, base_table if lineage.tokenizer.kind == "bpe" else None, log)
     for name in data_nodes:
         node = lineage.node(name)
         if readable:
@@ -151,10 +199,12 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
                         None if node_tokens[name] is None else node_tokens[name] * 4.0, False))
     for name in lineage.node_names:
         node = lineage.node(name)
-        m = lineage.model_spec(name)
+        m = model_shape(lineage, name)
         fwd = lm_forward_flops_per_token(lineage, name)
         model_bytes = lm_params(lineage, name) * 4.0
-        if node.kind == "merge":
+        if node.pretrained is not None:
+            rows.append(Row(f"model/{name}", name, 0, 0.0, "cpu", model_bytes, True, note=f"pretrained: {node.pretrained.label}"))
+        elif node.kind == "merge":
             spec = node.merge
             points = len(_sweep_points(lineage, name))
             eval_tokens = points * len(lineage.domains(name)) * spec.sweep.eval_tokens if points else 0
@@ -175,20 +225,21 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
                 rows.append(Row(f"model/{name}", name, seen, 3 * fwd * seen, "lm_train", model_bytes * 3, True,
                                 note=f"{steps:,} steps of {t.batch_size}x{m.n_ctx} ({3 * fwd * t.batch_size * m.n_ctx:.3g} FLOP/step)"))
         s = lineage.sae_spec(name)
-        d_in, d_sae = m.d_mlp, m.d_mlp * s.expansion
+        d_in = hook_width(lineage, name)
+        d_sae = d_in * s.expansion
+        fwd_store = fwd * (parse_hook(lineage.hook).layer + 1) / m.n_layers  # collection stops at the hooked layer
         windows = s.tokens // s.context
         store_tokens = windows * s.context
         eval_windows = s.eval_tokens // s.context
         itemsize = 2 if s.store_dtype in ("float16", "bfloat16") else 4
         collected = store_tokens + eval_windows * s.context  # training and held-out windows
-        rows.append(Row("activation_store", name, collected, collected * fwd / 2, "lm_forward", collected * d_in * itemsize, True))
+        rows.append(Row("activation_store", name, collected, collected * fwd_store / 2, "lm_forward", collected * d_in * itemsize, True))
         sae_tokens = int(s.epochs * windows) // s.batch_windows * s.batch_windows * s.context
         rows.append(Row("sae", name, sae_tokens, 12.0 * d_in * d_sae * sae_tokens, "sae_train", 2 * d_in * d_sae * 4.0, True,
                         note=f"{d_sae:,} features, {s.batch_windows * s.context:,} tokens/step ({12.0 * d_in * d_sae * s.batch_windows * s.context:.3g} FLOP/step)"))
     f = lineage.flow
     for parent, child in lineage.edges():
-        m = lineage.model_spec(child)
-        d_in = m.d_mlp
+        d_in = hook_width(lineage, child)
         n = f.tokens
         flops = n * (lm_forward_flops_per_token(lineage, parent) + lm_forward_flops_per_token(lineage, child)) / 2 \
             + n * 2 * d_in * d_in * (lineage.sae_spec(parent).expansion + lineage.sae_spec(child).expansion)
@@ -223,7 +274,8 @@ def measure(lineage: Lineage, device, steps: int = 3, log=None) -> dict[str, flo
     from transformers import MistralForCausalLM
 
     node = max(lineage.node_names, key=lambda n: lm_matmul_params(lineage, n))
-    m, t, s = lineage.model_spec(node), lineage.training_spec(node), lineage.sae_spec(node)
+    # a Mistral of the largest model's shape stands in for every family (the matmuls are the same sizes)
+    m, t, s = model_shape(lineage, node), lineage.training_spec(node), lineage.sae_spec(node)
     cuda = torch.device(device).type == "cuda"
     batch = t.batch_size if cuda else min(t.batch_size, 2)
 
@@ -267,7 +319,8 @@ def measure(lineage: Lineage, device, steps: int = 3, log=None) -> dict[str, flo
         log(f"LM {node} ({batch}x{m.n_ctx} tokens/step): {out['lm_train'] / 1e9:.1f} GFLOP/s training, "
             f"{out['lm_forward'] / 1e9:.1f} forward")
     del model, opt
-    d_in, d_sae = m.d_mlp, m.d_mlp * s.expansion
+    d_in = hook_width(lineage, node)
+    d_sae = d_in * s.expansion
     n = s.batch_windows * s.context if cuda else min(s.batch_windows * s.context, 512)
     w_enc = torch.randn(d_in, d_sae, device=device, requires_grad=True)
     w_dec = torch.randn(d_sae, d_in, device=device, requires_grad=True)

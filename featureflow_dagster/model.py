@@ -83,7 +83,10 @@ def parameter_distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 
 # which part of a causal LM a parameter belongs to, by the first marker in its (Hugging Face) name
-PARTS = (("embed_tokens", "embed"), ("self_attn", "attention"), ("mlp", "mlp"), ("norm", "norm"), ("lm_head", "unembed"))
+# (norms before attention: 'post_attention_layernorm' is a norm), in the families' spellings
+PARTS = (("embed_tokens", "embed"), ("embed_in", "embed"), ("wte", "embed"), ("wpe", "embed"), ("norm", "norm"), ("ln_", "norm"),
+         ("self_attn", "attention"), ("attention", "attention"), ("attn", "attention"), ("mlp", "mlp"),
+         ("lm_head", "unembed"), ("embed_out", "unembed"))
 
 
 def summarize_model(folder: str | Path) -> dict:
@@ -110,12 +113,17 @@ def summarize_model(folder: str | Path) -> dict:
                 part = next((p for marker, p in PARTS if marker in name), "other")
                 parts[part] = parts.get(part, 0) + math.prod(tensor.get_shape())
                 dtypes.add(tensor.get_dtype())
+    from featureflow_dagster.arch import config_dims
+
+    class _Config(dict):  # config_dims reads attributes, in every family's spelling (GPT-2: n_embd, n_inner, ...)
+        __getattr__ = dict.get
+
+    dims = config_dims(_Config(config))
     return {
         "architecture": (config.get("architectures") or ["?"])[0], "model_type": config.get("model_type"),
-        "d_model": config.get("hidden_size"), "d_mlp": config.get("intermediate_size"),
-        "n_layers": config.get("num_hidden_layers"), "n_heads": config.get("num_attention_heads"),
-        "n_key_value_heads": config.get("num_key_value_heads"), "d_vocab": config.get("vocab_size"),
-        "n_ctx": config.get("max_position_embeddings"), "tied_embeddings": bool(config.get("tie_word_embeddings", False)),
+        "d_model": dims["d_model"], "d_mlp": dims["d_mlp"], "n_layers": dims["n_layers"], "n_heads": dims["n_heads"],
+        "n_key_value_heads": config.get("num_key_value_heads") or dims["n_heads"], "d_vocab": dims["d_vocab"],
+        "n_ctx": dims["n_ctx"], "tied_embeddings": bool(config.get("tie_word_embeddings", False)),
         "parameters": sum(parts.values()), "parameters_by_part": dict(sorted(parts.items())),
         "dtypes": sorted(dtypes), "weights_bytes": sum(p.stat().st_size for p in files),
     }

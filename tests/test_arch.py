@@ -129,3 +129,18 @@ def test_bad_hooks_and_architectures_are_refused_before_compute(folders):
     model = load_model(folders["llama"])
     with pytest.raises(ArchitectureError, match="beyond the model's depth"):
         run_to_hook(model, torch.zeros(1, 4, dtype=torch.long), "blocks.5.hook_resid_post")
+
+
+@pytest.mark.parametrize("family", ["neox", "gpt2", "gemma2"])
+def test_model_summary_reads_every_familys_config_and_parts(family, folders):
+    from featureflow_dagster.model import summarize_model
+
+    model = load_model(folders[family])
+    summary = summarize_model(folders[family])
+    assert (summary["d_model"], summary["n_layers"], summary["n_heads"]) == (32, 2, 4)
+    assert summary["d_mlp"] == (128 if family == "gpt2" else 64)
+    saved = {n for n, _ in model.named_parameters()} & set(__import__("safetensors.torch", fromlist=["load_file"]).load_file(
+        str(folders[family] / "model.safetensors")))
+    params = dict(model.named_parameters())
+    assert summary["parameters_by_part"]["mlp"] == sum(params[n].numel() for n in saved if ".mlp." in n)
+    assert summary["parameters_by_part"].get("other", 0) == 0

@@ -39,7 +39,7 @@ def _hub_cache(cache, repo: str, folder, commit: str = COMMIT):
 
 
 def _lineage(nodes, **top):
-    data = {"sources": [{"name": "python", "kind": "stdlib", "what": "source", "include": ["[a-b]*.py"]}]}
+    data = {"sources": [{"name": "python", "kind": "stdlib", "what": "source", "include": ["[a-c]*.py"], "validation_fraction": 0.3}]}
     raw = {"name": "pre", "n_ctx": 32, "sae": {"context": 16}, **top,
            "nodes": [{**n, "data": data} if n["kind"] != "merge" else n for n in nodes]}
     return parse_lineage(yaml.safe_load(yaml.safe_dump(raw)))
@@ -121,3 +121,19 @@ def test_pretrained_lineage_files_are_validated_before_anything_is_read(neox, tm
         _lineage([base], hook="blocks.0.attn.hook_pattern")
     with pytest.raises(LineageError, match="node 'ft'.*field 'model'.*trained here and needs an architecture"):
         _lineage([base, {"name": "ft", "kind": "finetune", "parents": ["base"]}])
+
+
+def test_plan_prices_a_pretrained_lineage_from_the_models_configs(neox, tok, tmp_path):
+    from featureflow_dagster.costs import estimate, hook_width, token_counts
+
+    gpt2 = save(tiny_model("gpt2", tok), tok, tmp_path / "gpt2")
+    for folder, hook, width in ((neox, "blocks.0.hook_resid_post", 32), (gpt2, "blocks.1.mlp.hook_post", 128)):
+        lineage = _lineage([{"name": "base", "kind": "base", "pretrained": {"path": str(folder)}},
+                            {"name": "ft", "kind": "finetune", "parents": ["base"], "pretrained": {"path": str(folder)}}], hook=hook)
+        assert hook_width(lineage, "ft") == width
+        counts = token_counts(lineage)
+        rows = {(r.asset, r.partition): r for r in estimate(lineage, counts).rows}
+        assert rows[("model/base", "base")].flops == 0 and "pretrained" in rows[("model/base", "base")].note
+        store = rows[("activation_store", "ft")]
+        assert store.disk == store.tokens * width * 4
+        assert counts["base"]["python"] > 0
