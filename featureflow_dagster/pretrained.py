@@ -76,12 +76,14 @@ def resolve(node: str, spec: PretrainedSpec, file: str | Path = "<lineage>", wei
     except RevisionNotFoundError:
         raise LineageError(file, node, "pretrained.revision", f"'{spec.repo}' has no revision '{spec.revision}'") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        from huggingface_hub import constants
+
+        offline = constants.HF_HUB_OFFLINE
         why = "offline (HF_HUB_OFFLINE is set)" if offline else f"the hub could not be reached ({type(e).__name__})"
-        raise LineageError(file, node, "pretrained.repo", f"'{spec.repo}'{'@' + spec.revision if spec.revision else ''} is not in "
-                           f"the local Hugging Face cache ({cache}) and {why}: download it on a connected machine "
-                           f"(`hf download {spec.repo}`) or point 'pretrained.path' at a folder") from None
+        revision = f" --revision {spec.revision}" if spec.revision else ""
+        raise LineageError(file, node, "pretrained.repo", f"'{spec.label}' is not in the local Hugging Face cache "
+                           f"({constants.HF_HUB_CACHE}) and {why}: download it on a connected machine "
+                           f"(`hf download {spec.repo}{revision}`) or point 'pretrained.path' at a folder") from None
     if not (folder / "config.json").is_file():
         raise LineageError(file, node, "pretrained.repo", f"'{spec.repo}' holds no config.json; it is not a transformers model")
     if weights and not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):

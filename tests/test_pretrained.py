@@ -137,3 +137,37 @@ def test_plan_prices_a_pretrained_lineage_from_the_models_configs(neox, tok, tmp
         store = rows[("activation_store", "ft")]
         assert store.disk == store.tokens * width * 4
         assert counts["base"]["python"] > 0
+
+
+def test_featureflow_validate_reads_the_models_and_refuses_before_compute(neox, tok, tmp_path, monkeypatch, capsys):
+    import transformers as T
+
+    from featureflow_dagster.cli import main
+
+    opt = tmp_path / "opt"
+    T.OPTForCausalLM(T.OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                                 word_embed_proj_dim=32)).save_pretrained(opt)
+    tok.save_pretrained(opt)
+    gemma = save(tiny_model("gemma", tok), tok, tmp_path / "gemma")
+    data = {"sources": [{"name": "python", "kind": "stdlib", "what": "source", "include": ["[a-c]*.py"], "validation_fraction": 0.3}]}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    import huggingface_hub.constants as c
+
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    cases = [
+        ({"path": str(neox)}, [], 0, "pretrained=" + str(neox)),
+        ({"path": str(opt)}, [], 2, "node 'base': field 'pretrained.path': architecture 'OPTForCausalLM' is not supported"),
+        ({"repo": "EleutherAI/pythia-70m", "revision": "step143000"}, [], 2,
+         "node 'base': field 'pretrained.repo': 'EleutherAI/pythia-70m@step143000' is not in the local Hugging Face cache"),
+        ({"path": str(gemma)}, [{"name": "brackets", "kind": "close_bracket"}], 2,
+         "node 'base': field 'tasks': circuits and CMAP patch TransformerLens HookedTransformers"),
+    ]
+    for i, (pretrained, tasks, code, words) in enumerate(cases):
+        path = tmp_path / f"lineage{i}.yaml"
+        path.write_text(yaml.safe_dump({"name": "pre", "n_ctx": 32, "sae": {"context": 16}, "tasks": tasks,
+                                        "nodes": [{"name": "base", "kind": "base", "pretrained": pretrained, "data": data}]}))
+        assert main(["validate", str(path)]) == code
+        out = capsys.readouterr()
+        assert words in (out.out + out.err), out
