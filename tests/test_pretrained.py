@@ -119,8 +119,11 @@ def test_pretrained_lineage_files_are_validated_before_anything_is_read(neox, tm
         _lineage([base], tokenizer={"kind": "bpe"})
     with pytest.raises(LineageError, match="field 'hook'.*not one featureflow reads"):
         _lineage([base], hook="blocks.0.attn.hook_pattern")
-    with pytest.raises(LineageError, match="node 'ft'.*field 'model'.*trained here and needs an architecture"):
-        _lineage([base, {"name": "ft", "kind": "finetune", "parents": ["base"]}])
+    with pytest.raises(LineageError, match="node 'base'.*field 'model'.*trained here and needs an architecture"):
+        _lineage([{"name": "base", "kind": "base"}])
+    with pytest.raises(LineageError, match="node 'ft'.*field 'pretrained'.*fine-tuning a pretrained model here is not supported"):
+        _lineage([base, {"name": "ft", "kind": "finetune", "parents": ["base"]}],
+                 model={"d_model": 32, "d_mlp": 64, "n_heads": 4, "n_ctx": 32}, n_ctx=None)
 
 
 def test_plan_prices_a_pretrained_lineage_from_the_models_configs(neox, tok, tmp_path):

@@ -152,6 +152,9 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
             if not (folder / "config.json").is_file():
                 raise LineageError(file, node.name, "pretrained.path",
                                    f"{folder} is not a Hugging Face model folder (no config.json there)")
+        if lineage.trains(node.name) and any(lineage.node(p).pretrained is not None for p in node.parents):
+            raise LineageError(file, node.name, "pretrained", "fine-tuning a pretrained model here is not supported yet; "
+                               "fine-tune it outside featureflow and point this node's 'pretrained:' at the result")
         if lineage.trains(node.name) and lineage.model_spec(node.name) is None:
             raise LineageError(file, node.name, "model", "this node is trained here and needs an architecture: "
                                "give the lineage a 'model:' (or the node 'pretrained:' weights)")
