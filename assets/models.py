@@ -37,7 +37,7 @@ def _model_settings(lineage: Lineage, n: str) -> dict:
 MODEL = Artefact(
     "model", "models", "1", "model/{key}",
     settings=lambda lineage: nodes(lineage, lambda n: _model_settings(lineage, n)),
-    key_figures=("final_train_loss", "t"), kinds=frozenset({"pytorch", "huggingface"}), on_device=True,
+    key_figures=("final_train_loss", "t", "architecture", "parameters"), kinds=frozenset({"pytorch", "huggingface"}), on_device=True,
 )
 MODEL_SUMMARY = Artefact(
     "model_summary", "models", "1", "model_summary/{key}.json",
