@@ -16,6 +16,7 @@ from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import load_sae
 from featureflow_dagster.sae.evaluate import configured_checks, evaluate_sae
 from featureflow_dagster.sae.fit import FailedQualityChecks, eval_windows, fit_sae, require_passing, save_fitted
+from featureflow_dagster.sae.warm import aligned_features, aligned_summary
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.assets.data import TOKENS
 from featureflow_dagster.assets.guard import step_log
@@ -46,7 +47,17 @@ SAE_TRANSFER = Artefact(
     description="Kutsyk et al. (2024): the parent's SAE on the child's activations and the reverse, "
     "beside each SAE on its own model.",
 )
-ARTEFACTS = [ACTIVATION_STORE, SAE, SAE_TRANSFER]
+WARM_SAE = Artefact(
+    "warm_sae", "sae", "1", "warm_sae/{key}",
+    settings=lambda lineage: edges(lineage, lambda p, c: {"sae": lineage.sae_spec(c).model_dump(mode="json"), "seed": lineage.sae_seed(c),
+                                                          "threshold": lineage.flow.threshold,
+                                                          "lr_scale": lineage.flow.warm_start_lr_scale}),
+    key_figures=("aligned_share", "median_decoder_cosine", "explained_variance"), kinds=frozenset({"pytorch", "safetensors"}),
+    on_device=True,
+    description="flow.warm_start: the child's SAE trained from the parent's dictionary (SAELens layout), and per feature "
+    "index its decoder rotation and activation correlation with the parent's feature (aligned.parquet).",
+)
+ARTEFACTS = [ACTIVATION_STORE, SAE, SAE_TRANSFER, WARM_SAE]
 
 
 def require_passing_saes(store: ArtifactStore, names) -> None:
@@ -58,7 +69,41 @@ def require_passing_saes(store: ArtifactStore, names) -> None:
 
 
 def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
-    return [_activation_store(lineage), _sae(lineage), _sae_transfer(lineage)]
+    return [_activation_store(lineage), _sae(lineage), _sae_transfer(lineage), *([_warm_sae(lineage)] if lineage.flow.warm_start else [])]
+
+
+def _warm_sae(lineage: Lineage) -> dg.AssetsDefinition:
+    """A separate edge asset, not the child's `sae` started warm: Dagster refuses an asset that depends on
+    its own other partitions (here sae[child] on sae[parent]) unless they are time windows."""
+    edge_list = lineage.edges()
+    deps = [dg.AssetDep("sae", partition_mapping=fan_out([(e.parent, e.key) for e in edge_list])),
+            dg.AssetDep("activation_store", partition_mapping=fan_out([(e.child, e.key) for e in edge_list])),
+            *per_node_models(edge_ends(lineage))]
+
+    @WARM_SAE.asset(partitions_def=edge_partitions(lineage), deps=deps)
+    def warm_sae(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        edge = Edge.parse(context.partition_key)
+        require_passing_saes(store, [edge.parent])
+        dev = device.torch_device()
+        acts = ActivationStore(ACTIVATION_STORE.at(store, edge.child))
+        models = {n: load_model(MODEL.at(store, n), dev) for n in edge}
+        spec, seed = lineage.sae_spec(edge.child), lineage.sae_seed(edge.child)
+        spec = spec.model_copy(update={"lr": spec.lr * lineage.flow.warm_start_lr_scale})
+        fitted = fit_sae(spec, acts, models[edge.child], seed, dev, f"{lineage.name}/{edge.child} from {edge.parent}",
+                         checkpoint_path=store.checkpoint_path("warm_sae", edge.key), log=step_log(context),
+                         init=load_sae(SAE.at(store, edge.parent), "cpu"))
+        table = aligned_features(models[edge.parent], models[edge.child], load_sae(SAE.at(store, edge.parent), dev), fitted.sae.to(dev),
+                                 eval_windows(acts), dev, lineage.flow.threshold)
+        out = WARM_SAE.at(store, edge.key, fetch=False)
+        with store.write_dir(out) as tmp:
+            save_fitted(fitted, tmp)
+            table.to_parquet(tmp / "aligned.parquet", index=False)
+        summary = aligned_summary(table)
+        return WARM_SAE.result(out, file_sha256(out / "sae_weights.safetensors"), {
+            **summary, **{k: fitted.values[k] for k in ("l0", "explained_variance", "loss_recovered", "dead_fraction")},
+            "tokens": table.attrs["tokens"], "seed": seed, "lr": spec.lr, "device": str(dev)})
+
+    return warm_sae
 
 
 def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:

@@ -767,3 +767,39 @@ def test_micro_models_imported_as_pretrained_nodes_give_identical_stores_and_flo
         assert (ours / "sae" / node / "sae_weights.safetensors").read_bytes() == (home / "sae" / node / "sae_weights.safetensors").read_bytes()
     a, b = (pd.read_parquet(h / "feature_flow" / "classification.parquet") for h in (home, ours))
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_warm_started_saes_keep_the_parents_features_where_the_model_did_not_change(micro, tmp_path):
+    """flow.warm_start through Dagster (on a copy of the micro home, so the shared one stays as it was), and the
+    library check: an SAE warm-started on its own model keeps every decoder row; on a fine-tune its rows turn
+    less from where they started than an independent SAE's turned from its random start."""
+    import pandas as pd
+
+    from featureflow_dagster.activations import ActivationStore
+    from featureflow_dagster.model import load_model
+    from featureflow_dagster.runner import select
+    from featureflow_dagster.sae import load_sae
+    from featureflow_dagster.sae.fit import fit_sae
+
+    lineage, home, instance, *_ = micro
+    copy = tmp_path / "home"
+    for folder in ("model", "activation_store", "sae", "tokens", "tokenizer", "corpus"):
+        shutil.copytree(home / folder, copy / folder)
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    raw["flow"]["warm_start"] = True
+    warm = parse_lineage(raw, "micro-warm")
+    defs = build_definitions(warm, home=str(copy), device="cpu")
+    report = materialize_lineage(defs, dg.DagsterInstance.ephemeral(), echo=lambda *_: None, chosen=select(defs, ["warm_sae"]))
+    assert {(k.to_user_string(), pk) for k, pk in report.done} == {("warm_sae", e.key) for e in lineage.edges()}
+    aligned = pd.read_parquet(copy / "warm_sae" / "base__code" / "aligned.parquet")
+    assert len(aligned) == load_sae(home / "sae" / "code").cfg.d_sae and aligned["activation_r"].notna().any()
+    # the library: the same model and store (nothing changed) keeps every row; the fine-tune moves them less
+    spec, dev = lineage.sae_spec("code"), torch.device("cpu")
+    spec = spec.model_copy(update={"lr": spec.lr * warm.flow.warm_start_lr_scale})  # as the warm_sae asset trains
+    code_model, store = load_model(home / "model" / "code"), ActivationStore(home / "activation_store" / "code")
+    same = fit_sae(spec, store, code_model, 1, dev, "same", init=load_sae(home / "sae" / "code"))
+    rows = torch.nn.functional.cosine_similarity(same.sae.W_dec, load_sae(home / "sae" / "code").W_dec, dim=1)
+    assert float(rows.min()) > 0.95 and float(rows.median()) > 0.99, (float(rows.min()), float(rows.median()))
+    from_base = fit_sae(spec, store, code_model, 1, dev, "from base", init=load_sae(home / "sae" / "base"))
+    independent = _meta_partition(instance, "sae", "code")["decoder_init_cosine"]  # to its random start
+    assert from_base.values["decoder_init_cosine"] > independent, (from_base.values["decoder_init_cosine"], independent)

@@ -55,21 +55,35 @@ class FittedSAE:
 
 
 def fit_sae(spec, acts: ActivationStore, model, seed: int, device: torch.device, model_name: str,
-            checkpoint_path: Path | None = None, log: Callable[[str], None] | None = None) -> FittedSAE:
+            checkpoint_path: Path | None = None, log: Callable[[str], None] | None = None, init: SAE | None = None) -> FittedSAE:
     """Train an SAE of recipe `spec` on the store's train split (resuming from `checkpoint_path` when it
     holds this very configuration), evaluate it through `model` on the eval windows, and judge it
-    against the random-dictionary null and the recipe's bars."""
+    against the random-dictionary null and the recipe's bars.
+
+    With `init` (a trained SAE of the same architecture and size, e.g. the parent's) training starts from its
+    weights as saved (its centring and scale folded in) instead of a random dictionary: a warm start. Its
+    `decoder_init_cosine` then measures how far the rows turned from `init`'s, so that bar is not applied."""
     autoencoder = new_sae(spec, acts.d_in, acts.context, model_name, seed, acts.hook_name)
-    if spec.subtract_data_mean:
-        autoencoder.data_mean.copy_(acts.mean("train"))
-    if spec.normalize_activations == "expected_average_only_in":
-        autoencoder.input_scale.fill_(acts.d_in**0.5 / acts.mean_norm("train", autoencoder.data_mean))
+    if init is not None:
+        if (init.cfg.architecture, init.cfg.d_in, init.cfg.d_sae) != (autoencoder.cfg.architecture, acts.d_in, autoencoder.cfg.d_sae):
+            raise ValueError(f"{model_name}: a warm start needs an SAE of the same architecture and size; got "
+                             f"{init.cfg.architecture} {init.cfg.d_in}x{init.cfg.d_sae}, the recipe makes "
+                             f"{autoencoder.cfg.architecture} {acts.d_in}x{autoencoder.cfg.d_sae}")
+        autoencoder.load_state_dict(init.to("cpu").state_dict())
+        spec = spec.model_copy(update={"checks": spec.checks.model_copy(update={"decoder_init_cosine_max": None})})
+    else:
+        if spec.subtract_data_mean:
+            autoencoder.data_mean.copy_(acts.mean("train"))
+        if spec.normalize_activations == "expected_average_only_in":
+            autoencoder.input_scale.fill_(acts.d_in**0.5 / acts.mean_norm("train", autoencoder.data_mean))
     w_dec_init = autoencoder.W_dec.detach().clone()
     steps = acts.steps("train", spec.batch_windows, spec.epochs)
     if steps == 0:
         raise ValueError(f"{model_name}: the store holds fewer windows than one batch of {spec.batch_windows}; "
                          "lower sae.batch_windows or raise sae.tokens")
     fingerprint = f"{json.dumps(spec.model_dump(), sort_keys=True)}|{acts.manifest['splits']['train']['shards'][0]['sha256']}|{seed}"
+    if init is not None:
+        fingerprint += f"|warm:{float(init.W_dec.double().sum()):.17g}"
     result = train_sae(
         autoencoder, lambda start: acts.batches("train", spec.batch_windows, seed, spec.epochs, start), steps,
         spec.lr, (spec.beta1, spec.beta2), device, seed=seed, dead_window_tokens=spec.dead_window_tokens,
