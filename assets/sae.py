@@ -49,9 +49,11 @@ SAE_TRANSFER = Artefact(
 )
 WARM_SAE = Artefact(
     "warm_sae", "sae", "1", "warm_sae/{key}",
+    # built only with flow.warm_start, so only then has it partitions to version
     settings=lambda lineage: edges(lineage, lambda p, c: {"sae": lineage.sae_spec(c).model_dump(mode="json"), "seed": lineage.sae_seed(c),
                                                           "threshold": lineage.flow.threshold,
-                                                          "lr_scale": lineage.flow.warm_start_lr_scale}),
+                                                          "lr_scale": lineage.flow.warm_start_lr_scale})
+    if lineage.flow.warm_start else {},
     key_figures=("aligned_share", "median_decoder_cosine", "explained_variance"), kinds=frozenset({"pytorch", "safetensors"}),
     on_device=True,
     description="flow.warm_start: the child's SAE trained from the parent's dictionary (SAELens layout), and per feature "
