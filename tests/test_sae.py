@@ -297,3 +297,27 @@ def test_topk_sparse_decoder_path_gives_the_dense_losses_and_gradients():
     (f1, l1, g1), (f2, l2, g2) = grads
     assert torch.allclose(f1, f2) and torch.allclose(l1, l2)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g1, g2))
+
+
+def test_a_loaded_sae_unfolds_to_the_same_function_with_unit_rows(tmp_path):
+    """A warm start reads a saved SAE (scale and mean folded in): its training form must compute the same
+    reconstruction with rows at norm 1, else training's renormalisation rescales every reconstruction."""
+    from featureflow_dagster.sae import load_sae
+    from featureflow_dagster.sae.base import SAEConfig
+    from featureflow_dagster.sae.fit import training_form
+    from featureflow_dagster.sae.topk import TopKSAE
+
+    sae = TopKSAE(SAEConfig("topk", 16, 64, k=4), seed=3)
+    with torch.no_grad():
+        sae.data_mean.copy_(torch.randn(16))
+        sae.input_scale.fill_(2.5)
+        sae.b_dec.copy_(torch.randn(16))
+        sae.b_enc.copy_(torch.randn(64) * 0.1)
+    sae.save(tmp_path / "sae")
+    loaded = load_sae(tmp_path / "sae")
+    assert torch.allclose(loaded.W_dec.norm(dim=1), torch.full((64,), 1 / 2.5), atol=1e-6)
+    again = TopKSAE(SAEConfig("topk", 16, 64, k=4), seed=9)
+    again.load_state_dict(training_form(loaded, again.unit_norm_decoder))
+    x = torch.randn(32, 16) * 3
+    assert torch.allclose(again.W_dec.norm(dim=1), torch.ones(64), atol=1e-5) and float(again.input_scale) == pytest.approx(2.5)
+    assert torch.allclose(again(x), sae(x), atol=1e-4) and torch.equal(again.encode(x) > 0, sae.encode(x) > 0)

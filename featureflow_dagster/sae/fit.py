@@ -54,6 +54,23 @@ class FittedSAE:
     checks: dict[str, CheckOutcome]  # the configured bars, by name
 
 
+def training_form(sae: SAE, unit_norm_decoder: bool) -> dict[str, torch.Tensor]:
+    """The state of `sae` as training holds it: decoder rows at unit norm, the input scale s beside them.
+
+    A saved and loaded SAE has its scale and data mean folded in (W_enc·s, W_dec/s, b_dec/s + mean;
+    `SAE.saelens_state`), so its rows have norm 1/s: training from it as is would renormalise every row to 1
+    and scale every reconstruction by s. Unfolded with data_mean 0 and input_scale s, where s is read off
+    the rows (1 for a free decoder, whose rows carry no scale): the same function, in training's units."""
+    state = {k: v.detach().to("cpu").clone() for k, v in sae.state_dict().items()}
+    folded = float(state["input_scale"]) == 1.0 and not bool(state["data_mean"].any())
+    if not (folded and unit_norm_decoder):
+        return state
+    s = float(1.0 / state["W_dec"].norm(dim=1).median())
+    state["W_enc"], state["W_dec"], state["b_dec"] = state["W_enc"] / s, state["W_dec"] * s, state["b_dec"] * s
+    state["input_scale"] = torch.tensor(s, dtype=state["input_scale"].dtype)
+    return state
+
+
 def fit_sae(spec, acts: ActivationStore, model, seed: int, device: torch.device, model_name: str,
             checkpoint_path: Path | None = None, log: Callable[[str], None] | None = None, init: SAE | None = None) -> FittedSAE:
     """Train an SAE of recipe `spec` on the store's train split (resuming from `checkpoint_path` when it
@@ -69,7 +86,7 @@ def fit_sae(spec, acts: ActivationStore, model, seed: int, device: torch.device,
             raise ValueError(f"{model_name}: a warm start needs an SAE of the same architecture and size; got "
                              f"{init.cfg.architecture} {init.cfg.d_in}x{init.cfg.d_sae}, the recipe makes "
                              f"{autoencoder.cfg.architecture} {acts.d_in}x{autoencoder.cfg.d_sae}")
-        autoencoder.load_state_dict(init.to("cpu").state_dict())
+        autoencoder.load_state_dict(training_form(init, autoencoder.unit_norm_decoder))
         spec = spec.model_copy(update={"checks": spec.checks.model_copy(update={"decoder_init_cosine_max": None})})
     else:
         if spec.subtract_data_mean:
