@@ -100,7 +100,7 @@ def fit_sae(spec, acts: ActivationStore, model, seed: int, device: torch.device,
                          "lower sae.batch_windows or raise sae.tokens")
     fingerprint = f"{json.dumps(spec.model_dump(), sort_keys=True)}|{acts.manifest['splits']['train']['shards'][0]['sha256']}|{seed}"
     if init is not None:
-        fingerprint += f"|warm:{float(init.W_dec.double().sum()):.17g}"
+        fingerprint += f"|warm:{float(w_dec_init.double().sum()):.17g}|{float(autoencoder.input_scale):.17g}"  # the start as trained from
     result = train_sae(
         autoencoder, lambda start: acts.batches("train", spec.batch_windows, seed, spec.epochs, start), steps,
         spec.lr, (spec.beta1, spec.beta2), device, seed=seed, dead_window_tokens=spec.dead_window_tokens,
