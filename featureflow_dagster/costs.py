@@ -245,6 +245,13 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
             + n * 2 * d_in * d_in * (lineage.sae_spec(parent).expansion + lineage.sae_spec(child).expansion)
         rows.append(Row("feature_activations", Edge(parent, child).key, n, flops, "sae_encode", n * 2 * 40 * 8.0, True,
                         note="codes stored sparse (about 8 bytes per non-zero)"))
+        if f.warm_start:  # the child's SAE trained again, from the parent's dictionary, then both encode the child's held-out windows
+            s = lineage.sae_spec(child)
+            d_sae = d_in * s.expansion
+            sae_tokens = int(s.epochs * (s.tokens // s.context)) // s.batch_windows * s.batch_windows * s.context
+            held_out = s.eval_tokens // s.context * s.context
+            rows.append(Row("warm_sae", Edge(parent, child).key, sae_tokens, 12.0 * d_in * d_sae * sae_tokens, "sae_train",
+                            2 * d_in * d_sae * 4.0, True, note=f"from {parent}'s dictionary; aligned pairs on {held_out:,} held-out tokens"))
     for row in rows:
         if row.flops and row.kind in throughput:
             row.seconds = row.flops / throughput[row.kind]

@@ -140,6 +140,11 @@ def test_plan_prices_a_pretrained_lineage_from_the_models_configs(neox, tok, tmp
         store = rows[("activation_store", "ft")]
         assert store.disk == store.tokens * width * 4
         assert counts["base"]["python"] > 0
+    warm = _lineage([{"name": "base", "kind": "base", "pretrained": {"path": str(neox)}},
+                     {"name": "ft", "kind": "finetune", "parents": ["base"], "pretrained": {"path": str(neox)}}],
+                    flow={"warm_start": True})
+    rows = {(r.asset, r.partition): r for r in estimate(warm, token_counts(warm)).rows}
+    assert rows[("warm_sae", "base__ft")].flops == rows[("sae", "ft")].flops > 0  # the same recipe, trained again
 
 
 def test_featureflow_validate_reads_the_models_and_refuses_before_compute(neox, tok, tmp_path, monkeypatch, capsys):
