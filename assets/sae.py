@@ -91,10 +91,10 @@ def _warm_sae(lineage: Lineage) -> dg.AssetsDefinition:
         models = {n: load_model(MODEL.at(store, n), dev) for n in edge}
         spec, seed = lineage.sae_spec(edge.child), lineage.sae_seed(edge.child)
         spec = spec.model_copy(update={"lr": spec.lr * lineage.flow.warm_start_lr_scale})
+        parent_sae = load_sae(SAE.at(store, edge.parent), dev)  # the start (copied, not moved, by fit_sae) and the reference
         fitted = fit_sae(spec, acts, models[edge.child], seed, dev, f"{lineage.name}/{edge.child} from {edge.parent}",
-                         checkpoint_path=store.checkpoint_path("warm_sae", edge.key), log=step_log(context),
-                         init=load_sae(SAE.at(store, edge.parent), "cpu"))
-        table = aligned_features(models[edge.parent], models[edge.child], load_sae(SAE.at(store, edge.parent), dev), fitted.sae.to(dev),
+                         checkpoint_path=store.checkpoint_path("warm_sae", edge.key), log=step_log(context), init=parent_sae)
+        table = aligned_features(models[edge.parent], models[edge.child], parent_sae, fitted.sae.to(dev),
                                  eval_windows(acts), dev, lineage.flow.threshold)
         out = WARM_SAE.at(store, edge.key, fetch=False)
         with store.write_dir(out) as tmp:

@@ -57,10 +57,7 @@ class Adapter:
 
     def module(self, model, hook: HookPoint) -> torch.nn.Module:
         """The module whose forward (pre-hook for mlp.hook_post, else output) is the hook point."""
-        n_layers = len(self.layers(model))
-        if not 0 <= hook.layer < n_layers:
-            raise ArchitectureError(f"hook '{hook.name}': layer {hook.layer} is beyond the model's depth "
-                                    f"({n_layers} layers, 0..{n_layers - 1})")
+        _check_depth(hook, len(self.layers(model)))
         block = self.layers(model)[hook.layer]
         if hook.site == "mlp.hook_post":
             return block.get_submodule(f"{self.mlp}.{self.mlp_out_proj}")
@@ -79,7 +76,7 @@ class Adapter:
     def final_norm(self, model) -> torch.nn.Module:
         return model.get_submodule(self.ln_final)
 
-    def unembed_weight(self, model) -> torch.nn.Module:
+    def unembed_weight(self, model) -> torch.Tensor:
         return model.get_submodule(self.unembed).weight.detach()
 
 
@@ -138,11 +135,11 @@ _MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "G
 
 
 def config_dims(config) -> dict[str, int]:
-    """d_model, d_mlp, n_layers, n_heads, d_vocab of a Hugging Face config, in TransformerLens's names
-    (GPT-2's n_embd / n_inner / n_layer / n_head included)."""
+    """d_model, d_mlp, n_layers, n_heads, d_vocab, n_ctx of a Hugging Face config (or its config.json as a
+    dict), in TransformerLens's names (GPT-2's n_embd / n_inner / n_layer / n_head included)."""
     def get(*names, default=None):
         for n in names:
-            v = getattr(config, n, None)
+            v = config.get(n) if isinstance(config, dict) else getattr(config, n, None)
             if v is not None:
                 return v
         return default
@@ -153,8 +150,10 @@ def config_dims(config) -> dict[str, int]:
             "d_vocab": get("vocab_size"), "n_ctx": get("max_position_embeddings", "n_positions")}
 
 
-def hook_width(config, hook: HookPoint) -> int:
-    return config_dims(config)[hook.width]
+def _check_depth(hook: HookPoint, n_layers: int) -> None:
+    if not 0 <= hook.layer < n_layers:
+        raise ArchitectureError(f"hook '{hook.name}': layer {hook.layer} is beyond the model's depth "
+                                f"({n_layers} layers, 0..{n_layers - 1})")
 
 
 def check_hook(config, hook_name: str) -> HookPoint:
@@ -162,7 +161,5 @@ def check_hook(config, hook_name: str) -> HookPoint:
     a layer beyond the model's depth or an unsupported architecture."""
     hook = parse_hook(hook_name)
     adapter_for(config)
-    n_layers = config_dims(config)["n_layers"]
-    if hook.layer >= n_layers:
-        raise ArchitectureError(f"hook '{hook_name}': layer {hook.layer} is beyond the model's depth ({n_layers} layers, 0..{n_layers - 1})")
+    _check_depth(hook, config_dims(config)["n_layers"])
     return hook

@@ -71,9 +71,7 @@ def vocab_size(lineage: Lineage) -> int:
     if spec.kind == "mistral":
         return 32000  # the Mistral-7B v0.1 SentencePiece model
     if spec.kind == "model":
-        from featureflow_dagster.pretrained import resolve
-
-        return _saved_vocab_size(str(resolve(lineage.base.name, lineage.base.pretrained).folder))
+        return _saved_vocab_size(_pretrained_folder(lineage.base.name, lineage.base.pretrained))
     return _saved_vocab_size(str(spec.path))
 
 
@@ -98,18 +96,22 @@ def model_shape(lineage: Lineage, node: str) -> ModelSpec:
 
 
 @functools.lru_cache(maxsize=None)
-def _pretrained_shape(node: str, pretrained, n_ctx: int) -> ModelSpec:
-    import json
-
-    from featureflow_dagster.arch import config_dims
+def _pretrained_folder(node: str, pretrained) -> str:
+    """A pretrained node's folder, resolved once per process (a repo asks the hub, or its cache, each time)."""
     from featureflow_dagster.pretrained import resolve
 
-    config = json.loads((resolve(node, pretrained).folder / "config.json").read_text())
+    return str(resolve(node, pretrained).folder)
 
-    class _Config(dict):
-        __getattr__ = dict.get
 
-    d = config_dims(_Config(config))
+@functools.lru_cache(maxsize=None)
+def _pretrained_shape(node: str, pretrained, n_ctx: int) -> ModelSpec:
+    import json
+    from pathlib import Path
+
+    from featureflow_dagster.arch import config_dims
+
+    config = json.loads((Path(_pretrained_folder(node, pretrained)) / "config.json").read_text())
+    d = config_dims(config)
     # model_construct: a real model's shape is what it is (Gemma's heads times head_dim need not equal d_model)
     return ModelSpec.model_construct(d_model=d["d_model"], d_mlp=d["d_mlp"], n_heads=d["n_heads"],
                                      n_kv_heads=config.get("num_key_value_heads"), n_layers=d["n_layers"], n_ctx=n_ctx,
@@ -164,10 +166,9 @@ def token_counts(lineage: Lineage, log=None) -> dict[str, dict[str, int | None]]
         base_table = build_corpus(lineage.node(base).data.sources)[0]
         # the tokenizer the `tokenizer` asset will build (a BPE is trained on the base corpus, as there)
         if lineage.tokenizer.kind == "model":  # the base model's own, as the `tokenizer` asset takes it
-            from featureflow_dagster.pretrained import resolve
             from featureflow_dagster.tokenizer import load_tokenizer
 
-            tok = load_tokenizer(resolve(base, lineage.base.pretrained).folder)
+            tok = load_tokenizer(_pretrained_folder(base, lineage.base.pretrained))
         else:
             tok = build_tokenizer(lineage.tokenizer, base_table if lineage.tokenizer.kind == "bpe" else None, log)
     for name in data_nodes:

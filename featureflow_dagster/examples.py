@@ -267,13 +267,10 @@ def model_logit_path(model, hook: str) -> LogitPath:
     family (`arch.adapter_for`). At a layer before the last it is the logit lens of what the site writes."""
     point = parse_hook(hook)
     adapter = adapter_for(model)
-    if point.site == "mlp.hook_post":
-        to_residual = adapter.mlp_out_weight(model, point.layer)
-    else:
-        d_model = adapter.unembed_weight(model).shape[1]
-        to_residual = torch.eye(d_model)
+    unembed = adapter.unembed_weight(model)
+    to_residual = adapter.mlp_out_weight(model, point.layer) if point.site == "mlp.hook_post" else torch.eye(unembed.shape[1])
     gain, centre = norm_gain(adapter.final_norm(model))
-    return LogitPath(to_residual.cpu(), gain, adapter.unembed_weight(model).cpu(), centre)
+    return LogitPath(to_residual.cpu(), gain, unembed.cpu(), centre)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -115,10 +115,7 @@ def summarize_model(folder: str | Path) -> dict:
                 dtypes.add(tensor.get_dtype())
     from featureflow_dagster.arch import config_dims
 
-    class _Config(dict):  # config_dims reads attributes, in every family's spelling (GPT-2: n_embd, n_inner, ...)
-        __getattr__ = dict.get
-
-    dims = config_dims(_Config(config))
+    dims = config_dims(config)  # in every family's spelling (GPT-2: n_embd, n_inner, ...)
     return {
         "architecture": (config.get("architectures") or ["?"])[0], "model_type": config.get("model_type"),
         "d_model": dims["d_model"], "d_mlp": dims["d_mlp"], "n_layers": dims["n_layers"], "n_heads": dims["n_heads"],

@@ -13,7 +13,6 @@ runs it before any compute; the `pretrained/<node>` observations and the model a
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +30,13 @@ DIMENSIONS = ("architecture", "d_model", "d_mlp", "n_layers", "n_heads", "d_voca
 class Resolved:
     node: str
     folder: Path
-    version: str  # a repo's commit, or 'sha256:<hex>' of a folder's config and weights
+    commit: str | None  # a repo's resolved commit; None for a local folder
 
     @property
-    def config(self) -> dict:
-        return json.loads((self.folder / "config.json").read_text())
+    def version(self) -> str:
+        """What names the bytes: the commit, or 'sha256:<hex>' of a folder's config and weights (read only
+        when asked: the checks and the planner need the folder, not a hash of every weight)."""
+        return self.commit or folder_version(self.folder)
 
 
 def folder_version(folder: Path) -> str:
@@ -55,19 +56,25 @@ def resolve(node: str, spec: PretrainedSpec, file: str | Path = "<lineage>", wei
     tokenizer only unless `weights`); offline, only the cache answers. LineageError naming the node and
     field for a folder without config.json, a repo or revision that does not exist, or one not cached offline."""
     if spec.path is not None:
-        folder = spec.local_path()
-        if not (folder / "config.json").is_file():
-            raise LineageError(file, node, "pretrained.path", f"{folder} is not a Hugging Face model folder (no config.json there)")
-        if weights and not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
-            raise LineageError(file, node, "pretrained.path", f"{folder} holds no weights (*.safetensors or *.bin)")
-        return Resolved(node, folder, folder_version(folder))
+        folder, commit, field, name = spec.local_path(), None, "pretrained.path", str(spec.local_path())
+    else:
+        folder, field, name = _snapshot(node, spec, file, weights), "pretrained.repo", f"'{spec.repo}'"
+        commit = folder.name  # the snapshot folder is named by the commit
+    if not (folder / "config.json").is_file():
+        raise LineageError(file, node, field, f"{name} is not a Hugging Face model folder (no config.json there)")
+    if weights and not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
+        raise LineageError(file, node, field, f"{name} holds no weights (*.safetensors or *.bin)")
+    return Resolved(node, folder, commit)
+
+
+def _snapshot(node: str, spec: PretrainedSpec, file, weights: bool) -> Path:
+    """The repo's snapshot folder in the Hugging Face cache, fetched if needed and allowed."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
                                         RevisionNotFoundError)
 
-    patterns = None if weights else LIGHT_FILES
     try:
-        folder = Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=patterns))
+        return Path(snapshot_download(spec.repo, revision=spec.revision, allow_patterns=None if weights else LIGHT_FILES))
     except GatedRepoError:
         raise LineageError(file, node, "pretrained.repo", f"'{spec.repo}' is gated: accept its terms on the hub and set HF_TOKEN") from None
     except RepositoryNotFoundError:
@@ -78,17 +85,11 @@ def resolve(node: str, spec: PretrainedSpec, file: str | Path = "<lineage>", wei
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
         from huggingface_hub import constants
 
-        offline = constants.HF_HUB_OFFLINE
-        why = "offline (HF_HUB_OFFLINE is set)" if offline else f"the hub could not be reached ({type(e).__name__})"
+        why = "offline (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else f"the hub could not be reached ({type(e).__name__})"
         revision = f" --revision {spec.revision}" if spec.revision else ""
         raise LineageError(file, node, "pretrained.repo", f"'{spec.label}' is not in the local Hugging Face cache "
                            f"({constants.HF_HUB_CACHE}) and {why}: download it on a connected machine "
                            f"(`hf download {spec.repo}{revision}`) or point 'pretrained.path' at a folder") from None
-    if not (folder / "config.json").is_file():
-        raise LineageError(file, node, "pretrained.repo", f"'{spec.repo}' holds no config.json; it is not a transformers model")
-    if weights and not any(next(folder.glob(p), None) for p in WEIGHT_PATTERNS):
-        raise LineageError(file, node, "pretrained.repo", f"'{spec.repo}' holds no *.safetensors or *.bin weights")
-    return Resolved(node, folder, folder.name)  # the snapshot folder is named by the commit
 
 
 def link_model_files(folder: Path, out: Path, link: bool) -> list[str]:
@@ -102,21 +103,18 @@ def link_model_files(folder: Path, out: Path, link: bool) -> list[str]:
     for src in sorted(folder.iterdir()):
         if not src.is_file() or src.name.startswith("."):
             continue
-        real, dst = src.resolve(), out / src.name
-        try:
-            if not link:
-                raise OSError
-            os.link(real, dst)
-        except OSError:
-            shutil.copy2(real, dst)
+        (_link_or_copy if link else shutil.copy2)(src.resolve(), out / src.name)
         names.append(src.name)
     return names
 
 
-def dims_arch(config) -> str:
-    from featureflow_dagster.arch import architecture_of
+def _link_or_copy(src: Path, dst: Path) -> None:
+    import shutil
 
-    return architecture_of(config)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
 
 
 def _dimensions(config) -> dict:
@@ -146,14 +144,14 @@ def check_lineage_models(lineage: Lineage, file: str | Path = "<lineage>") -> di
             check_hook(config, lineage.hook)
         except ArchitectureError as e:
             raise LineageError(file, n, "hook", f"{e} (the lineage's hook)") from None
+        dims[n] = _dimensions(config)
         if lineage.tasks:
             from featureflow_dagster.hooked import HOOKED_FAMILIES
 
-            if dims_arch(config) not in HOOKED_FAMILIES:
+            if dims[n]["architecture"] not in HOOKED_FAMILIES:
                 raise LineageError(file, n, "tasks", f"circuits and CMAP patch TransformerLens HookedTransformers, which "
-                                   f"TransformerLens does not build for {dims_arch(config)} (it does for {list(HOOKED_FAMILIES)}); "
+                                   f"TransformerLens does not build for {dims[n]['architecture']} (it does for {list(HOOKED_FAMILIES)}); "
                                    "remove 'tasks:' to study this lineage without them")
-        dims[n] = _dimensions(config)
         if dims[n]["n_ctx"] is not None and lineage.block_n_ctx > dims[n]["n_ctx"]:
             raise LineageError(file, n, "n_ctx", f"{lineage.block_n_ctx}-token blocks exceed the model's context "
                                f"({dims[n]['n_ctx']} positions); lower the lineage's n_ctx")
