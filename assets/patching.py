@@ -53,18 +53,20 @@ TASK_PERFORMANCE = Artefact(
     "logit difference on the clean prompts, and the logit difference on the counterfactual prompts.",
 )
 CIRCUITS = Artefact(
-    "circuits", "circuits", "1", "circuits/{key}",
+    "circuits", "circuits", "2", "circuits/{key}",
     settings=lambda lineage: _with_tasks(lineage, nodes(lineage, lambda n: lineage.patching.model_dump(
         mode="json", exclude={"feature_null_draws", "batch", "min_gap_se"}))),
     key_figures=("faithfulness", "random_faithfulness"), kinds=frozenset({"pytorch", "parquet", "plotly"}), on_device=True,
     description="Per task, within the node's model: activation patching clean -> counterfactual of every component "
-    "at every position, path patching of each head into the MLP and to the logits, the circuit (units above "
-    "patching.circuit_threshold) and its faithfulness with everything else mean-ablated, against random circuits.",
+    "(heads, attention and MLP outputs of every layer, head groups, embeddings) at every position, path patching from "
+    "each head to the logits, its layer's MLP and later head groups' query/key/value inputs, the circuit (units above "
+    "patching.circuit_threshold) found on half the prompts and its faithfulness on the other half with everything else "
+    "mean-ablated, against random circuits drawn from the same layers at the same positions.",
 )
 CMAP = Artefact(
-    "cmap", "circuits", "1", "cmap/{key}",
+    "cmap", "circuits", "2", "cmap/{key}",
     settings=lambda lineage: _with_tasks(lineage, edges(lineage, lambda p, c: {
-        "components": lineage.patching.components, "feature_null_draws": lineage.patching.feature_null_draws,
+        **lineage.patching.model_dump(mode="json", include={"components", "feature_null_draws", "layers", "head_groups", "positions", "prompts"}),
         "seed": lineage.seed_of(c), "threshold": lineage.flow.threshold, "min_gap_se": lineage.patching.min_gap_se})),
     key_figures=("gap", "persisted_share", "emerged_share"), kinds=frozenset({"pytorch", "parquet", "plotly"}), on_device=True,
     description="Cross-model activation patching per edge and task, on the same clean prompts: each component at "
@@ -153,14 +155,14 @@ def _circuits(lineage: Lineage) -> dg.AssetsDefinition:
         report = circuits_report(model, load_tasks(TASKS.at(store)), lineage.patching, lineage.seed_of(node), node, step_log(context))
         heatmaps = _write_report(store, CIRCUITS, node, report, "circuits")
         summary = report.summary
-        top_paths = pd.concat(report.tables["paths"]).sort_values("effect", ascending=False).groupby("task").head(3)
+        top_paths = pd.concat(report.tables["paths"]).sort_values("effect", ascending=False).groupby("task").head(5)
         return CIRCUITS.result(
             CIRCUITS.at(store, node), tree_sha256(CIRCUITS.at(store, node)), {
                       **heatmaps,
                       "circuits": dg.MetadataValue.md(markdown_table(circuits_table(summary))),
                       "faithfulness": dg.MetadataValue.json({n: round(s["faithfulness"], 4) for n, s in summary.items()}),
                       "random_faithfulness": dg.MetadataValue.json({n: round(s["random_faithfulness"], 4) for n, s in summary.items()}),
-                      "top_paths": dg.MetadataValue.md(markdown_table(top_paths.set_index("task")[["head", "path", "effect"]])),
+                      "top_paths": dg.MetadataValue.md(markdown_table(top_paths.set_index("task")[["sender", "receiver", "input", "effect"]])),
                       "seconds": round(time.perf_counter() - started, 2), "device": str(device.torch_device())},
         )
 

@@ -15,7 +15,8 @@ from featureflow_dagster.plots import density_histogram, markdown_table, write_h
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import load_sae
 from featureflow_dagster.sae.evaluate import configured_checks, evaluate_sae
-from featureflow_dagster.sae.fit import FailedQualityChecks, eval_windows, fit_sae, require_passing, save_fitted
+from featureflow_dagster.sae.fit import FailedQualityChecks, eval_windows, fit_sae, judge_published, require_passing, save_fitted
+from featureflow_dagster.sae.published import PublishedSAEError, load_published
 from featureflow_dagster.sae.warm import aligned_features, aligned_summary
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.assets.data import TOKENS
@@ -176,8 +177,17 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
     def sae(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource):
         node = context.partition_key
         spec, seed, dev = lineage.sae_spec(node), lineage.sae_seed(node), device.torch_device()
-        fitted = fit_sae(spec, ActivationStore(ACTIVATION_STORE.at(store, node)), load_model(MODEL.at(store, node), dev), seed, dev,
-                         f"{lineage.name}/{node}", store.checkpoint_path("sae", node), step_log(context))
+        acts = ActivationStore(ACTIVATION_STORE.at(store, node))
+        if spec.published is not None:
+            try:
+                published = load_published(spec.published, acts.hook_name, acts.d_in, f"{lineage.name}/{node}")
+            except PublishedSAEError as e:
+                raise dg.Failure(description=f"node '{node}': sae.published: {e}", allow_retries=False) from None
+            fitted = judge_published(published, spec, acts, load_model(MODEL.at(store, node), dev), seed, dev)
+            context.log.info(f"{node}: published SAE {spec.published.label} ({published.cfg.d_sae} features) evaluated, not trained")
+        else:
+            fitted = fit_sae(spec, acts, load_model(MODEL.at(store, node), dev), seed, dev,
+                             f"{lineage.name}/{node}", store.checkpoint_path("sae", node), step_log(context))
         out = SAE.at(store, node, fetch=False)
         with store.write_dir(out) as tmp:
             save_fitted(fitted, tmp)
@@ -204,7 +214,7 @@ def _check_result(name: str, outcome, node: str) -> dg.AssetCheckResult:
 
 def _sae_metadata(fitted, spec, seed: int) -> dict:
     result, autoencoder = fitted.training, fitted.sae
-    curve = pd.DataFrame(result.curve).set_index("step")
+    curve = pd.DataFrame(result.curve or [{"step": 0}]).set_index("step")
     return {
         **fitted.values,
         "input_scale": float(autoencoder.input_scale),
@@ -218,7 +228,8 @@ def _sae_metadata(fitted, spec, seed: int) -> dict:
         "resampled_features": result.resampled,
         "training_curve": dg.MetadataValue.md(markdown_table(curve.iloc[:: max(1, len(curve) // 12)])),
         "seed": seed,
-        "config": dg.MetadataValue.json(spec.model_dump()),
+        "published": spec.published.label if spec.published is not None else "no: trained here",
+        "config": dg.MetadataValue.json(spec.model_dump(mode="json")),
     }
 
 

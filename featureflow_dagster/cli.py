@@ -44,10 +44,13 @@ def _check_models(lineage, args) -> bool:
     from featureflow_dagster.pretrained import check_lineage_models
 
     try:
-        check_lineage_models(lineage, resolve_lineage_path(getattr(args, "lineage", None)))
+        checked = check_lineage_models(lineage, resolve_lineage_path(getattr(args, "lineage", None)))
     except LineageError as e:
         print(f"INVALID  {e}", file=sys.stderr)
         return False
+    for node, why in checked.expected.items():
+        print(f"OFFLINE  node '{node}': {why.split(':')[0]}; checked against its `pretrained.expect` shape instead "
+              "(its config.json and tokenizer are checked once it is downloaded)", file=sys.stderr)
     return True
 
 
@@ -147,20 +150,33 @@ def _plan(args) -> int:
         observe_config(defs, instance)
         _print_plan(plan(defs, instance, chosen, args.force))
     if getattr(args, "estimate", False):
-        _print_estimate(lineage, defs.resources["device"].torch_device())
+        _print_estimate(lineage, defs.resources["device"].torch_device(), defs.resources["store"].root)
     return 0
 
 
-def _print_estimate(lineage, device) -> None:
+def _print_estimate(lineage, device, store_root) -> None:
     from featureflow_dagster.costs import estimate, format_estimate, measure, token_counts
 
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
     print(f"\ncost estimate for lineage '{lineage.name}' (tokens from the corpora and budgets; time from a "
           f"throughput measured now on {device}):", flush=True)
+    from featureflow_dagster.costs import lm_params, disk_budget, _num
+
     counts = token_counts(lineage, log)
-    throughput = measure(lineage, device, log=log)
-    for line in format_estimate(estimate(lineage, counts, throughput, str(device))):
+    largest = max(lm_params(lineage, n) for n in lineage.node_names)
+    note = ""
+    if device.type == "cpu" and largest > 1e9:  # a forward of a 7B model on this CPU says nothing about a GPU
+        throughput, note = {}, (f"not timed: the largest model has {largest / 1e9:.1f}B parameters and this device is the CPU; "
+                                "run `featureflow plan --device cuda` on the GPU machine for times")
+    else:
+        throughput = measure(lineage, device, log=log)
+    e = estimate(lineage, counts, throughput, str(device))
+    e.note = note
+    for line in format_estimate(e):
         print(line)
+    budget, source = disk_budget(lineage, store_root)
+    fits = "fits" if e.total("disk") <= budget else "does NOT fit: `featureflow materialize` will refuse"
+    print(f"disk: {_num(e.total('disk'), 'B')} needed, {_num(budget, 'B')} allowed ({source}); {fits}")
 
 
 def _materialize(args) -> int:
@@ -171,6 +187,12 @@ def _materialize(args) -> int:
         return BAD_INPUT
     lineage, defs, instance, chosen = selection
     if not _check_models(lineage, args):
+        return BAD_INPUT
+    from featureflow_dagster.costs import check_disk
+
+    refusal = check_disk(lineage, defs.resources["store"].root)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
         return BAD_INPUT
     import functools
 
@@ -400,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="featureflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     v = sub.add_parser("validate", help="check a lineage file and print the verdict")
-    v.add_argument("lineage", nargs="?", default=None, help="shipped name (micro, demo, paper, paper-small) or path; default $FEATUREFLOW_LINEAGE or demo")
+    v.add_argument("lineage", nargs="?", default=None, help="shipped name (micro, demo, paper, paper-small, paper-released, prakash, kutsyk) or path; default $FEATUREFLOW_LINEAGE or demo")
     v.set_defaults(func=_validate)
     for name, helptext in (("materialize", "materialize missing or stale assets in dependency order"),
                            ("plan", "list what materialize would run, in order, and why")):

@@ -38,6 +38,7 @@ class Row:
     device: bool  # needs the accelerator (the `gpu` pool; a GPU pod on Kubernetes)
     seconds: float | None = None
     note: str = ""
+    memory: float | None = None  # peak accelerator memory, bytes (weights, optimizer state, the largest batch or cache)
 
     @property
     def label(self) -> str:
@@ -50,6 +51,7 @@ class Estimate:
     rows: list[Row]
     throughput: dict[str, float] = field(default_factory=dict)  # FLOP/s per kind, measured
     device: str = "cpu"
+    note: str = ""  # why nothing was measured, when nothing was
 
     def total(self, attr: str) -> float:
         return sum(getattr(r, attr) or 0.0 for r in self.rows)
@@ -71,7 +73,8 @@ def vocab_size(lineage: Lineage) -> int:
     if spec.kind == "mistral":
         return 32000  # the Mistral-7B v0.1 SentencePiece model
     if spec.kind == "model":
-        return _saved_vocab_size(_pretrained_folder(lineage.base.name, lineage.base.pretrained))
+        folder = _reachable_folder(lineage.base.name, lineage.base.pretrained)
+        return lineage.base.pretrained.expect.d_vocab if folder is None else _saved_vocab_size(folder)
     return _saved_vocab_size(str(spec.path))
 
 
@@ -103,6 +106,18 @@ def _pretrained_folder(node: str, pretrained) -> str:
     return str(resolve(node, pretrained).folder)
 
 
+def _reachable_folder(node: str, pretrained) -> str | None:
+    """The node's folder, or None when its repo cannot be reached and the lineage gives `pretrained.expect`."""
+    from featureflow_dagster.pretrained import Unreachable
+
+    try:
+        return _pretrained_folder(node, pretrained)
+    except Unreachable:
+        if pretrained.expect is None:
+            raise
+        return None
+
+
 @functools.lru_cache(maxsize=None)
 def _pretrained_shape(node: str, pretrained, n_ctx: int) -> ModelSpec:
     import json
@@ -110,7 +125,12 @@ def _pretrained_shape(node: str, pretrained, n_ctx: int) -> ModelSpec:
 
     from featureflow_dagster.arch import config_dims
 
-    config = json.loads((Path(_pretrained_folder(node, pretrained)) / "config.json").read_text())
+    folder = _reachable_folder(node, pretrained)
+    if folder is None:  # offline: the shape the lineage says it was written for
+        e = pretrained.expect
+        return ModelSpec.model_construct(d_model=e.d_model, d_mlp=e.d_mlp, n_heads=e.n_heads, n_kv_heads=e.n_kv_heads,
+                                         n_layers=e.n_layers, n_ctx=n_ctx, tie_word_embeddings=e.tie_word_embeddings)
+    config = json.loads((Path(folder) / "config.json").read_text())
     d = config_dims(config)
     # model_construct: a real model's shape is what it is (Gemma's heads times head_dim need not equal d_model)
     return ModelSpec.model_construct(d_model=d["d_model"], d_mlp=d["d_mlp"], n_heads=d["n_heads"],
@@ -152,10 +172,11 @@ def _readable(src) -> bool:
     return src.kind in ("files", "stdlib") or (src.kind == "hf" and src.local_path() is not None)
 
 
-def token_counts(lineage: Lineage, log=None) -> dict[str, dict[str, int | None]]:
-    """Training tokens per data node and source, as the `tokens` asset will record them (None: unknown)."""
+def token_counts(lineage: Lineage, log=None, read: bool = True) -> dict[str, dict[str, int | None]]:
+    """Training tokens per data node and source, as the `tokens` asset will record them (None: unknown); with
+    `read=False` from the budgets and `expected_tokens` alone (no corpus is read)."""
     data_nodes = [n for n in lineage.node_names if lineage.node(n).data is not None]
-    readable = all(_readable(s) for n in data_nodes for s in lineage.node(n).data.sources)
+    readable = read and all(_readable(s) for n in data_nodes for s in lineage.node(n).data.sources)
     out: dict[str, dict[str, int | None]] = {}
     if readable:
         from featureflow_dagster.blocks import build_blocks
@@ -168,7 +189,9 @@ def token_counts(lineage: Lineage, log=None) -> dict[str, dict[str, int | None]]
         if lineage.tokenizer.kind == "model":  # the base model's own, as the `tokenizer` asset takes it
             from featureflow_dagster.tokenizer import load_tokenizer
 
-            tok = load_tokenizer(_pretrained_folder(base, lineage.base.pretrained))
+            folder = _reachable_folder(base, lineage.base.pretrained)
+            readable = folder is not None
+            tok = load_tokenizer(folder) if readable else None
         else:
             tok = build_tokenizer(lineage.tokenizer, base_table if lineage.tokenizer.kind == "bpe" else None, log)
     for name in data_nodes:
@@ -234,10 +257,11 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
         eval_windows = s.eval_tokens // s.context
         itemsize = 2 if s.store_dtype in ("float16", "bfloat16") else 4
         collected = store_tokens + eval_windows * s.context  # training and held-out windows
-        rows.append(Row("activation_store", name, collected, collected * fwd_store / 2, "lm_forward", collected * d_in * itemsize, True))
+        rows.append(Row("activation_store", name, collected, collected * fwd_store / 2, "lm_forward", collected * d_in * itemsize, True,
+                        memory=lm_params(lineage, name) * 2.0 + 64 * s.context * m.d_model * 4.0 * 4))
         sae_tokens = int(s.epochs * windows) // s.batch_windows * s.batch_windows * s.context
         rows.append(Row("sae", name, sae_tokens, 12.0 * d_in * d_sae * sae_tokens, "sae_train", 2 * d_in * d_sae * 4.0, True,
-                        note=f"{d_sae:,} features, {s.batch_windows * s.context:,} tokens/step ({12.0 * d_in * d_sae * s.batch_windows * s.context:.3g} FLOP/step)"))
+                        memory=4 * 2 * d_in * d_sae * 4.0 + 3 * s.batch_windows * s.context * d_sae * 4.0, note=f"{d_sae:,} features, {s.batch_windows * s.context:,} tokens/step ({12.0 * d_in * d_sae * s.batch_windows * s.context:.3g} FLOP/step)"))
     f = lineage.flow
     for parent, child in lineage.edges():
         d_in = hook_width(lineage, child)
@@ -245,7 +269,7 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
         flops = n * (lm_forward_flops_per_token(lineage, parent) + lm_forward_flops_per_token(lineage, child)) / 2 \
             + n * 2 * d_in * d_in * (lineage.sae_spec(parent).expansion + lineage.sae_spec(child).expansion)
         rows.append(Row("feature_activations", Edge(parent, child).key, n, flops, "sae_encode", n * 2 * 40 * 8.0, True,
-                        note="codes stored sparse (about 8 bytes per non-zero)"))
+                        memory=2.0 * (lm_params(lineage, parent) + lm_params(lineage, child)) + 2 * 2 * d_in * d_in * 16 * 4.0, note="codes stored sparse (about 8 bytes per non-zero)"))
         if f.warm_start:  # the child's SAE trained again, from the parent's dictionary, then both encode the child's held-out windows
             s = lineage.sae_spec(child)
             d_sae = d_in * s.expansion
@@ -253,10 +277,63 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
             held_out = s.eval_tokens // s.context * s.context
             rows.append(Row("warm_sae", Edge(parent, child).key, sae_tokens, 12.0 * d_in * d_sae * sae_tokens, "sae_train",
                             2 * d_in * d_sae * 4.0, True, note=f"from {parent}'s dictionary; aligned pairs on {held_out:,} held-out tokens"))
+    if lineage.tasks:
+        rows += patching_rows(lineage)
     for row in rows:
         if row.flops and row.kind in throughput:
             row.seconds = row.flops / throughput[row.kind]
     return Estimate(lineage.name, rows, throughput, device)
+
+
+def task_prompt_length(task) -> int:
+    """Tokens per prompt of a task: its `length`; entity tracking's template is about 7 tokens per object and box
+    ("the apple is in box A,") plus 5 for the query, under any of the shipped tokenizers."""
+    return 7 * task.n_objects + 5 if task.kind == "entity_tracking" else task.length
+
+
+def patching_passes(lineage: Lineage, node: str) -> dict[str, tuple[int, int]]:
+    """Per asset kind, (forward passes, prompt tokens) of one node's circuits and one edge's CMAP over every task,
+    as `patching.report` runs them under `lineage.patching`'s budgets (layers, positions, prompts, head groups,
+    random circuits, feature null draws)."""
+    spec, m = lineage.patching, model_shape(lineage, node)
+    layers = len(spec.layers) if spec.layers is not None else m.n_layers
+    per_layer = sum({"attn": 1, "heads": m.n_heads, "mlp": 1}.get(k, 0) for k in spec.components)
+    comps = ("embed" in spec.components) + layers * per_layer + len(spec.head_groups)
+    out = {"circuits": [0, 0], "cmap": [0, 0]}
+    for t in lineage.tasks:
+        length, n = task_prompt_length(t), min(t.examples, spec.prompts or t.examples)
+        find = n // 2 if spec.split_halves else n
+        score = n - find if spec.split_halves else n
+        units = comps * ((spec.positions or length) + 1)
+        senders = layers * m.n_heads
+        paths = senders * (2 + 3 * len(spec.head_groups))  # logits, own MLP (none in parallel blocks), each group q/k/v: at most
+        passes = [(units + 4, find), (paths + 4, find), (spec.random_circuits + 4, score)]
+        out["circuits"][0] += sum(p for p, _ in passes)
+        out["circuits"][1] += sum(p * k * length for p, k in passes)
+        cmap = 2 * units + 4 + 3 + 2 * spec.feature_null_draws
+        out["cmap"][0] += cmap
+        out["cmap"][1] += cmap * n * length
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def patching_rows(lineage: Lineage) -> list[Row]:
+    """Circuits per node and CMAP per edge, priced as forward passes of float32 HookedTransformers."""
+    rows = []
+    for name in lineage.node_names:
+        passes, tokens = patching_passes(lineage, name)["circuits"]
+        m = model_shape(lineage, name)
+        cache = max(t.examples for t in lineage.tasks) * max(task_prompt_length(t) for t in lineage.tasks) * m.d_model * 4.0
+        rows.append(Row("circuits", name, tokens, tokens * lm_forward_flops_per_token(lineage, name), "lm_forward", 1e6, True,
+                        memory=lm_params(lineage, name) * 4.0 + 4 * m.n_layers * cache,
+                        note=f"{passes:,} forward passes (float32 HookedTransformer)"))
+    for parent, child in lineage.edges():
+        passes, tokens = patching_passes(lineage, child)["cmap"]
+        m = model_shape(lineage, child)
+        cache = max(t.examples for t in lineage.tasks) * max(task_prompt_length(t) for t in lineage.tasks) * m.d_model * 4.0
+        rows.append(Row("cmap", Edge(parent, child).key, tokens, tokens * lm_forward_flops_per_token(lineage, child), "lm_forward",
+                        1e6, True, memory=(lm_params(lineage, parent) + lm_params(lineage, child)) * 4.0 + 2 * 4 * m.n_layers * cache,
+                        note=f"{passes:,} forward passes, both models in float32"))
+    return rows
 
 
 def _sweep_points(lineage: Lineage, node: str) -> list[float]:
@@ -380,19 +457,72 @@ def _duration(seconds: float | None) -> str:
 
 def format_estimate(e: Estimate) -> list[str]:
     width = max(len(r.label) for r in e.rows)
-    lines = [f"{'asset':<{width}}  {'tokens':>8}  {'FLOP':>8}  {'time':>9}  {'disk':>8}  gpu  note"]
+    lines = [f"{'asset':<{width}}  {'tokens':>8}  {'FLOP':>8}  {'time':>9}  {'disk':>8}  {'memory':>8}  gpu  note"]
     for r in e.rows:
         time_ = "-" if r.kind == "cpu" else _duration(r.seconds)
         lines.append(f"{r.label:<{width}}  {_num(r.tokens):>8}  {_num(r.flops) if r.kind != 'cpu' else '-':>8}  {time_:>9}  "
-                     f"{_num(r.disk, 'B'):>8}  {'yes' if r.device else 'no ':<3}  {r.note}")
+                     f"{_num(r.disk, 'B'):>8}  {_num(r.memory, 'B') if r.memory else '-':>8}  {'yes' if r.device else 'no ':<3}  {r.note}")
     flops, seconds = e.total("flops"), e.total("seconds")
     unknown = e.unknown
     more = " (+ the assets marked ?)" if unknown else ""
-    lines.append(f"total: {_num(flops)}FLOP, {_duration(seconds)} on {e.device}{more}, {_num(e.total('disk'), 'B')} on disk")
+    peak = max((r.memory or 0.0) for r in e.rows)
+    when = f"{_duration(seconds)} on {e.device}{more}" if e.throughput else f"not timed on {e.device}{more}"
+    lines.append(f"total: {_num(flops)}FLOP, {when}, {_num(e.total('disk'), 'B')} on disk, "
+                 f"{_num(peak, 'B')} peak accelerator memory (one asset at a time)")
     if e.throughput:
         lines.append("measured here: " + ", ".join(f"{k} {_num(v)}FLOP/s" for k, v in e.throughput.items()))
-    lines.append(f"at an A100's bf16 peak ({_num(A100_BF16_PEAK)}FLOP/s) the FLOPs above take {_duration(flops / A100_BF16_PEAK)}; "
-                 f"at 30% of it, {_duration(flops / (0.3 * A100_BF16_PEAK))}")
+    elif e.note:
+        lines.append(e.note)
+    lines.append(f"GPU-hours: {flops / A100_BF16_PEAK / 3600:.3g} at an A100's bf16 peak ({_num(A100_BF16_PEAK)}FLOP/s), "
+                 f"{flops / (0.3 * A100_BF16_PEAK) / 3600:.3g} at 30% of it: a lower bound from FLOPs alone (reading stores, "
+                 "small matmuls and Python run far below peak; time a step on the GPU with `featureflow plan --device cuda`)")
     if unknown:
         lines.append(f"unknown sizes ({', '.join(unknown)}): give those sources a `tokens` budget or `expected_tokens`")
     return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The disk budget
+# ---------------------------------------------------------------------------------------------
+
+
+def _tree_bytes(root) -> int:
+    import os
+
+    total = 0
+    for folder, _, files in os.walk(root):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(folder, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def disk_budget(lineage: Lineage, store_root) -> tuple[float, str]:
+    """(bytes the lineage may use, where that number comes from): `max_disk_gb`, else the free space of the
+    store's file system plus what the store holds already (a re-run replaces it)."""
+    import shutil
+    from pathlib import Path
+
+    if lineage.max_disk_gb is not None:
+        return lineage.max_disk_gb * 1e9, "the lineage's max_disk_gb"
+    root = Path(store_root)
+    probe = next((p for p in [root, *root.parents] if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    held = _tree_bytes(root) if root.exists() else 0
+    return float(free + held), f"free disk at {probe} ({_num(free, 'B')}) plus the store's {_num(held, 'B')}"
+
+
+def check_disk(lineage: Lineage, store_root) -> str | None:
+    """None when the estimate of the lineage's disk (from budgets, no corpus read) fits the budget, else the
+    refusal with both numbers and the assets that need the most."""
+    e = estimate(lineage, token_counts(lineage, read=False))
+    need = e.total("disk")
+    budget, source = disk_budget(lineage, store_root)
+    if need <= budget:
+        return None
+    top = sorted((r for r in e.rows if r.disk), key=lambda r: -r.disk)[:3]
+    return (f"lineage '{lineage.name}' needs about {_num(need, 'B')} on disk (`featureflow plan` estimate; largest: "
+            + ", ".join(f"{r.label} {_num(r.disk, 'B')}" for r in top)
+            + f") but may use {_num(budget, 'B')} ({source}); free space, raise `max_disk_gb`, or lower sae.tokens / store_dtype")

@@ -24,10 +24,6 @@ MLP_OUT = hook("hook_mlp_out")
 HEAD_Z = hook("attn.hook_z")  # per-head outputs before W_O [batch, pos, head, d_head]
 HEAD_RESULT = hook("attn.hook_result")  # per-head contributions to the residual stream (z_h W_O_h)
 
-# the patchable components other than heads, by the name reports use
-COMPONENT_HOOKS = {"embed": RESID_PRE, "attn": ATTN_OUT, "mlp": MLP_OUT}
-COMPONENT_KINDS = ("embed", "attn", "heads", "mlp")
-
 
 # the sites featureflow reads, replaces and writes stores of (`arch.Adapter.module` says where each is, per family)
 SITES = ("mlp.hook_post", "hook_resid_post", "hook_mlp_out", "hook_attn_out")

@@ -1,6 +1,6 @@
 """Where a lineage's artefacts and Dagster's run history live, chosen from the environment.
 
-FEATUREFLOW_LINEAGE  a shipped lineage name (micro, demo, paper, paper-small) or a path; default 'demo'
+FEATUREFLOW_LINEAGE  a shipped lineage name (micro, demo, paper, paper-small, paper-released, prakash, kutsyk) or a path; default 'demo'
 FEATUREFLOW_HOME     artefacts of that lineage; default ./.featureflow/<lineage name>
 FEATUREFLOW_DEVICE   'auto' (default), 'cpu', 'cuda' or 'cuda:N'
 FEATUREFLOW_EXECUTOR 'in_process' (default: one partition at a time), 'multiprocess' (independent

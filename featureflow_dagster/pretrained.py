@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from featureflow_dagster.hooks import parse_hook
 from featureflow_dagster.lineage import Lineage, LineageError, PretrainedSpec
 
 # what a light resolution fetches from a repo: the config and the tokenizer, never the weights
@@ -24,6 +25,23 @@ LIGHT_FILES = ["config.json", "generation_config.json", "tokenizer.json", "token
                "tokenizer.model", "vocab.json", "merges.txt"]
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 DIMENSIONS = ("architecture", "d_model", "d_mlp", "n_layers", "n_heads", "d_vocab")
+
+
+class Unreachable(LineageError):
+    """A repo that is neither in the local Hugging Face cache nor reachable: offline, or the hub is down."""
+
+
+class Checked(dict):
+    """check_lineage_models' answer: the resolved nodes (node -> Resolved), and `.expected`: the nodes whose repo
+    could not be reached, checked against their `pretrained.expect` shape instead (node -> why)."""
+
+    expected: dict[str, str]
+
+
+def expected_dims(spec: PretrainedSpec) -> dict:
+    e = spec.expect
+    return {"architecture": e.architecture, "d_model": e.d_model, "d_mlp": e.d_mlp, "n_layers": e.n_layers,
+            "n_heads": e.n_heads, "d_vocab": e.d_vocab, "n_ctx": e.n_ctx}
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,8 @@ def resolve(node: str, spec: PretrainedSpec, file: str | Path = "<lineage>", wei
     field for a folder without config.json, a repo or revision that does not exist, or one not cached offline."""
     if spec.path is not None:
         folder, commit, field, name = spec.local_path(), None, "pretrained.path", str(spec.local_path())
+        if not folder.exists():
+            raise Unreachable(file, node, field, f"no folder {folder} (make it, or fix the path)")
     else:
         folder, field, name = _snapshot(node, spec, file, weights), "pretrained.repo", f"'{spec.repo}'"
         commit = folder.name  # the snapshot folder is named by the commit
@@ -87,7 +107,7 @@ def _snapshot(node: str, spec: PretrainedSpec, file, weights: bool) -> Path:
 
         why = "offline (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else f"the hub could not be reached ({type(e).__name__})"
         revision = f" --revision {spec.revision}" if spec.revision else ""
-        raise LineageError(file, node, "pretrained.repo", f"'{spec.label}' is not in the local Hugging Face cache "
+        raise Unreachable(file, node, "pretrained.repo", f"'{spec.label}' is not in the local Hugging Face cache "
                            f"({constants.HF_HUB_CACHE}) and {why}: download it on a connected machine "
                            f"(`hf download {spec.repo}{revision}`) or point 'pretrained.path' at a folder") from None
 
@@ -123,7 +143,7 @@ def _dimensions(config) -> dict:
     return {"architecture": architecture_of(config), **config_dims(config)}
 
 
-def check_lineage_models(lineage: Lineage, file: str | Path = "<lineage>") -> dict[str, Resolved]:
+def check_lineage_models(lineage: Lineage, file: str | Path = "<lineage>") -> Checked:
     """Resolve every pretrained node (config and tokenizer only) and check what pydantic and the graph
     checks cannot see; returns the resolutions by node. Refuses with LineageError naming node and field."""
     from transformers import AutoConfig
@@ -131,20 +151,47 @@ def check_lineage_models(lineage: Lineage, file: str | Path = "<lineage>") -> di
     from featureflow_dagster.arch import ArchitectureError, adapter_for, check_hook
     from featureflow_dagster.tokenizer import load_tokenizer, tokenizer_hash
 
-    resolved = {n: resolve(n, lineage.node(n).pretrained, file) for n in lineage.pretrained_nodes}
+    resolved, expected = Checked(), {}
+    for n in lineage.pretrained_nodes:
+        try:
+            resolved[n] = resolve(n, lineage.node(n).pretrained, file)
+        except Unreachable as e:
+            if lineage.node(n).pretrained.expect is None:
+                raise
+            expected[n] = e.problem
+    resolved.expected = expected
     dims, tokenizers = {}, {}
-    for n, r in resolved.items():
-        field = "pretrained.path" if lineage.node(n).pretrained.path else "pretrained.repo"
-        config = AutoConfig.from_pretrained(str(r.folder))
-        try:
-            adapter_for(config)
-        except ArchitectureError as e:
-            raise LineageError(file, n, field, str(e)) from None
-        try:
-            check_hook(config, lineage.hook)
-        except ArchitectureError as e:
-            raise LineageError(file, n, "hook", f"{e} (the lineage's hook)") from None
-        dims[n] = _dimensions(config)
+    for n in lineage.pretrained_nodes:
+        spec = lineage.node(n).pretrained
+        field = "pretrained.path" if spec.path else "pretrained.repo"
+        if n in expected:
+            dims[n] = expected_dims(spec)
+            from featureflow_dagster.arch import SUPPORTED
+
+            if spec.expect.architecture not in SUPPORTED:
+                raise LineageError(file, n, "pretrained.expect.architecture", f"{spec.expect.architecture} is not a family "
+                                   f"featureflow reads (it reads {', '.join(SUPPORTED)})")
+            hook = parse_hook(lineage.hook)
+            if hook.layer >= dims[n]["n_layers"]:
+                raise LineageError(file, n, "hook", f"hook '{lineage.hook}': layer {hook.layer} is beyond the expected depth "
+                                   f"({dims[n]['n_layers']} layers; pretrained.expect)")
+        else:
+            r = resolved[n]
+            config = AutoConfig.from_pretrained(str(r.folder))
+            try:
+                adapter_for(config)
+            except ArchitectureError as e:
+                raise LineageError(file, n, field, str(e)) from None
+            try:
+                check_hook(config, lineage.hook)
+            except ArchitectureError as e:
+                raise LineageError(file, n, "hook", f"{e} (the lineage's hook)") from None
+            dims[n] = _dimensions(config)
+            if spec.expect is not None:
+                for key, want in expected_dims(spec).items():
+                    if want is not None and dims[n].get(key) != want:
+                        raise LineageError(file, n, f"pretrained.expect.{key}", f"the lineage expects {want}, the model's "
+                                           f"config.json says {dims[n].get(key)}; fix `expect` (or the repo/revision)")
         if lineage.tasks:
             from featureflow_dagster.hooked import HOOKED_FAMILIES
 
@@ -152,13 +199,18 @@ def check_lineage_models(lineage: Lineage, file: str | Path = "<lineage>") -> di
                 raise LineageError(file, n, "tasks", f"circuits and CMAP patch TransformerLens HookedTransformers, which "
                                    f"TransformerLens does not build for {dims[n]['architecture']} (it does for {list(HOOKED_FAMILIES)}); "
                                    "remove 'tasks:' to study this lineage without them")
+            from featureflow_dagster.lineage.validation import check_patching_depth
+
+            check_patching_depth(lineage, dims[n]["n_layers"], dims[n]["n_heads"], file, n)
         if dims[n]["n_ctx"] is not None and lineage.block_n_ctx > dims[n]["n_ctx"]:
             raise LineageError(file, n, "n_ctx", f"{lineage.block_n_ctx}-token blocks exceed the model's context "
                                f"({dims[n]['n_ctx']} positions); lower the lineage's n_ctx")
+        if n in expected:
+            continue  # no tokenizer to read: the repo is not here
         try:
-            tokenizers[n] = tokenizer_hash(load_tokenizer(r.folder))
+            tokenizers[n] = tokenizer_hash(load_tokenizer(resolved[n].folder))
         except Exception as e:  # noqa: BLE001 - any failure to read the tokenizer is the same problem for the user
-            raise LineageError(file, n, field, f"the model's tokenizer does not load from {r.folder}: {e}") from None
+            raise LineageError(file, n, field, f"the model's tokenizer does not load from {resolved[n].folder}: {e}") from None
     pairs = [(p, c) for p, c in lineage.edges()]
     for node in lineage.nodes:  # a merge's parents must agree with each other too
         pairs += [(node.parents[0], q) for q in node.parents[1:]] if node.kind == "merge" else []
@@ -168,7 +220,7 @@ def check_lineage_models(lineage: Lineage, file: str | Path = "<lineage>") -> di
                 if dims[p][key] != dims[c][key]:
                     raise LineageError(file, c, "pretrained", f"{key} {dims[c][key]} differs from '{p}' ({dims[p][key]}); "
                                        "the models along an edge must share architecture, width, depth and vocabulary")
-            if tokenizers[p] != tokenizers[c]:
+            if p in tokenizers and c in tokenizers and tokenizers[p] != tokenizers[c]:
                 raise LineageError(file, c, "pretrained", f"its tokenizer differs from '{p}''s; the models along an edge "
                                    "must share one tokenizer (token ids mean the same text)")
     if lineage.tokenizer.kind == "model":

@@ -132,7 +132,7 @@ def test_patching_a_model_into_itself_changes_nothing(models, brackets):
 
 def test_patching_every_component_reproduces_the_donor(models, brackets):
     model = models["parent"][0]
-    everything = [(c, None) for c in ("embed", *[f"head.{h}" for h in range(SPEC.n_heads)], "mlp")]
+    everything = [(c, None) for c in ("embed", *[f"L0.H{h}" for h in range(SPEC.n_heads)], "L0.mlp")]
     clean = P.run_cache(model, brackets.clean, P.cache_names(everything))
     patched = P.final_logits(model, brackets.corrupt, P.patch_hooks(everything, clean))
     torch.testing.assert_close(patched, P.final_logits(model, brackets.clean), atol=1e-5, rtol=0)
@@ -171,12 +171,12 @@ def test_one_patched_head_equals_a_hand_written_hook_on_the_hugging_face_model(m
             want = hf(brackets.corrupt).logits[:, -1]
         handle.remove()
         cache = P.run_cache(hooked, brackets.clean, [P.HEAD_Z])
-        got = P.final_logits(hooked, brackets.corrupt, P.patch_hooks([(f"head.{head}", pos)], cache))
+        got = P.final_logits(hooked, brackets.corrupt, P.patch_hooks([(f"L0.H{head}", pos)], cache))
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-        effects = P.activation_patching(hooked, brackets, [f"head.{head}"])
+        effects = P.activation_patching(hooked, brackets, [f"L0.H{head}"])
         rel = None if pos is None else pos - brackets.length
-        row = effects[(effects["component"] == f"head.{head}") & (effects["position"].astype(object) == rel)
-                      if rel is not None else (effects["component"] == f"head.{head}") & effects["position"].isna()]
+        row = effects[(effects["component"] == f"L0.H{head}") & (effects["position"].astype(object) == rel)
+                      if rel is not None else (effects["component"] == f"L0.H{head}") & effects["position"].isna()]
         assert float(row["ld"].iloc[0]) == pytest.approx(P.mean_ld(want, brackets), abs=1e-4)
 
 
@@ -198,9 +198,9 @@ def test_path_patching_to_the_logits_is_the_direct_path(models, brackets):
         delta = (z["clean"][:, -1, h] - z["corrupt"][:, -1, h]) @ model.blocks[0].attn.W_O[h]
         with torch.no_grad():
             logits = model.unembed(model.ln_final((resid[:, -1] + delta)[:, None]))[:, 0]
-        row = paths[(paths["head"] == h) & (paths["path"] == "logits")]
+        row = paths[(paths["sender"] == f"L0.H{h}") & (paths["receiver"] == "logits")]
         assert float(row["ld"].iloc[0]) == pytest.approx(P.mean_ld(logits, brackets), abs=1e-4)
-    assert set(paths["path"]) == {"mlp", "logits"} and len(paths) == 2 * SPEC.n_heads
+    assert set(paths["receiver"]) == {"L0.mlp", "logits"} and len(paths) == 2 * SPEC.n_heads
 
 
 def test_the_whole_model_is_a_fully_faithful_circuit_and_random_circuits_are_drawn_at_its_size(models, brackets):
@@ -221,10 +221,10 @@ def test_the_whole_model_is_a_fully_faithful_circuit_and_random_circuits_are_dra
 def test_circuit_units_are_those_above_the_threshold():
     import pandas as pd
 
-    effects = pd.DataFrame({"component": ["head.0", "head.0", "head.1", "mlp", "embed", "attn"],
-                            "position": pd.array([-1, None, -1, -2, -1, -1], dtype="Int64"),
-                            "effect": [0.5, 0.9, 0.05, 0.2, 0.9, 0.9]})
-    assert P.circuit_from_effects(effects, 10, 0.1) == [("head.0", 9), ("mlp", 8)]
+    effects = pd.DataFrame({"component": ["L0.H0", "L0.H0", "L0.H1", "L0.mlp", "embed", "L0.attn", "group.a", "L3.H12"],
+                            "position": pd.array([-1, None, -1, -2, -1, -1, -1, -3], dtype="Int64"),
+                            "effect": [0.5, 0.9, 0.05, 0.2, 0.9, 0.9, 0.9, 0.3]})
+    assert P.circuit_from_effects(effects, 10, 0.1) == [("L0.H0", 9), ("L0.mlp", 8), ("L3.H12", 7)]
 
 
 def _lossless_sae(d: int) -> ReLUSAE:
@@ -248,7 +248,7 @@ def test_feature_level_cmap_adds_up_to_patching_the_whole_mlp(models, brackets):
     sets = {"all": (torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)),
             "none": (torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)), "half": (half, half)}
     fc = P.feature_cmap(parent, child, sae_p, sae_c, brackets, sets, min_gap_se=0).set_index("set")
-    whole = P.cmap(parent, child, brackets, ["mlp"], min_gap_se=0)
+    whole = P.cmap(parent, child, brackets, ["L0.mlp"], min_gap_se=0)
     mlp = whole[(whole["direction"] == "child_into_parent") & whole["position"].isna()]
     # swapping every feature of a lossless dictionary is patching the MLP output itself
     assert fc.loc["all", "share"] == pytest.approx(float(mlp["share"].iloc[0]), abs=1e-4)
@@ -285,7 +285,10 @@ def test_lineage_tasks_and_components_are_validated_with_the_field_named():
              ({"tasks": [{"name": "a", "kind": "close_bracket", "length": 99}]}, "tasks.0.length.*n_ctx 32"),
              ({"tasks": [{"name": "a", "kind": "close_quote"}, {"name": "a", "kind": "close_bracket"}]}, "tasks.1.name.*duplicate"),
              ({"tasks": [{"name": "a", "kind": "entity_tracking", "n_objects": 4, "objects": ["x", "y", "z"]}]}, "tasks.0.n_objects"),
-             ({"patching": {"components": ["embed", "neurons"]}}, "patching.components.1")]
+             ({"patching": {"components": ["embed", "neurons"]}}, "patching.components.1"),
+             ({"patching": {"layers": [1]}}, "patching.layers.*beyond the model's 1 layers"),
+             ({"patching": {"head_groups": {"a": [[0, 9]]}}}, "patching.head_groups.a.*1 layers of 2 heads"),
+             ({"patching": {"head_groups": {"a": [[0, 1], [0, 1]]}}}, "head group 'a' names a head twice")]
     for change, message in cases:
         with pytest.raises(LineageError, match=message):
             parse_lineage({**raw, **change}, "bad")

@@ -715,9 +715,12 @@ def test_circuits_and_cmap_through_dagster_agree_with_each_other_and_the_models(
         effects = pd.read_parquet(home / "circuits" / node / "patching.parquet")
         for name, s in summary.items():
             e = effects[effects["task"] == name]
-            above = e[e["position"].notna() & e["component"].str.match(r"^(head\.\d+|mlp)$") & (e["effect"] >= lineage.patching.circuit_threshold)]
+            above = e[e["position"].notna() & e["component"].str.match(r"^L\d+\.(H\d+|mlp)$") & (e["effect"] >= lineage.patching.circuit_threshold)]
             assert len(s["units"]) == s["size"] == len(above)
-            assert 0 <= s["random_at_least"] <= 1 and s["universe"] == batch.length * (model.cfg.n_heads + 1)
+            # random circuits exist exactly when the circuit is not empty (an empty one has no cells to draw from)
+            assert (s["size"] == 0) == (s["random_at_least"] != s["random_at_least"])
+            assert s["universe"] == batch.length * (model.cfg.n_heads + 1) and s["pool"] >= s["size"]
+            assert s["found_on"] == len(batch) // 2 and s["examples"] == len(batch) - len(batch) // 2
             assert (home / "reports" / "circuits" / node / f"{name}.html").is_file()
     for parent, child in lineage.edges():
         edge = f"{parent}__{child}"

@@ -94,3 +94,45 @@ def test_a_pretrained_lineage_of_each_family_materializes_every_stage(family, ho
                 and ("ft" in pk.split("__") or "merged" in pk.split("__"))}
     expected |= {("feature_flow", None), ("case_studies", None), ("feature_pages", None)}
     assert stale == expected
+
+
+def test_a_four_layer_lineage_reports_circuits_and_cmap_per_layer_head_and_head_group(tmp_path):
+    """The issue's end-to-end check: a tiny 4-layer Llama and its fine-tune, circuits and CMAP through Dagster,
+    per-layer heads, a head group patched together and a receiver of path patching."""
+    from featureflow_dagster.runner import select
+
+    tok = tiny_tokenizer()
+    base = save(tiny_model("llama", tok, seed=5, layers=4, init_range=0.5), tok, tmp_path / "weights" / "base")
+    ft = save(finetune_outside(tiny_model("llama", tok, seed=5, layers=4, init_range=0.5), tok, stdlib_texts("json/*.py", 4),
+                               steps=8, lr=3e-3), tok, tmp_path / "weights" / "ft")
+    raw = pretrained_lineage("deep", base, ft, "blocks.2.hook_resid_post")
+    raw["nodes"] = raw["nodes"][:2]
+    raw["patching"] = {"random_circuits": 3, "feature_null_draws": 2, "positions": 4, "head_groups": {"late": [[2, 0], [3, 1]]}}
+    lineage = parse_lineage(raw)
+    check_lineage_models(lineage)
+    defs = build_definitions(lineage, home=str(tmp_path / "home"), device="cpu")
+    report = materialize_lineage(defs, dg.DagsterInstance.ephemeral(), echo=lambda *_: None,
+                                 chosen=select(defs, ["corpus", "tokenizer", "tokens", "model", "activation_store", "sae",
+                                                      "feature_activations", "feature_correlation", "tasks", "circuits", "cmap"]))
+    assert {("circuits", "base"), ("circuits", "ft"), ("cmap", "base__ft")} <= {(k.to_user_string(), pk) for k, pk in report.done}
+    home = tmp_path / "home"
+    effects = pd.read_parquet(home / "circuits" / "ft" / "patching.parquet")
+    heads = {c for c in effects["component"] if ".H" in c}
+    assert heads == {f"L{l}.H{h}" for l in range(4) for h in range(4)} and "group.late" in set(effects["component"])
+    assert sorted(set(effects["position"].dropna().astype(int))) == [-4, -3, -2, -1]  # the positions budget
+    paths = pd.read_parquet(home / "circuits" / "ft" / "paths.parquet")
+    late = paths[paths["receiver"] == "group.late"]
+    assert set(late["input"]) == {"q", "k", "v"} and set(P_layer(late["sender"])) == {0, 1, 2}  # senders before layer 3
+    summary = json.loads((home / "circuits" / "ft" / "circuits.json").read_text())["brackets"]
+    from featureflow_dagster.patching.tasks import load_tasks
+
+    n = len(load_tasks(home / "tasks")["brackets"])
+    assert summary["found_on"] + summary["examples"] == n and summary["found_on"] == n // 2 and "late" in summary["groups"]
+    cmap = pd.read_parquet(home / "cmap" / "base__ft" / "cmap.parquet")
+    assert {"group.late", "L3.H1", "L0.mlp", "L3.attn", "embed"} <= set(cmap["component"])
+    cs = json.loads((home / "cmap" / "base__ft" / "summary.json").read_text())["brackets"]
+    assert set(cs["groups"]) == {"child_into_parent", "parent_into_child"} and "late" in cs["groups"]["child_into_parent"]
+
+
+def P_layer(senders) -> list[int]:
+    return [int(s.split(".")[0][1:]) for s in senders]

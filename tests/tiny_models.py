@@ -38,9 +38,15 @@ def tiny_tokenizer(vocab_size: int = 300):
     return train_bpe(stdlib_texts("[a-c]*.py", 20), vocab_size)
 
 
-def tiny_model(family: str, tok, seed: int = 0, n_ctx: int = 64):
+def tiny_model(family: str, tok, seed: int = 0, n_ctx: int = 64, layers: int | None = None, init_range: float | None = None):
+    """`init_range`: the std of the initial weights (default the family's 0.02; larger gives the attention
+    patterns and paths of a tiny random model effects well above float32 noise)."""
     torch.manual_seed(seed)
     config = FAMILIES[family](len(tok), n_ctx)
+    if init_range is not None:
+        config.initializer_range = init_range
+    if layers is not None:
+        setattr(config, "n_layer" if family == "gpt2" else "num_hidden_layers", layers)
     config.bos_token_id = config.eos_token_id = tok.eos_token_id
     config.pad_token_id = tok.pad_token_id
     return T.AutoModelForCausalLM.from_config(config).eval()

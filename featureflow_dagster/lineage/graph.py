@@ -84,6 +84,9 @@ class Lineage(_Strict):
     autointerp: AutointerpSpec = Field(default_factory=AutointerpSpec)
     tasks: list[TaskSpec] = Field(default_factory=list, description="Tasks for circuits and CMAP; none: those assets are not built.")
     patching: PatchingSpec = Field(default_factory=PatchingSpec)
+    max_disk_gb: float | None = Field(default=None, gt=0, description="Refuse to materialize (before any compute) when "
+                                      "`featureflow plan`'s estimate of the lineage's disk exceeds this many GB; default: what "
+                                      "the store's disk has free plus what the store holds already.")
     schedule: str | None = Field(
         default=None,
         pattern=r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s*$",

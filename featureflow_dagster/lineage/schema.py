@@ -203,6 +203,22 @@ class ModelSpec(_Strict):
         return self
 
 
+class ExpectedModel(_Strict):
+    """The shape a lineage was written for (from the model's published config.json): checked against the real
+    config whenever the repo resolves, and what `featureflow validate` and `plan` use when it cannot (offline,
+    not yet downloaded); never used to compute anything."""
+
+    architecture: str = Field(description="config.json's `architectures[0]`, e.g. LlamaForCausalLM.")
+    d_model: int = Field(gt=0)
+    d_mlp: int = Field(gt=0)
+    n_layers: int = Field(gt=0)
+    n_heads: int = Field(gt=0)
+    n_kv_heads: int | None = Field(default=None, gt=0)
+    d_vocab: int = Field(gt=0)
+    n_ctx: int | None = Field(default=None, gt=0, description="max_position_embeddings.")
+    tie_word_embeddings: bool = False
+
+
 class PretrainedSpec(_Strict):
     """A model that exists already, analysed as it is (nothing is trained): a Hugging Face repo id, with an
     optional revision, or a local Hugging Face model folder (config.json, safetensors weights, tokenizer).
@@ -211,6 +227,8 @@ class PretrainedSpec(_Strict):
     repo: str | None = Field(default=None, description="Hugging Face repo id, e.g. 'EleutherAI/pythia-70m'.")
     revision: str | None = Field(default=None, description="Branch, tag or commit of `repo` (default: its main branch).")
     path: str | None = Field(default=None, description="A local Hugging Face model folder instead of a repo.")
+    expect: ExpectedModel | None = Field(default=None, description="The shape the lineage was written for: checked "
+                                         "against config.json, and used by validate and plan when the repo cannot be reached.")
 
     @model_validator(mode="after")
     def _repo_or_path(self):
@@ -323,6 +341,31 @@ class SAEChecks(_Strict):
         "for a random dictionary encoded at the SAE's L0 (features, not random directions).")
 
 
+class PublishedSAESpec(_Strict):
+    """An SAE that exists already, read by SAELens: a release and SAE id from its directory
+    (`sae_lens/pretrained_saes.yaml`, e.g. release 'gemma-2b-res-jb', sae_id 'blocks.6.hook_resid_post') or a
+    SAELens folder (cfg.json + sae_weights.safetensors). It must read the lineage's hook."""
+
+    release: str | None = None
+    sae_id: str | None = None
+    path: str | None = Field(default=None, description="A SAELens SAE folder instead of a release.")
+
+    @model_validator(mode="after")
+    def _release_or_path(self):
+        if (self.path is None) == (self.release is None):
+            raise ValueError("give either 'release' with 'sae_id' (SAELens's directory) or 'path' (a SAELens folder)")
+        if (self.release is None) != (self.sae_id is None):
+            raise ValueError("'release' and 'sae_id' go together")
+        return self
+
+    def local_path(self) -> Path | None:
+        return Path(os.path.expanduser(self.path)) if self.path is not None else None
+
+    @property
+    def label(self) -> str:
+        return self.path if self.path is not None else f"{self.release}/{self.sae_id}"
+
+
 class SAESpec(_Strict):
     """Activation store and sparse autoencoder of a node (Horn & Elliott 2024, Bricken et al. 2023).
 
@@ -331,6 +374,8 @@ class SAESpec(_Strict):
     validation data) for the evaluations."""
 
     architecture: Literal["relu", "topk", "batchtopk"] = "relu"
+    published: PublishedSAESpec | None = Field(default=None, description="Load this node's SAE (SAELens release or folder) "
+                                               "instead of training one; it passes the same evaluations and bars.")
     expansion: int = Field(default=16, gt=0, description="d_sae = expansion * the hook's width (d_mlp or d_model)")
     k: int | None = Field(default=None, gt=0, description="topk/batchtopk: active features per token")
     l1_coefficient: float = Field(default=3e-4, ge=0, description="relu: λ, in the units of the (normalised) activations.")
@@ -443,19 +488,56 @@ class TaskSpec(_Strict):
 
 
 class PatchingSpec(_Strict):
-    """Within-model activation and path patching, circuits and CMAP (Prakash et al. 2024) on `tasks:`."""
+    """Within-model activation and path patching, circuits and CMAP (Prakash et al. 2024) on `tasks:`, at
+    every layer (or `layers`), with head groups; the budgets (`layers`, `positions`, `prompts`,
+    `random_circuits`, `feature_null_draws`) are what `featureflow plan` prices."""
 
     components: list[Literal["embed", "attn", "heads", "mlp"]] = Field(
         default=["embed", "attn", "heads", "mlp"], min_length=1,
-        description="Block 0's components patched: token embeddings, attention output, each head, MLP output.")
+        description="Kinds of component patched at each layer of `layers`: the embeddings, each layer's attention "
+        "output, each head (L<layer>.H<head>), each layer's MLP output.")
+    layers: list[int] | None = Field(default=None, description="Layers whose components are patched and whose heads "
+                                     "and MLPs make up circuits (default: every layer).")
+    head_groups: dict[str, list[tuple[int, int]]] = Field(
+        default_factory=dict, description="Named groups of heads, each a list of [layer, head], patched together "
+        "(`group.<name>`), and receivers of path patching (their query, key and value inputs).")
+    positions: int | None = Field(default=None, gt=0, description="Patch one by one only the last this many prompt "
+                                  "positions (default: every position); every component is also patched at all positions at once.")
+    prompts: int | None = Field(default=None, gt=1, description="Examples per task used by circuits and CMAP (default: all).")
+    split_halves: bool = Field(default=True, description="Find each circuit on one half of the prompts (drawn with the "
+                               "node's seed) and score its faithfulness on the other half.")
     circuit_threshold: float = Field(default=0.1, gt=0, description="A head or MLP unit (one position) joins a task's "
                                      "circuit when patching it alone recovers at least this share of the clean-corrupt gap.")
-    random_circuits: int = Field(default=20, ge=0, description="Random circuits of the same size drawn for the faithfulness null.")
+    random_circuits: int = Field(default=20, ge=0, description="Random circuits drawn for the faithfulness null: as many "
+                                 "units as the circuit in each (layer, position) cell, from that cell's heads and MLP.")
     feature_null_draws: int = Field(default=10, ge=0, description="Random feature sets (of the emerged/disappearing sizes) "
                                     "patched per edge and task: the null of feature-level CMAP.")
     min_gap_se: float = Field(default=2.0, ge=0, description="CMAP shares are reported only when an edge's parent-child "
                               "gap is at least this many standard errors from zero (else the share of nothing is noise).")
     batch: int = Field(default=256, gt=0, description="Examples per forward pass.")
+
+    @model_validator(mode="after")
+    def _groups_and_layers(self) -> "PatchingSpec":
+        import re as _re
+
+        for name, heads in self.head_groups.items():
+            if not _re.match(r"^[A-Za-z0-9_]+$", name):
+                raise ValueError(f"head group name {name!r}: letters, digits and '_' only")
+            if not heads:
+                raise ValueError(f"head group {name!r} is empty")
+            if len(set(heads)) != len(heads):
+                raise ValueError(f"head group {name!r} names a head twice")
+            if any(layer < 0 or head < 0 for layer, head in heads):
+                raise ValueError(f"head group {name!r}: layers and heads count from 0")
+        if self.layers is not None and (not self.layers or min(self.layers) < 0 or len(set(self.layers)) != len(self.layers)):
+            raise ValueError("patching.layers: distinct layer indices from 0, at least one")
+        return self
+
+    def depth_needed(self) -> tuple[int, int]:
+        """(layers, heads per layer) the model must have at least for `layers` and `head_groups`."""
+        layers = [*(self.layers or []), *(lr for g in self.head_groups.values() for lr, _ in g)]
+        heads = [h for g in self.head_groups.values() for _, h in g]
+        return (max(layers) + 1 if layers else 0), (max(heads) + 1 if heads else 0)
 
 
 class FlowSpec(_Strict):

@@ -16,12 +16,12 @@ from featureflow_dagster.lineage.graph import Lineage
 from featureflow_dagster.lineage.schema import FilesSource, HFSource, LineageError, MergeSpec
 
 DEFAULT_LINEAGE = "demo"
-SHIPPED_LINEAGES = ("micro", "demo", "paper", "paper-small")
+SHIPPED_LINEAGES = ("micro", "demo", "paper", "paper-small", "paper-released", "prakash", "kutsyk")
 
 
 
 def resolve_lineage_path(name_or_path: str | os.PathLike | None = None) -> Path:
-    """A shipped lineage name ('micro', 'demo', 'paper', 'paper-small') or a path; default `FEATUREFLOW_LINEAGE` or 'demo'."""
+    """A shipped lineage name (`SHIPPED_LINEAGES`) or a path; default `FEATUREFLOW_LINEAGE` or 'demo'."""
     value = str(name_or_path or os.environ.get("FEATUREFLOW_LINEAGE") or DEFAULT_LINEAGE)
     if value in SHIPPED_LINEAGES:
         return Path(str(importlib_resources.files("featureflow_dagster.lineages").joinpath(f"{value}.yaml")))
@@ -149,7 +149,8 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
                 )
         if node.pretrained is not None and node.pretrained.path is not None:
             folder = node.pretrained.local_path()
-            if not (folder / "config.json").is_file():
+            missing_but_expected = not folder.exists() and node.pretrained.expect is not None  # made later (README)
+            if not missing_but_expected and not (folder / "config.json").is_file():
                 raise LineageError(file, node.name, "pretrained.path",
                                    f"{folder} is not a Hugging Face model folder (no config.json there)")
         if lineage.trains(node.name) and any(lineage.node(p).pretrained is not None for p in node.parents):
@@ -186,6 +187,8 @@ def validate_graph(lineage: Lineage, file: str | Path = "<lineage>") -> None:
         if t.kind == "entity_tracking" and t.n_objects > min(len(t.objects), len(t.boxes)):
             raise LineageError(file, None, f"tasks.{i}.n_objects", f"task '{t.name}': {t.n_objects} objects per prompt "
                                f"need as many objects and boxes ({len(t.objects)}, {len(t.boxes)} given)")
+    if lineage.tasks and lineage.model is not None and not lineage.pretrained_nodes:
+        check_patching_depth(lineage, lineage.model.n_layers, lineage.model.n_heads, file, None)
     if lineage.tokenizer.kind == "pretrained" and not Path(os.path.expanduser(lineage.tokenizer.path)).is_dir():
         raise LineageError(file, None, "tokenizer.path", f"no such tokenizer folder: {lineage.tokenizer.path}")
 
@@ -220,3 +223,16 @@ def _check_source_paths(src, file, node: str, field: str) -> None:
         if local is not None and not local.exists():
             raise LineageError(file, node, f"{field}.path", f"source '{src.name}': no such local data set {local}")
 
+
+
+def check_patching_depth(lineage: Lineage, n_layers: int, n_heads: int, file, node: str | None) -> None:
+    """`patching.layers` and `patching.head_groups` within a model of `n_layers` layers of `n_heads` heads."""
+    spec = lineage.patching
+    for layer in spec.layers or []:
+        if layer >= n_layers:
+            raise LineageError(file, node, "patching.layers", f"layer {layer} is beyond the model's {n_layers} layers (0..{n_layers - 1})")
+    for name, heads in spec.head_groups.items():
+        for layer, head in heads:
+            if layer >= n_layers or head >= n_heads:
+                raise LineageError(file, node, f"patching.head_groups.{name}", f"head [{layer}, {head}] is not in a model of "
+                                   f"{n_layers} layers of {n_heads} heads")

@@ -13,64 +13,91 @@ import pandas as pd
 import torch
 
 from featureflow_dagster.flow import DEAD, DISAPPEARS, EMERGED, PERSISTED, PERSISTS
-from featureflow_dagster.hooks import HEAD_RESULT, HEAD_Z, parse_hook
+from featureflow_dagster.hooks import hook, parse_hook
 from featureflow_dagster.hooks import hook as hook_at
 from featureflow_dagster.patching.tasks import TaskBatch, logit_diff
-from featureflow_dagster.patching.components import (HOOKS, Unit, unit_index, relative_position, gap_share, final_logits, hook_of, mean_ld, patch_hooks,
-                                                   run_cache)
+from featureflow_dagster.patching.components import (Unit, component_names, expand, final_logits, gap_share, hook_of, mean_ld,
+                                                     parse_component, patch_hooks, positions, relative_position, run_cache,
+                                                     unit_index)
 
 
-def head_results(model, z: torch.Tensor) -> torch.Tensor:
-    """Per-head contributions to the residual stream [n, L, H, d_model] from hook_z [n, L, H, d_head]."""
-    return torch.einsum("nphd,hdm->nphm", z, model.blocks[0].attn.W_O)
+def w_o_name(layer: int) -> str:
+    """Where `cross_cache` keeps (a reference to) the donor's W_O of layer `layer` [H, d_head, d_model]."""
+    return f"blocks.{layer}.attn.W_O"
 
 
-def cross_hooks(units: list[Unit], donor: dict[str, torch.Tensor], recipient):
+def head_results(model, z: torch.Tensor, layer: int = 0) -> torch.Tensor:
+    """Per-head contributions to the residual stream [n, L, H, d_model] from layer `layer`'s hook_z [n, L, H, d_head]."""
+    return torch.einsum("nphd,hdm->nphm", z, model.blocks[layer].attn.W_O)
+
+
+def cross_hooks(units: list[Unit], donor: dict[str, torch.Tensor], recipient, groups: dict | None = None):
     """Forward hooks that put the donor model's activation of each unit into the `recipient` model on the
-    same examples. A head's output is its residual contribution (`hook_result`): the recipient's
-    attention output gets the donor's result minus the recipient's own result in this very pass (read
-    from its hook_z), exactly what patching hook_result does, without making TransformerLens
-    materialise every head's result on every pass."""
-    plain = [u for u in units if not u[0].startswith("head.")]
+    same examples. A head's output is its residual contribution (z_h W_O_h, with the donor's own W_O): the
+    recipient's attention output of that layer gets the donor's contribution minus the recipient's own in
+    this very pass (read from its hook_z), exactly what patching hook_result does, without making
+    TransformerLens materialise every head's result on every pass (nor caching [n, pos, heads, d_model]
+    per layer: the donor's z and W_O are kept, the product taken for the patched rows). Head groups patch
+    their heads together."""
+    units = expand(units, groups)
+    plain = [u for u in units if parse_component(u[0])[0] != "head"]
     hooks = patch_hooks(plain, donor)
-    heads = [u for u in units if u[0].startswith("head.")]
-    if heads:
-        w_o = recipient.blocks[0].attn.W_O
+    by_layer: dict[int, list] = {}
+    for comp, pos in units:
+        kind, layer, head = parse_component(comp)
+        if kind == "head":
+            by_layer.setdefault(layer, []).append((head, pos))
+    for layer, heads in by_layer.items():
+        w_o = recipient.blocks[layer].attn.W_O
+        z_name = hook_at("attn.hook_z", layer)
         seen = {}
 
-        def keep(act, hook, rows):
+        def keep(act, hook, rows, seen=seen):
             seen["z"] = act
             return act
 
-        def add(act, hook, rows):
-            for comp, pos in heads:
-                h = hook_of(comp)[1]
+        def add(act, hook, rows, seen=seen, heads=heads, w_o=w_o, layer=layer, z_name=z_name):
+            donor_z, donor_w = donor[z_name][rows], donor[w_o_name(layer)]
+            for h, pos in heads:
                 idx = unit_index(pos, None)
-                own = seen["z"][:, :, h] @ w_o[h]
-                act[idx] = act[idx] + (donor[HEAD_RESULT][rows][:, :, h] - own)[idx]
+                change = donor_z[:, :, h] @ donor_w[h] - seen["z"][:, :, h] @ w_o[h]
+                act[idx] = act[idx] + change[idx]
             return act
-        hooks += [(HEAD_Z, keep), (HOOKS["attn"], add)]
+        hooks += [(z_name, keep), (hook_at("hook_attn_out", layer), add)]
     return hooks
 
 
-def cross_cache(model, tokens: torch.Tensor, size: int = 256) -> dict[str, torch.Tensor]:
-    """The activations CMAP patches across models: embed, attn, mlp outputs and each head's result."""
-    cache = run_cache(model, tokens, [*HOOKS.values(), HEAD_Z], size)
-    cache[HEAD_RESULT] = head_results(model, cache.pop(HEAD_Z))
+def cross_cache(model, tokens: torch.Tensor, size: int = 256, units: list[Unit] | None = None,
+                groups: dict | None = None) -> dict[str, torch.Tensor]:
+    """The activations CMAP patches across models (of `units`' components; default every component):
+    embed, attention and MLP outputs, each layer's head outputs z (with the layer's W_O, `w_o_name`)."""
+    comps = component_names(model) if units is None else [c for c, _ in expand(units, groups)]
+    names, z_layers = set(), set()
+    for comp in comps:
+        kind, layer, _ = parse_component(comp)
+        names.add(hook_of(comp)[0])
+        if kind == "head":
+            z_layers.add(layer)
+    cache = run_cache(model, tokens, sorted(names), size)
+    for layer in z_layers:
+        cache[w_o_name(layer)] = model.blocks[layer].attn.W_O
     return cache
 
 
-def cmap(parent, child, batch: TaskBatch, components: list[str], size: int = 256, log=None, min_gap_se: float = 2.0) -> pd.DataFrame:
-    """Cross-model activation patching on the clean prompts, both directions, for every component at
-    every position and at all positions. One row per (direction, component, position): ld, share.
+def cmap(parent, child, batch: TaskBatch, components: list[str], size: int = 256, log=None, min_gap_se: float = 2.0,
+         last_positions: int | None = None, groups: dict | None = None) -> pd.DataFrame:
+    """Cross-model activation patching on the clean prompts, both directions, for every component (heads,
+    head groups, attention and MLP outputs at any layer, embeddings) at every position (or the last
+    `last_positions`) and at all positions. One row per (direction, component, position): ld, share.
     Shares are NaN when the gap is within `min_gap_se` standard errors of zero (nothing to recover)."""
-    units = [(c, p) for c in components for p in [None, *range(batch.length)]]
-    cache = {"parent": cross_cache(parent, batch.clean, size), "child": cross_cache(child, batch.clean, size)}
+    units = [(c, p) for c in components for p in [None, *positions(batch.length, last_positions)]]
+    cache = {"parent": cross_cache(parent, batch.clean, size, units, groups),
+             "child": cross_cache(child, batch.clean, size, units, groups)}
     ld_p, ld_c, gap, se, real = edge_gap(parent, child, batch, size, min_gap_se)
     rows = []
     for i, unit in enumerate(units):
-        into_parent = mean_ld(final_logits(parent, batch.clean, cross_hooks([unit], cache["child"], parent), size), batch)
-        into_child = mean_ld(final_logits(child, batch.clean, cross_hooks([unit], cache["parent"], child), size), batch)
+        into_parent = mean_ld(final_logits(parent, batch.clean, cross_hooks([unit], cache["child"], parent, groups), size), batch)
+        into_child = mean_ld(final_logits(child, batch.clean, cross_hooks([unit], cache["parent"], child, groups), size), batch)
         pos = relative_position(unit[1], batch.length)
         rows.append({"direction": "child_into_parent", "component": unit[0], "position": pos, "ld": into_parent,
                      "share": gap_share(into_parent - ld_p, gap) if real else float("nan")})

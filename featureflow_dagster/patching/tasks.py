@@ -67,6 +67,21 @@ class TaskBatch:
     def from_tensors(cls, name: str, kind: str, t: dict[str, torch.Tensor], meta: dict | None = None) -> "TaskBatch":
         return cls(name, kind, *(t[k].long() for k in ("clean", "corrupt", "answer", "wrong", "key")), meta=meta or {})
 
+    def subset(self, rows) -> "TaskBatch":
+        """The examples at `rows` (indices), same task."""
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        return TaskBatch(self.name, self.kind, *(getattr(self, k)[idx] for k in ("clean", "corrupt", "answer", "wrong", "key")),
+                         meta=dict(self.meta))
+
+    def halves(self, seed: int) -> tuple["TaskBatch", "TaskBatch"]:
+        """Two disjoint halves of the examples, drawn with `seed`: a circuit is found on the first and scored
+        on the second, so its faithfulness is not measured on the prompts that chose it."""
+        if len(self) < 2:
+            raise ValueError(f"task {self.name}: {len(self)} example(s) cannot be split into halves")
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        half = len(self) // 2
+        return self.subset(order[:half].sort().values), self.subset(order[half:].sort().values)
+
 
 # ---------------------------------------------------------------------------------------------
 # Metric

@@ -115,6 +115,18 @@ def fit_sae(spec, acts: ActivationStore, model, seed: int, device: torch.device,
     return FittedSAE(autoencoder, result, ev, values, {c.name: c for c in check_evaluation(values, spec.checks)})
 
 
+def judge_published(autoencoder: SAE, spec, acts: ActivationStore, model, seed: int, device: torch.device) -> FittedSAE:
+    """A published SAE (`sae.published`) through what a trained one passes: the evaluations through `model` on the
+    store's held-out windows, the random-dictionary null at its L0, and the recipe's bars (all but the decoder's
+    turn from its random start, which a published SAE does not have)."""
+    autoencoder = autoencoder.to(device).eval()
+    spec = spec.model_copy(update={"checks": spec.checks.model_copy(update={"decoder_init_cosine_max": None})})
+    ev = evaluate_sae(autoencoder, model, eval_windows(acts), device, ultra_low_density=spec.ultra_low_density)
+    values = {**ev.scalars(), **quality_against_null(autoencoder, autoencoder.W_dec.detach().clone(), acts, ev.l0, seed, device)}
+    values.pop("decoder_init_cosine", None)  # against itself: 1 by construction, not a measurement
+    return FittedSAE(autoencoder, SAETrainResult(0, 0, 0.0), ev, values, {c.name: c for c in check_evaluation(values, spec.checks)})
+
+
 def save_fitted(fitted: FittedSAE, folder: Path) -> None:
     """The SAE in the SAELens layout, its feature densities and its bars' outcomes (`checks.json`)."""
     fitted.sae.to("cpu").save(folder)
