@@ -159,7 +159,7 @@ def _print_estimate(lineage, device, store_root) -> None:
 
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
     print(f"\ncost estimate for lineage '{lineage.name}' (tokens from the corpora and budgets; time from a "
-          f"throughput measured now on {device}):", flush=True)
+          f"throughput measured now on {device}, where its models are small enough to time here):", flush=True)
     from featureflow_dagster.costs import lm_params, disk_budget, _num
 
     counts = token_counts(lineage, log)

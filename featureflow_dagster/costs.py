@@ -260,6 +260,10 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
         rows.append(Row("activation_store", name, collected, collected * fwd_store / 2, "lm_forward", collected * d_in * itemsize, True,
                         memory=lm_params(lineage, name) * 2.0 + 64 * s.context * m.d_model * 4.0 * 4))
         sae_tokens = int(s.epochs * windows) // s.batch_windows * s.batch_windows * s.context
+        if s.published is not None:  # loaded, then evaluated on the held-out windows: no training
+            rows.append(Row("sae", name, eval_windows * s.context, 2.0 * 2 * d_in * d_sae * eval_windows * s.context, "sae_encode",
+                            2 * d_in * d_sae * 4.0, True, memory=2 * d_in * d_sae * 4.0, note=f"published: {s.published.label}"))
+            continue
         rows.append(Row("sae", name, sae_tokens, 12.0 * d_in * d_sae * sae_tokens, "sae_train", 2 * d_in * d_sae * 4.0, True,
                         memory=4 * 2 * d_in * d_sae * 4.0 + 3 * s.batch_windows * s.context * d_sae * 4.0, note=f"{d_sae:,} features, {s.batch_windows * s.context:,} tokens/step ({12.0 * d_in * d_sae * s.batch_windows * s.context:.3g} FLOP/step)"))
     f = lineage.flow
