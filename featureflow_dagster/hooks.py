@@ -22,7 +22,6 @@ RESID_POST = hook("hook_resid_post")
 ATTN_OUT = hook("hook_attn_out")
 MLP_OUT = hook("hook_mlp_out")
 HEAD_Z = hook("attn.hook_z")  # per-head outputs before W_O [batch, pos, head, d_head]
-HEAD_RESULT = hook("attn.hook_result")  # per-head contributions to the residual stream (z_h W_O_h)
 
 
 # the sites featureflow reads, replaces and writes stores of (`arch.Adapter.module` says where each is, per family)

@@ -26,11 +26,6 @@ def w_o_name(layer: int) -> str:
     return f"blocks.{layer}.attn.W_O"
 
 
-def head_results(model, z: torch.Tensor, layer: int = 0) -> torch.Tensor:
-    """Per-head contributions to the residual stream [n, L, H, d_model] from layer `layer`'s hook_z [n, L, H, d_head]."""
-    return torch.einsum("nphd,hdm->nphm", z, model.blocks[layer].attn.W_O)
-
-
 def cross_hooks(units: list[Unit], donor: dict[str, torch.Tensor], recipient, groups: dict | None = None):
     """Forward hooks that put the donor model's activation of each unit into the `recipient` model on the
     same examples. A head's output is its residual contribution (z_h W_O_h, with the donor's own W_O): the
