@@ -24,7 +24,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from tiny_models import finetune_outside, save, stdlib_texts, tiny_model, tiny_tokenizer  # noqa: E402
+from tiny_models import finetune_outside, pretrained_lineage, save, stdlib_texts, tiny_model, tiny_tokenizer  # noqa: E402
 
 from featureflow_dagster.definitions import build_definitions  # noqa: E402
 from featureflow_dagster.lineage import parse_lineage  # noqa: E402
@@ -32,23 +32,15 @@ from featureflow_dagster.runner import materialize_lineage, select  # noqa: E402
 
 
 def lineage_dict(base: Path, ft: Path) -> dict:
-    return {
-        "name": "deep", "seed": 0, "n_ctx": 32, "hook": "blocks.2.hook_resid_post",
-        "sae": {"expansion": 4, "l1_coefficient": 1e-3, "lr": 1e-3, "batch_windows": 16, "epochs": 4, "context": 16,
-                "tokens": 3200, "eval_tokens": 1600, "shard_tokens": 1600, "dead_window_tokens": 1600, "checkpoint_every": 10},
-        "flow": {"tokens": 1600, "chunk_tokens": 800, "top_k": 3, "batch_windows": 32},
-        "tasks": [{"name": "brackets", "kind": "close_bracket", "examples": 64, "length": 12}],
-        "patching": {"random_circuits": 20, "feature_null_draws": 4, "positions": 4, "head_groups": {"late": [[2, 0], [3, 1]]}},
-        "nodes": [
-            {"name": "base", "kind": "base", "pretrained": {"path": str(base)},
-             "data": {"tokens": 8000, "validation_tokens": 4096, "sources": [
-                 {"name": "python", "kind": "stdlib", "what": "source", "include": ["[a-c]*.py"], "weight": 1, "validation_fraction": 0.3}]}},
-            {"name": "ft", "kind": "finetune", "parents": ["base"], "pretrained": {"path": str(ft)},
-             "data": {"validation_tokens": 2048, "sources": [
-                 {"name": "packages", "kind": "stdlib", "what": "source", "include": ["json/*.py", "email/*.py"], "tokens": 4000,
-                  "validation_fraction": 0.2}]}},
-        ],
-    }
+    """The tests' two-model pretrained lineage (`tiny_models.pretrained_lineage`) at layer 2, without the merge,
+    with more held-out base text (more mined prompts), 20 random circuits and the head group."""
+    raw = pretrained_lineage("deep", base, ft, "blocks.2.hook_resid_post")
+    raw["nodes"] = raw["nodes"][:2]
+    raw["nodes"][0]["data"]["validation_tokens"] = 4096
+    raw["nodes"][0]["data"]["sources"][0]["validation_fraction"] = 0.3
+    raw["tasks"] = [{"name": "brackets", "kind": "close_bracket", "examples": 64, "length": 12}]
+    raw["patching"] = {"random_circuits": 20, "feature_null_draws": 4, "positions": 4, "head_groups": {"late": [[2, 0], [3, 1]]}}
+    return raw
 
 
 def main() -> None:

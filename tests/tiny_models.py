@@ -72,3 +72,27 @@ def finetune_outside(model, tok, texts: list[str], steps: int = 5, seed: int = 1
         opt.step()
         opt.zero_grad()
     return model.eval()
+
+
+def pretrained_lineage(name: str, base, ft, hook: str) -> dict:
+    """A lineage of two saved models as pretrained nodes (a base, its fine-tune) and a merge made here, on
+    standard-library source: small budgets for every stage, a bracket task for circuits and CMAP."""
+    return {
+        "name": name, "seed": 0, "n_ctx": 32, "hook": hook,
+        "sae": {"expansion": 4, "l1_coefficient": 1e-3, "lr": 1e-3, "batch_windows": 16, "epochs": 4, "context": 16,
+                "tokens": 3200, "eval_tokens": 1600, "shard_tokens": 1600, "dead_window_tokens": 1600, "checkpoint_every": 10},
+        "examples": {"top_k": 5, "samples": 10, "tokens": 1600},
+        "flow": {"tokens": 1600, "chunk_tokens": 800, "top_k": 3, "batch_windows": 32},
+        "tasks": [{"name": "brackets", "kind": "close_bracket", "examples": 32, "length": 12}],
+        "patching": {"random_circuits": 3, "feature_null_draws": 2},
+        "nodes": [
+            {"name": "base", "kind": "base", "pretrained": {"path": str(base)},
+             "data": {"tokens": 8000, "validation_tokens": 2048, "sources": [
+                 {"name": "python", "kind": "stdlib", "what": "source", "include": ["[a-c]*.py"], "weight": 1, "validation_fraction": 0.2}]}},
+            {"name": "ft", "kind": "finetune", "parents": ["base"], "pretrained": {"path": str(ft)},
+             "data": {"validation_tokens": 2048, "sources": [
+                 {"name": "packages", "kind": "stdlib", "what": "source", "include": ["json/*.py", "email/*.py"], "tokens": 4000,
+                  "validation_fraction": 0.2}]}},
+            {"name": "merged", "kind": "merge", "parents": ["base", "ft"], "merge": {"method": "slerp", "t": 0.5}},
+        ],
+    }
