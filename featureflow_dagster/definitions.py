@@ -11,7 +11,7 @@ import warnings
 import dagster as dg
 
 from featureflow_dagster.assets import build_assets
-from featureflow_dagster.instance import device_name, executor_name, featureflow_home, store_url, worker_count
+from featureflow_dagster.instance import device_name, executor_name, tf32_enabled, featureflow_home, store_url, worker_count
 from featureflow_dagster.lineage import Lineage, load_lineage
 from featureflow_dagster.resources import ArtifactStore, DeviceResource, LLMResource
 
@@ -60,7 +60,7 @@ def _definitions(lineage: Lineage, home: str | None, device: str | None, executo
             description="Recomputes what an update made stale (eager), and on the lineage's schedule what is missing.")],
         resources={
             "store": ArtifactStore(root=str(home or featureflow_home(lineage.name)), lineage_name=lineage.name, url=url),
-            "device": DeviceResource(device=device or device_name()),
+            "device": DeviceResource(device=device or device_name(), tf32=tf32_enabled()),
             **llm,
         },
     )

@@ -65,6 +65,11 @@ def device_name() -> str:
     return os.environ.get("FEATUREFLOW_DEVICE", "auto")
 
 
+def tf32_enabled() -> bool:
+    """FEATUREFLOW_TF32: '0', 'false' or 'no' keeps CUDA's float32 products in IEEE float32; anything else, TF32."""
+    return os.environ.get("FEATUREFLOW_TF32", "1").strip().lower() not in ("0", "false", "no")
+
+
 EXECUTORS = ("in_process", "multiprocess", "k8s")
 
 

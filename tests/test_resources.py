@@ -18,6 +18,25 @@ def test_cuda_without_cuda_is_a_clear_error():
         DeviceResource(device="cuda").torch_device()
 
 
+@pytest.mark.parametrize("value, tf32", [(None, True), ("1", True), ("0", False), ("false", False), (" No ", False)])
+def test_featureflow_tf32_reaches_the_device_resource(monkeypatch, tmp_path, value, tf32):
+    from featureflow_dagster.definitions import build_definitions
+
+    if value is None:
+        monkeypatch.delenv("FEATUREFLOW_TF32", raising=False)
+    else:
+        monkeypatch.setenv("FEATUREFLOW_TF32", value)
+    from featureflow_dagster.lineage import load_lineage
+
+    assert build_definitions(load_lineage("micro"), home=str(tmp_path)).resources["device"].tf32 is tf32
+
+
+def test_a_cpu_device_leaves_cudas_float32_precision_alone():
+    before = torch.backends.cuda.matmul.fp32_precision
+    DeviceResource(device="cpu", tf32=not (before == "tf32")).torch_device()
+    assert torch.backends.cuda.matmul.fp32_precision == before
+
+
 def test_unknown_device():
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         DeviceResource(device="tpu").torch_device()
