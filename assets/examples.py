@@ -153,7 +153,8 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
         if has_edges:
             classification, traj, volumes = read_flow(store, "classification.parquet", "trajectories.parquet", "volumes.json")
             matches = {e: pd.read_parquet(FEATURE_CORRELATION.at(store, e.key) / "matches.parquet") for e in lineage.edges()}
-            tables = site.LineageTables(lineage, matches, classification, traj)
+            aligned = read_flow(store, "aligned_classification.parquet")[0] if lineage.flow.warm_start else None
+            tables = site.LineageTables(lineage, matches, classification, traj, aligned)
             cases = json.loads(CASE_STUDIES.at(store).read_text())
         out = FEATURE_PAGES.at(store)
         with store.write_dir(out) as tmp:

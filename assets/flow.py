@@ -7,7 +7,7 @@ import json
 import dagster as dg
 import pandas as pd
 
-from featureflow_dagster.flow import classify_lineage, correlate_edge, encode_edge, read_code_chunks, tables_from_classification
+from featureflow_dagster.flow import classify_aligned_lineage, classify_lineage, correlate_edge, encode_edge, read_code_chunks, tables_from_classification
 from featureflow_dagster.lineage import Edge, Lineage
 from featureflow_dagster.model import load_model, weights_hash
 from featureflow_dagster.plots import flow_sankey_figure, markdown_table, write_html
@@ -18,7 +18,7 @@ from featureflow_dagster.assets.data import TOKENS
 from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.models import MODEL
 from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, per_node_models
-from featureflow_dagster.assets.sae import SAE, require_passing_saes
+from featureflow_dagster.assets.sae import ALIGNED_FILE, SAE, WARM_SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, edges
 
 FEATURE_ACTIVATIONS = Artefact(
@@ -37,10 +37,12 @@ FEATURE_CORRELATION = Artefact(
 )
 FEATURE_FLOW = Artefact(
     "feature_flow", "flow", "2", "feature_flow",
-    settings=lambda lineage: {None: {"threshold": lineage.flow.threshold}},
+    # warm_start only where set, so that a lineage without it keeps its version
+    settings=lambda lineage: {None: {"threshold": lineage.flow.threshold, **({"warm_start": True} if lineage.flow.warm_start else {})}},
     key_figures=("persisting_share",), kinds=frozenset({"pandas", "plotly"}),
     description="Persisting, disappearing and emerging features of every edge (splits and merges kept), "
-    "trajectories along every base-to-leaf path, the paper's headline counts and the Sankey diagram.",
+    "trajectories along every base-to-leaf path, the paper's headline counts and the Sankey diagram; with "
+    "flow.warm_start also every edge classified by aligned pairs (aligned_classification.parquet, aligned_counts.parquet).",
 )
 ARTEFACTS = [FEATURE_ACTIVATIONS, FEATURE_CORRELATION, FEATURE_FLOW]
 
@@ -143,16 +145,23 @@ def _feature_correlation(lineage: Lineage) -> dg.AssetsDefinition:
 
 
 def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
-    threshold = lineage.flow.threshold
+    threshold, warm = lineage.flow.threshold, lineage.flow.warm_start
 
-    @FEATURE_FLOW.asset(deps=[dg.AssetDep("feature_correlation")])
+    @FEATURE_FLOW.asset(deps=[dg.AssetDep("feature_correlation"), *([dg.AssetDep("warm_sae")] if warm else [])])
     def feature_flow(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         require_passing_saes(store, lineage.node_names)
         matches = {e: pd.read_parquet(FEATURE_CORRELATION.at(store, e.key) / "matches.parquet") for e in lineage.edges()}
         flow = classify_lineage(lineage, matches, threshold)
+        aligned = aligned_counts = None
+        if warm:
+            aligned, aligned_counts = classify_aligned_lineage(
+                lineage, flow, {e: pd.read_parquet(WARM_SAE.at(store, e.key) / ALIGNED_FILE) for e in lineage.edges()}, threshold)
         out = FEATURE_FLOW.at(store)
         with store.write_dir(out) as tmp:
             flow.write(tmp)
+            if warm:
+                aligned.to_parquet(tmp / "aligned_classification.parquet", index=False)
+                aligned_counts.reset_index().to_parquet(tmp / "aligned_counts.parquet", index=False)
             write_html(flow_sankey_figure(flow.volumes, threshold, f"{lineage.name}: feature flow"), tmp / "sankey.html",
                        store.plotly_js(), final=out / "sankey.html")
         return FEATURE_FLOW.result(
@@ -165,6 +174,7 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
                 "persisting_share": dg.MetadataValue.json({k: round(v, 4) for k, v in flow.volumes["shares"].items()}),
                 "matching_agreement": dg.MetadataValue.md(markdown_table(flow.agreement.set_index(["edge", "side"]))),
                 "trajectories": dg.MetadataValue.md(markdown_table(flow.summary.set_index(["path", "start_node", "end_node"]))),
+                **({"aligned_counts": dg.MetadataValue.md(markdown_table(aligned_counts))} if warm else {}),
             },
         )
 

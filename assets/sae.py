@@ -60,6 +60,7 @@ WARM_SAE = Artefact(
     description="flow.warm_start: the child's SAE trained from the parent's dictionary (SAELens layout), and per feature "
     "index its decoder rotation and activation correlation with the parent's feature (aligned.parquet).",
 )
+ALIGNED_FILE = "aligned.parquet"  # in warm_sae/<edge>/: per feature index, the same-index pair (sae.warm.aligned_features)
 ARTEFACTS = [ACTIVATION_STORE, SAE, SAE_TRANSFER, WARM_SAE]
 
 
@@ -100,7 +101,7 @@ def _warm_sae(lineage: Lineage) -> dg.AssetsDefinition:
         out = WARM_SAE.at(store, edge.key, fetch=False)
         with store.write_dir(out) as tmp:
             save_fitted(fitted, tmp)
-            table.to_parquet(tmp / "aligned.parquet", index=False)
+            table.to_parquet(tmp / ALIGNED_FILE, index=False)
         summary = aligned_summary(table)
         return WARM_SAE.result(out, file_sha256(out / "sae_weights.safetensors"), {
             **summary, **{k: fitted.values[k] for k in ("l0", "explained_variance", "loss_recovered", "dead_fraction")},

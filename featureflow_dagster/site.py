@@ -76,8 +76,12 @@ class LineageTables:
     matches (both methods), the classification, and the trajectories along every path."""
 
     def __init__(self, lineage, matches: dict[tuple[str, str], pd.DataFrame], classification: pd.DataFrame,
-                 traj: pd.DataFrame):
+                 traj: pd.DataFrame, aligned: pd.DataFrame | None = None):
         self.lineage = lineage
+        # flow.warm_start: per edge label, the parent side of `classify_aligned_lineage` (the same-index pair of the
+        # parent's SAE and the child's SAE warm-started from it), by feature
+        self.warm: dict[str, pd.DataFrame] = {} if aligned is None else {
+            edge: rows.set_index("feature") for edge, rows in aligned[aligned["side"] == "parent"].groupby("edge")}
         self.partners = {e: _Partners(m) for e, m in matches.items()}
         self.tables = tables_from_classification(lineage, classification)
         # (edge 'p->c', side) -> status and best r per feature
@@ -110,8 +114,12 @@ class LineageTables:
                                    **self.partners[(p, node)].of(feature, "child_to_parent")})
         for c in children:
             edge = Edge(node, c).label
-            out["children"].append({"node": c, "edge": edge, "status": str(self.status[(edge, "parent")][feature]),
-                                    **self.partners[(node, c)].of(feature, "parent_to_child")})
+            entry = {"node": c, "edge": edge, "status": str(self.status[(edge, "parent")][feature]),
+                     **self.partners[(node, c)].of(feature, "parent_to_child")}
+            if edge in self.warm:
+                row = self.warm[edge].loc[feature]
+                entry["warm"] = {"status": str(row["status"]), "r": _r(row["best_r"]), "cos": _r(row["decoder_cosine"])}
+            out["children"].append(entry)
         out["trajectories"] = self.trajectories.get((node, feature), [])
         return out
 

@@ -9,6 +9,7 @@ from featureflow_dagster.correlation import Correlation, FeatureMoments, TopMatc
 from featureflow_dagster.flow import (
     add_cosines,
     agreement,
+    classify_aligned,
     classify_edge,
     decoder_matches,
     decoder_table,
@@ -18,6 +19,7 @@ from featureflow_dagster.flow import (
     headline_counts,
     lineage_paths,
     matches_table,
+    method_agreement,
     read_code_chunks,
     trajectories,
     trajectory_summary,
@@ -64,6 +66,27 @@ def test_classification_splits_and_merges():
     assert edge_counts(parent, child) == {
         "parent_persisting": 3, "parent_disappearing": 1, "parent_dead": 0, "child_persisted": 3,
         "child_emerged": 1, "child_dead": 0, "splits": 1, "merges": 1}
+
+
+def test_aligned_pairs_classify_feature_i_against_feature_i_only_and_agree_with_matching_where_they_should():
+    """flow.warm_start: R's diagonal is each same-index pair (parent i with the warm child's i). Parent 0 pairs at
+    0.95 and persists; parent 1 at 0.30 disappears; parent 2 pairs with child 2 at 0.00, so it disappears by aligned
+    pairs though matching finds it in child 1 (0.90): the two methods disagree there, as the table must say."""
+    aligned = pd.DataFrame({"feature": [3, 2, 1, 0, 4], "decoder_cosine": [0.1, 0.2, 0.5, 0.99, 0.7],
+                            "activation_r": [0.0, 0.0, 0.30, 0.95, np.nan],
+                            "parent_fired": [5, 9, 9, 9, 0], "child_fired": [0, 9, 9, 9, 3]})
+    parent, child = classify_aligned(aligned, threshold=0.8)
+    assert parent["feature"].tolist() == [0, 1, 2, 3, 4]  # sorted back by feature
+    assert parent["status"].tolist() == ["persists", "disappears", "disappears", "disappears", "dead"]
+    assert child["status"].tolist() == ["persisted", "emerged", "emerged", "dead", "emerged"]
+    assert parent["partners"].tolist() == [[0], [], [], [], []] and parent.loc[0, "decoder_cosine"] == 0.99
+    assert edge_counts(parent, child) == {
+        "parent_persisting": 1, "parent_disappearing": 3, "parent_dead": 1, "child_persisted": 1,
+        "child_emerged": 3, "child_dead": 1, "splits": 0, "merges": 0}
+    matched, _ = classify_edge(matches_table(_corr(np.pad(R, ((0, 1), (0, 1))))), threshold=0.8)  # parent 4: r 0 everywhere
+    # parents 0-3 live both ways (4 is dead by aligned pairs): 0 by both, 2 and 3 by matching only, 1 by neither
+    assert method_agreement(matched, parent) == {"both": 1, "matching_only": 2, "aligned_only": 0, "neither": 1}
+    assert classify_aligned(aligned, threshold=0.2)[0]["status"].tolist()[:2] == ["persists", "persists"]
 
 
 def test_threshold_is_a_parameter_and_dead_features_are_their_own_class():

@@ -786,16 +786,43 @@ def test_warm_started_saes_keep_the_parents_features_where_the_model_did_not_cha
 
     lineage, home, instance, *_ = micro
     copy = tmp_path / "home"
-    for folder in ("model", "activation_store", "sae", "tokens", "tokenizer", "corpus"):
+    for folder in ("model", "activation_store", "sae", "tokens", "tokenizer", "corpus", "feature_correlation"):
         shutil.copytree(home / folder, copy / folder)
     raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
     raw["flow"]["warm_start"] = True
     warm = parse_lineage(raw, "micro-warm")
     defs = build_definitions(warm, home=str(copy), device="cpu")
-    report = materialize_lineage(defs, dg.DagsterInstance.ephemeral(), echo=lambda *_: None, chosen=select(defs, ["warm_sae"]))
-    assert {(k.to_user_string(), pk) for k, pk in report.done} == {("warm_sae", e.key) for e in lineage.edges()}
+    report = materialize_lineage(defs, dg.DagsterInstance.ephemeral(), echo=lambda *_: None,
+                                 chosen=select(defs, ["warm_sae", "feature_flow"]))
+    assert {(k.to_user_string(), pk) for k, pk in report.done} == {("warm_sae", e.key) for e in lineage.edges()} | {("feature_flow", None)}
     aligned = pd.read_parquet(copy / "warm_sae" / "base__code" / "aligned.parquet")
     assert len(aligned) == load_sae(home / "sae" / "code").cfg.d_sae and aligned["activation_r"].notna().any()
+    # the flow by aligned pairs beside matching: every parent feature counted once, the comparison over those live both ways
+    flow = copy / "feature_flow"
+    counts = pd.read_parquet(flow / "aligned_counts.parquet").set_index("edge")
+    matched = pd.read_parquet(flow / "classification.parquet")
+    by_pairs = pd.read_parquet(flow / "aligned_classification.parquet")
+    assert list(counts.index) == [e.label for e in lineage.edges()]
+    for e in lineage.edges():
+        c = counts.loc[e.label]
+        assert c["parent_persisting"] + c["parent_disappearing"] + c["parent_dead"] == load_sae(home / "sae" / e.parent).cfg.d_sae
+        m = matched[(matched["edge"] == e.label) & (matched["side"] == "parent")].set_index("feature")["status"]
+        a = by_pairs[(by_pairs["edge"] == e.label) & (by_pairs["side"] == "parent")].set_index("feature")["status"].reindex(m.index)
+        live = (m != "dead") & (a != "dead")
+        assert c["vs_matching/both"] + c["vs_matching/matching_only"] == int((m[live] == "persists").sum())
+        assert c["vs_matching/both"] + c["vs_matching/aligned_only"] == int((a[live] == "persists").sum()) == c["parent_persisting"] - int(
+            ((a == "persists") & (m == "dead")).sum())
+    # the pages show each parent feature's same-index warm feature beside its matched partners
+    from featureflow_dagster.site import LineageTables
+
+    tables = LineageTables(warm, {e: pd.read_parquet(copy / "feature_correlation" / e.key / "matches.parquet") for e in lineage.edges()},
+                           matched, pd.read_parquet(flow / "trajectories.parquet"), by_pairs)
+    f = int(aligned["activation_r"].abs().idxmax())
+    child = next(x for x in tables.lineage_of("base", f)["children"] if x["node"] == "code")
+    assert child["warm"]["r"] == pytest.approx(aligned.loc[f, "activation_r"], rel=1e-3)
+    assert child["warm"]["cos"] == pytest.approx(aligned.loc[f, "decoder_cosine"], rel=1e-3)
+    assert child["warm"]["status"] == ("persists" if aligned.loc[f, "activation_r"] > warm.flow.threshold else "disappears")
+    assert "warm" not in next(x for x in tables.lineage_of("code", 0)["parents"])  # a child's own SAE is not the warm one
     # the library: the same model and store (nothing changed) keeps every row; the fine-tune moves them less
     spec, dev = lineage.sae_spec("code"), torch.device("cpu")
     spec = spec.model_copy(update={"lr": spec.lr * warm.flow.warm_start_lr_scale})  # as the warm_sae asset trains

@@ -119,6 +119,10 @@ def _edit_feature_null(raw):
     raw["patching"] = {**raw["patching"], "feature_null_draws": 2}
 
 
+def _edit_warm_start(raw):
+    raw["flow"] = {**raw["flow"], "warm_start": True}
+
+
 def _edit_description(raw):
     _node(raw, "code")["description"] = "words change no bytes"
 
@@ -151,6 +155,8 @@ ROWS = {
     "task examples": (_edit_task, TASKS),
     "circuit threshold": (_edit_circuit_threshold, {("circuits", n) for n in NODES}),
     "feature-level CMAP null draws": (_edit_feature_null, _edges(*EDGES, assets=("cmap",))),
+    # warm-started SAEs are new (missing) edge partitions; the flow and pages read them; no SAE, store or correlation moves
+    "flow warm_start on": (_edit_warm_start, _edges(*EDGES, assets=("warm_sae",)) | FLOW),
     "description only": (_edit_description, set()),
 }
 

@@ -49,6 +49,41 @@ def classify_edge(matches: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD, m
     return parent.rename(columns={"multiple": "split"}), child.rename(columns={"multiple": "merge"})
 
 
+def classify_aligned(aligned: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(parent features, warm-started child features) by aligned pairs instead of matching (`sae.warm.aligned_features`:
+    the child's SAE trained from the parent's dictionary, so feature i is compared with feature i only).
+
+    parent feature i: dead when it never fired on the edge's tokens, persists when the same-index pair's r exceeds
+    the threshold, else disappears; the warm child's feature i: dead when it never fired, persisted at the same bar,
+    else emerged (it turned into something else). Same columns as `classify_edge` (one partner at most: no splits
+    or merges), plus decoder_cosine."""
+    t = aligned.sort_values("feature").reset_index(drop=True)
+    r = t["activation_r"].to_numpy()
+    above = np.nan_to_num(r, nan=-1.0) > threshold
+    out = []
+    for fired, ok, no in ((t["parent_fired"], PERSISTS, DISAPPEARS), (t["child_fired"], PERSISTED, EMERGED)):
+        dead = fired.to_numpy() == 0
+        table = pd.DataFrame({"feature": t["feature"].to_numpy(), "best_partner": t["feature"].to_numpy(), "best_r": r,
+                              "dead": dead, "decoder_cosine": t["decoder_cosine"].to_numpy()})
+        table["partners"] = [[f] if a and not d else [] for f, a, d in zip(table["feature"], above, dead)]
+        table["status"] = np.where(dead, DEAD, np.where(above, ok, no))
+        table["multiple"] = False
+        out.append(table)
+    parent, child = out
+    return parent.rename(columns={"multiple": "split"}), child.rename(columns={"multiple": "merge"})
+
+
+def method_agreement(matched: pd.DataFrame, aligned: pd.DataFrame) -> dict[str, int]:
+    """A parent table classified by matching beside the same parent features classified by aligned pairs: how many
+    persist by both, by matching only, by aligned pairs only, by neither (features dead on either side left out)."""
+    m = matched.sort_values("feature").set_index("feature")["status"]
+    a = aligned.sort_values("feature").set_index("feature")["status"]
+    live = (m != DEAD) & (a != DEAD)
+    m, a = m[live] == PERSISTS, a[live] == PERSISTS
+    return {"both": int((m & a).sum()), "matching_only": int((m & ~a).sum()), "aligned_only": int((~m & a).sum()),
+            "neither": int((~m & ~a).sum())}
+
+
 def edge_counts(parent: pd.DataFrame, child: pd.DataFrame) -> dict[str, int]:
     return {
         "parent_persisting": int((parent["status"] == PERSISTS).sum()),

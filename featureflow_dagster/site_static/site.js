@@ -185,11 +185,19 @@ FF.renderLineage = function (main, rec) {
     });
     return box;
   };
-  var rows = [];
-  L.parents.concat(L.children).forEach(function (e) {
-    rows.push([e.edge, FF.el("span", { cls: e.status, text: e.status }), partners(e.node, e.by_r, true), partners(e.node, e.by_cos, false)]);
+  var rows = [], edges = L.parents.concat(L.children);
+  // flow.warm_start: the child's SAE trained from this SAE's dictionary; its feature of the same index, beside the matched partners
+  var warm = edges.some(function (e) { return e.warm; });
+  edges.forEach(function (e) {
+    var row = [e.edge, FF.el("span", { cls: e.status, text: e.status }), partners(e.node, e.by_r, true), partners(e.node, e.by_cos, false)];
+    if (warm) {
+      row.push(e.warm ? FF.el("span", {}, FF.el("span", { cls: e.warm.status, text: e.warm.status }),
+        " (r " + FF.fmt(e.warm.r) + ", cos " + FF.fmt(e.warm.cos) + ")") : "");
+    }
+    rows.push(row);
   });
-  main.appendChild(FF.table(["edge", "status", "best partners by activation r", "by decoder cosine"], rows));
+  main.appendChild(FF.table(["edge", "status", "best partners by activation r", "by decoder cosine"]
+    .concat(warm ? ["warm-started child SAE: feature #" + rec.feature + " (r, decoder cos)"] : []), rows));
   if (L.trajectories.length) {
     main.appendChild(FF.el("p", { cls: "muted", text: "Trajectories (hop by hop through the best partner above r " + FF.I.threshold + "):" }));
     var ul = FF.el("ul");
