@@ -37,7 +37,7 @@ ACTIVATION_STORE = Artefact(
 )
 SAE = Artefact(
     "sae", "sae", "2", "sae/{key}",
-    settings=lambda lineage: nodes(lineage, lambda n: {"sae": lineage.sae_spec(n).model_dump(mode="json"), "seed": lineage.sae_seed(n)}),
+    settings=lambda lineage: nodes(lineage, lambda n: {"sae": lineage.sae_spec(n).versioned(), "seed": lineage.sae_seed(n)}),
     key_figures=("l0", "explained_variance", "loss_recovered"), kinds=frozenset({"pytorch", "safetensors"}), on_device=True,
     description="Sparse autoencoder on the node's activations at the lineage's hook (SAELens layout), with its evaluations.",
 )
@@ -51,7 +51,7 @@ SAE_TRANSFER = Artefact(
 WARM_SAE = Artefact(
     "warm_sae", "sae", "1", "warm_sae/{key}",
     # built only with flow.warm_start, so only then has it partitions to version
-    settings=lambda lineage: edges(lineage, lambda p, c: {"sae": lineage.sae_spec(c).model_dump(mode="json"), "seed": lineage.sae_seed(c),
+    settings=lambda lineage: edges(lineage, lambda p, c: {"sae": lineage.sae_spec(c).versioned(), "seed": lineage.sae_seed(c),
                                                           "threshold": lineage.flow.threshold,
                                                           "lr_scale": lineage.flow.warm_start_lr_scale})
     if lineage.flow.warm_start else {},

@@ -11,7 +11,7 @@ import json
 import os
 from importlib import resources as importlib_resources
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,6 +37,19 @@ class LineageError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Fields added after lineages were materialized with this class. At their default they stay out of the
+    # settings that version a partition (`versioned`), so that a new option leaves every existing store fresh
+    # (tests/test_versions.py holds the shipped lineages' versions).
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset()
+
+    def versioned(self, **dump) -> dict:
+        """`model_dump(mode="json", **dump)` less the ADDED_LATER fields at their default: what versions a partition."""
+        out = self.model_dump(mode="json", **dump)
+        for name in self.ADDED_LATER:
+            if name in out and getattr(self, name) == type(self).model_fields[name].default:
+                del out[name]
+        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +385,8 @@ class SAESpec(_Strict):
     The store holds the lineage's `hook` (default `blocks.0.mlp.hook_post`) over `context`-token windows sampled uniformly from the
     training data of the node and all its ancestors: `tokens` for training, `eval_tokens` (from
     validation data) for the evaluations."""
+
+    ADDED_LATER: ClassVar[frozenset[str]] = frozenset({"published"})
 
     architecture: Literal["relu", "topk", "batchtopk"] = "relu"
     published: PublishedSAESpec | None = Field(default=None, description="Load this node's SAE (SAELens release or folder) "
