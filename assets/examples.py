@@ -154,7 +154,8 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
             classification, traj, volumes = read_flow(store, "classification.parquet", "trajectories.parquet", "volumes.json")
             matches = {e: pd.read_parquet(FEATURE_CORRELATION.at(store, e.key) / "matches.parquet") for e in lineage.edges()}
             aligned = read_flow(store, "aligned_classification.parquet")[0] if lineage.flow.warm_start else None
-            tables = site.LineageTables(lineage, matches, classification, traj, aligned)
+            seeds = read_flow(store, "seed_null.parquet")[0] if lineage.seed_null_nodes() else None
+            tables = site.LineageTables(lineage, matches, classification, traj, aligned, seeds)
             cases = json.loads(CASE_STUDIES.at(store).read_text())
         out = FEATURE_PAGES.at(store)
         with store.write_dir(out) as tmp:

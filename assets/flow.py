@@ -3,22 +3,26 @@ tokens and their exact correlation; over the whole lineage, persistence, traject
 counts and the Sankey diagram."""
 
 import json
+import shutil
 
 import dagster as dg
 import pandas as pd
 
+from featureflow_dagster.flow.null import null_table, seed_summary, seed_table
 from featureflow_dagster.flow import classify_aligned_lineage, classify_lineage, correlate_edge, encode_edge, read_code_chunks, tables_from_classification
 from featureflow_dagster.lineage import Edge, Lineage
 from featureflow_dagster.model import load_model, weights_hash
 from featureflow_dagster.plots import flow_sankey_figure, markdown_table, write_html
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.sae import load_sae
-from featureflow_dagster.storage import file_sha256
+from featureflow_dagster.activations import ActivationStore
+from featureflow_dagster.sae.fit import fit_sae, save_fitted
+from featureflow_dagster.storage import file_sha256, tree_sha256
 from featureflow_dagster.assets.data import TOKENS
 from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.models import MODEL
 from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, per_node_models
-from featureflow_dagster.assets.sae import ALIGNED_FILE, SAE, WARM_SAE, require_passing_saes
+from featureflow_dagster.assets.sae import ACTIVATION_STORE, ALIGNED_FILE, SAE, WARM_SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, edges
 
 FEATURE_ACTIVATIONS = Artefact(
@@ -38,13 +42,41 @@ FEATURE_CORRELATION = Artefact(
 FEATURE_FLOW = Artefact(
     "feature_flow", "flow", "2", "feature_flow",
     # warm_start only where set, so that a lineage without it keeps its version
-    settings=lambda lineage: {None: {"threshold": lineage.flow.threshold, **({"warm_start": True} if lineage.flow.warm_start else {})}},
+    settings=lambda lineage: {None: {"threshold": lineage.flow.threshold, **({"warm_start": True} if lineage.flow.warm_start else {}),
+                                     **({"null_seeds": lineage.flow.null_seeds} if lineage.flow.null_seeds else {})}},
     key_figures=("persisting_share",), kinds=frozenset({"pandas", "plotly"}),
     description="Persisting, disappearing and emerging features of every edge (splits and merges kept), "
     "trajectories along every base-to-leaf path, the paper's headline counts and the Sankey diagram; with "
     "flow.warm_start also every edge classified by aligned pairs (aligned_classification.parquet, aligned_counts.parquet).",
 )
-ARTEFACTS = [FEATURE_ACTIVATIONS, FEATURE_CORRELATION, FEATURE_FLOW]
+SEED_NULL = Artefact(
+    "seed_null", "flow", "1", "seed_null/{key}",
+    # no threshold here: the flow applies it, so changing it re-trains nothing
+    settings=lambda lineage: {n: {"sae": lineage.sae_spec(n).versioned(), "top_k": lineage.flow.top_k,
+                                  "seeds": [lineage.null_seed(n, k) for k in range(1, lineage.flow.null_seeds + 1)],
+                                  **lineage.edge_activation_settings(n, n)} for n in lineage.seed_null_nodes()},
+    key_figures=("reproducibility", "best_r_median"), kinds=frozenset({"pytorch", "parquet"}), on_device=True,
+    description="flow.null_seeds (Paulo & Belrose 2025): per node, SAEs of the same recipe on the same store with other "
+    "seeds, each correlated with the node's SAE on the same tokens exactly as an edge is (seed_<k>/: the SAE and "
+    "matches.parquet). The flow reads which features SAE training reproduces.",
+)
+ARTEFACTS = [FEATURE_ACTIVATIONS, FEATURE_CORRELATION, FEATURE_FLOW, SEED_NULL]
+
+
+# what feature_flow writes beside classification.parquet with flow.warm_start or flow.null_seeds; the pages read them
+EXTRA_FLOW_FILES = ("aligned_classification.parquet", "aligned_counts.parquet", "seed_null.parquet", "null_counts.parquet")
+
+
+def flow_version(folder, extra: list[str]) -> str:
+    """feature_flow's data version: the classification's sha256, and with `extra` files (warm start, seed null) a hash
+    over them all, so that a downstream asset reading them goes stale when they change (the Sankey's HTML, whose
+    plot id is random, stays out). Without extras it is what it always was: existing stores stay fresh."""
+    digest = file_sha256(folder / "classification.parquet")
+    if not extra:
+        return digest
+    import hashlib
+
+    return hashlib.sha256("|".join([digest, *(f"{f}:{file_sha256(folder / f)}" for f in sorted(extra))]).encode()).hexdigest()
 
 
 def read_flow(store: ArtifactStore, *files: str) -> list:
@@ -61,7 +93,58 @@ def flow_tables(store: ArtifactStore, lineage: Lineage) -> dict:
 def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
     if not lineage.edges():
         return []
-    return [_feature_activations(lineage), _feature_correlation(lineage), _feature_flow(lineage)]
+    return [_feature_activations(lineage), _feature_correlation(lineage), _feature_flow(lineage),
+            *([_seed_null(lineage)] if lineage.seed_null_nodes() else [])]
+
+
+def seed_tables(store: ArtifactStore, lineage: Lineage) -> dict[str, pd.DataFrame]:
+    """Per node with a seed null, `flow.null.seed_table` at the lineage's threshold (from seed_null's matches)."""
+    return {n: seed_table([pd.read_parquet(SEED_NULL.at(store, n) / f"seed_{k}" / "matches.parquet")
+                           for k in range(1, lineage.flow.null_seeds + 1)], lineage.flow.threshold)
+            for n in lineage.seed_null_nodes()}
+
+
+def _seed_null(lineage: Lineage) -> dg.AssetsDefinition:
+    names = lineage.seed_null_nodes()
+    token_edges = [(d, n) for n in names for d in lineage.shared_data(n, n)]
+    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)), dg.AssetDep("sae"), dg.AssetDep("activation_store"),
+            *per_node_models([(n, n) for n in names])]
+
+    @SEED_NULL.asset(partitions_def=dg.StaticPartitionsDefinition(names), deps=deps)
+    def seed_null(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        node = context.partition_key
+        require_passing_saes(store, [node])
+        dev, log = device.torch_device(), step_log(context)
+        model, sae = load_model(MODEL.at(store, node), dev), load_sae(SAE.at(store, node), dev)
+        acts = ActivationStore(ACTIVATION_STORE.at(store, node))
+        spec, settings = lineage.sae_spec(node), lineage.edge_activation_settings(node, node)
+        out = SEED_NULL.at(store, node, fetch=False)
+        quality, matches = {}, []
+        with store.write_dir(out) as tmp:
+            for k in range(1, lineage.flow.null_seeds + 1):
+                seed = lineage.null_seed(node, k)
+                fitted = fit_sae(spec, acts, model, seed, dev, f"{lineage.name}/{node} seed null {k}",
+                                 checkpoint_path=store.checkpoint_path("seed_null", f"{node}_{k}"), log=log)
+                save_fitted(fitted, tmp / f"seed_{k}")
+                twin = fitted.sae.to(dev).eval()
+                codes = tmp / f"codes_{k}"  # the codes are only the correlation's input: not kept
+                manifest, _, _ = encode_edge(Edge(node, node), {"parent": model, "child": model}, {"parent": sae, "child": twin},
+                                             settings, {d: TOKENS.at(store, d) for d in settings["shared_data"]}, codes, dev,
+                                             batch_windows=lineage.flow.batch_windows, log=log)
+                m, n = sae.cfg.d_sae, twin.cfg.d_sae
+                files = [e["name"] for e in manifest["files"]]
+                correlate_edge(lambda: read_code_chunks(codes, files, m, n), m, n, sae.W_dec.detach(), twin.W_dec.detach(),
+                               lineage.flow, tmp / f"seed_{k}", log=log)
+                shutil.rmtree(codes)
+                matches.append(pd.read_parquet(tmp / f"seed_{k}" / "matches.parquet"))
+                quality[f"seed_{k}"] = {"seed": seed, **{q: round(float(fitted.values[q]), 4) for q in ("l0", "explained_variance", "dead_fraction")}}
+        summary = seed_summary(seed_table(matches, lineage.flow.threshold))
+        return SEED_NULL.result(out, tree_sha256(out), {
+            **{k: v for k, v in summary.items() if k != "reproducibility"},
+            "reproducibility": summary["reproducibility"], "at_threshold": lineage.flow.threshold,
+            "seed_saes": dg.MetadataValue.json(quality), "tokens": manifest["tokens"], "device": str(dev)})
+
+    return seed_null
 
 
 def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
@@ -147,7 +230,10 @@ def _feature_correlation(lineage: Lineage) -> dg.AssetsDefinition:
 def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
     threshold, warm = lineage.flow.threshold, lineage.flow.warm_start
 
-    @FEATURE_FLOW.asset(deps=[dg.AssetDep("feature_correlation"), *([dg.AssetDep("warm_sae")] if warm else [])])
+    nulls = bool(lineage.seed_null_nodes())
+
+    @FEATURE_FLOW.asset(deps=[dg.AssetDep("feature_correlation"), *([dg.AssetDep("warm_sae")] if warm else []),
+                              *([dg.AssetDep("seed_null")] if nulls else [])])
     def feature_flow(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         require_passing_saes(store, lineage.node_names)
         matches = {e: pd.read_parquet(FEATURE_CORRELATION.at(store, e.key) / "matches.parquet") for e in lineage.edges()}
@@ -156,16 +242,21 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
         if warm:
             aligned, aligned_counts = classify_aligned_lineage(
                 lineage, flow, {e: pd.read_parquet(WARM_SAE.at(store, e.key) / ALIGNED_FILE) for e in lineage.edges()}, threshold)
+        seeds = seed_tables(store, lineage) if nulls else {}
+        null_counts = null_table(lineage, flow, seeds) if nulls else None
         out = FEATURE_FLOW.at(store)
         with store.write_dir(out) as tmp:
             flow.write(tmp)
+            if nulls:
+                pd.concat([t.assign(node=n) for n, t in seeds.items()], ignore_index=True).to_parquet(tmp / "seed_null.parquet", index=False)
+                null_counts.reset_index().to_parquet(tmp / "null_counts.parquet", index=False)
             if warm:
                 aligned.to_parquet(tmp / "aligned_classification.parquet", index=False)
                 aligned_counts.reset_index().to_parquet(tmp / "aligned_counts.parquet", index=False)
             write_html(flow_sankey_figure(flow.volumes, threshold, f"{lineage.name}: feature flow"), tmp / "sankey.html",
                        store.plotly_js(), final=out / "sankey.html")
         return FEATURE_FLOW.result(
-            out, file_sha256(out / "classification.parquet"), {
+            out, flow_version(out, [f for f in EXTRA_FLOW_FILES if (out / f).exists()]), {
                 "sankey": dg.MetadataValue.path(str(out / "sankey.html")),
                 "sankey_volumes": dg.MetadataValue.json(flow.volumes),
                 "threshold": threshold,
@@ -175,6 +266,9 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
                 "matching_agreement": dg.MetadataValue.md(markdown_table(flow.agreement.set_index(["edge", "side"]))),
                 "trajectories": dg.MetadataValue.md(markdown_table(flow.summary.set_index(["path", "start_node", "end_node"]))),
                 **({"aligned_counts": dg.MetadataValue.md(markdown_table(aligned_counts))} if warm else {}),
+                **({"null_counts": dg.MetadataValue.md(markdown_table(null_counts)),
+                    "seed_reproducibility": dg.MetadataValue.json({n: round(seed_summary(t)["reproducibility"], 4) for n, t in seeds.items()})}
+                   if nulls else {}),
             },
         )
 

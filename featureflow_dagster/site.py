@@ -76,8 +76,11 @@ class LineageTables:
     matches (both methods), the classification, and the trajectories along every path."""
 
     def __init__(self, lineage, matches: dict[tuple[str, str], pd.DataFrame], classification: pd.DataFrame,
-                 traj: pd.DataFrame, aligned: pd.DataFrame | None = None):
+                 traj: pd.DataFrame, aligned: pd.DataFrame | None = None, seeds: pd.DataFrame | None = None):
         self.lineage = lineage
+        # flow.null_seeds: per node, `flow.null.seed_table` (feature, dead, reproducible, partner_<k>, best_r_<k>)
+        self.seeds: dict[str, pd.DataFrame] = {} if seeds is None else {
+            node: rows.set_index("feature") for node, rows in seeds.groupby("node")}
         # flow.warm_start: per edge label, the parent side of `classify_aligned_lineage` (the same-index pair of the
         # parent's SAE and the child's SAE warm-started from it), by feature
         self.warm: dict[str, pd.DataFrame] = {} if aligned is None else {
@@ -121,6 +124,11 @@ class LineageTables:
                 entry["warm"] = {"status": str(row["status"]), "r": _r(row["best_r"]), "cos": _r(row["decoder_cosine"])}
             out["children"].append(entry)
         out["trajectories"] = self.trajectories.get((node, feature), [])
+        if node in self.seeds:
+            row = self.seeds[node].loc[feature]
+            ks = sorted(int(c.split("_")[-1]) for c in row.index if c.startswith("best_r_"))
+            out["seed"] = {"reproducible": bool(row["reproducible"]),
+                           "partners": [[k, int(row[f"partner_{k}"]), _r(row[f"best_r_{k}"])] for k in ks]}
         return out
 
     def origin(self, node: str) -> np.ndarray | None:

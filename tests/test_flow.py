@@ -89,6 +89,28 @@ def test_aligned_pairs_classify_feature_i_against_feature_i_only_and_agree_with_
     assert classify_aligned(aligned, threshold=0.2)[0]["status"].tolist()[:2] == ["persists", "persists"]
 
 
+def test_the_seed_null_flags_reproducible_features_and_sets_each_edges_counts_beside_it():
+    """Two seed SAEs of the parent: parent 0 is found again by both (reproducible), parent 2 by one only, parent 1
+    by none, parent 3 is dead. On the edge (R above) 0, 2 and 3 persist by matching; among the reproducible
+    parent features only 0 does, and the null expects 1 (two seeds of the parent share 1 live feature)."""
+    from featureflow_dagster.flow.null import null_edge_counts, seed_summary, seed_table
+
+    seed_1 = np.array([[0.97, 0, 0, 0], [0.5, 0.6, 0, 0], [0, 0, 0.85, 0], [0, 0, 0, 0]])
+    seed_2 = np.array([[0, 0.91, 0, 0], [0.3, 0.2, 0, 0], [0, 0, 0.7, 0], [0, 0, 0, 0]])
+    seeds = seed_table([matches_table(_corr(m, dead_parent=[3])) for m in (seed_1, seed_2)], threshold=0.8)
+    assert seeds["reproducible"].tolist() == [True, False, False, False] and seeds["dead"].tolist() == [False, False, False, True]
+    assert seeds[["partner_1", "partner_2"]].iloc[0].tolist() == [0, 1] and seeds.loc[2, "best_r_2"] == pytest.approx(0.7)
+    summary = seed_summary(seeds)
+    assert (summary["live"], summary["reproducible"]) == (3, 1) and summary["reproducibility"] == pytest.approx(1 / 3)
+    assert summary["best_r_median"] == pytest.approx(np.median([0.97, 0.6, 0.85, 0.91, 0.5, 0.7]))
+    parent, child = classify_edge(matches_table(_corr(R)), threshold=0.8)
+    child_seeds = seeds.assign(reproducible=[False, True, False, False])  # the child's own null: its feature 1 reproduces
+    counts = null_edge_counts(parent, child, seeds, child_seeds)
+    assert counts == {"parent_live": 4, "parent_persisting": 3, "child_emerged": 1, "parent_persisting_reproducible": 1,
+                      "null_expected_persisting": 1, "persisting_vs_null": 1.0, "child_emerged_reproducible": 0}
+    assert "null_expected_persisting" not in null_edge_counts(parent, child, None, None)  # a node without a null (published SAE)
+
+
 def test_threshold_is_a_parameter_and_dead_features_are_their_own_class():
     parent, child = classify_edge(matches_table(_corr(R, dead_parent=[1], dead_child=[3])), threshold=0.9)
     assert parent["status"].tolist() == ["persists", "dead", "disappears", "disappears"]

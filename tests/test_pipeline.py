@@ -833,3 +833,65 @@ def test_warm_started_saes_keep_the_parents_features_where_the_model_did_not_cha
     from_base = fit_sae(spec, store, code_model, 1, dev, "from base", init=load_sae(home / "sae" / "base"))
     independent = _meta_partition(instance, "sae", "code")["decoder_init_cosine"]  # to its random start
     assert from_base.values["decoder_init_cosine"] > independent, (from_base.values["decoder_init_cosine"], independent)
+
+
+def test_the_seed_null_trains_other_seeds_and_the_flow_counts_each_edge_beside_it(micro, tmp_path):
+    """flow.null_seeds through Dagster on a copy of the micro home: one more SAE per node with another seed, correlated
+    with the node's SAE as an edge is; the flow's null counts agree with the seed tables and the classification. And
+    the null's own null: the node's SAE against itself through the same code reproduces every live feature at r 1."""
+    import pandas as pd
+
+    from featureflow_dagster.flow import correlate_edge, encode_edge, read_code_chunks
+    from featureflow_dagster.flow.null import seed_summary, seed_table
+    from featureflow_dagster.lineage import Edge
+    from featureflow_dagster.model import load_model
+    from featureflow_dagster.runner import select
+    from featureflow_dagster.sae import load_sae
+    from featureflow_dagster.site import LineageTables
+
+    lineage, home, *_ = micro
+    copy = tmp_path / "home"
+    for folder in ("model", "activation_store", "sae", "tokens", "tokenizer", "corpus", "feature_correlation"):
+        shutil.copytree(home / folder, copy / folder)
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    raw["flow"]["null_seeds"] = 1
+    nulled = parse_lineage(raw, "micro-null")
+    defs = build_definitions(nulled, home=str(copy), device="cpu")
+    report = materialize_lineage(defs, dg.DagsterInstance.ephemeral(), echo=lambda *_: None, chosen=select(defs, ["seed_null", "feature_flow"]))
+    assert {(k.to_user_string(), pk) for k, pk in report.done} == {("seed_null", n) for n in lineage.node_names} | {("feature_flow", None)}
+    twin = load_sae(copy / "seed_null" / "base" / "seed_1")
+    own = load_sae(home / "sae" / "base")
+    assert twin.cfg.d_sae == own.cfg.d_sae and not torch.equal(twin.W_dec, own.W_dec)  # another seed, the same recipe
+    flow = copy / "feature_flow"
+    seeds = pd.read_parquet(flow / "seed_null.parquet")
+    assert set(seeds["node"]) == set(lineage.node_names)
+    for n in lineage.node_names:
+        s = seed_summary(seeds[seeds["node"] == n])
+        assert 0 < s["reproducibility"] < 1, (n, s)  # SAE training finds some features again, not all
+    counts = pd.read_parquet(flow / "null_counts.parquet").set_index("edge")
+    classification = pd.read_parquet(flow / "classification.parquet")
+    for e in lineage.edges():
+        parent = classification[(classification["edge"] == e.label) & (classification["side"] == "parent")].set_index("feature")
+        rep = seeds[seeds["node"] == e.parent].set_index("feature")["reproducible"].reindex(parent.index)
+        c = counts.loc[e.label]
+        assert c["parent_live"] == int((parent["status"] != "dead").sum())
+        assert c["null_expected_persisting"] == int((rep & (parent["status"] != "dead")).sum())
+        assert c["parent_persisting_reproducible"] == int((rep & (parent["status"] == "persists")).sum()) <= c["parent_persisting"]
+    tables = LineageTables(nulled, {e: pd.read_parquet(copy / "feature_correlation" / e.key / "matches.parquet") for e in lineage.edges()},
+                           classification, pd.read_parquet(flow / "trajectories.parquet"), seeds=seeds)
+    f = int(seeds[(seeds["node"] == "code") & seeds["reproducible"]]["feature"].iloc[0])
+    shown = tables.lineage_of("code", f)["seed"]
+    assert shown["reproducible"] and shown["partners"][0][0] == 1 and shown["partners"][0][2] > nulled.flow.threshold
+    # the machinery's own null: the base SAE against itself on the base model
+    dev, settings = torch.device("cpu"), nulled.edge_activation_settings("base", "base")
+    model = load_model(home / "model" / "base")
+    manifest, _, _ = encode_edge(Edge("base", "base"), {"parent": model, "child": model}, {"parent": own, "child": own}, settings,
+                                 {d: home / "tokens" / f"{d}.safetensors" for d in settings["shared_data"]}, tmp_path / "codes", dev)
+    files = [x["name"] for x in manifest["files"]]
+    d = own.cfg.d_sae
+    (tmp_path / "self").mkdir()
+    correlate_edge(lambda: read_code_chunks(tmp_path / "codes", files, d, d), d, d, own.W_dec.detach(), own.W_dec.detach(),
+                   nulled.flow, tmp_path / "self")
+    itself = seed_table([pd.read_parquet(tmp_path / "self" / "matches.parquet")], nulled.flow.threshold)
+    live = itself[~itself["dead"]]
+    assert live["reproducible"].all() and (live["best_r_1"] > 0.999).all() and (live["partner_1"] == live["feature"]).all()

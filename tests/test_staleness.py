@@ -123,6 +123,10 @@ def _edit_warm_start(raw):
     raw["flow"] = {**raw["flow"], "warm_start": True}
 
 
+def _edit_null_seeds(raw):
+    raw["flow"] = {**raw["flow"], "null_seeds": 1}
+
+
 def _edit_description(raw):
     _node(raw, "code")["description"] = "words change no bytes"
 
@@ -157,6 +161,8 @@ ROWS = {
     "feature-level CMAP null draws": (_edit_feature_null, _edges(*EDGES, assets=("cmap",))),
     # warm-started SAEs are new (missing) edge partitions; the flow and pages read them; no SAE, store or correlation moves
     "flow warm_start on": (_edit_warm_start, _edges(*EDGES, assets=("warm_sae",)) | FLOW),
+    # seed-null SAEs are new (missing) node partitions; the flow and pages read them; nothing else moves
+    "flow null_seeds on": (_edit_null_seeds, {("seed_null", n) for n in NODES} | FLOW),
     "description only": (_edit_description, set()),
 }
 

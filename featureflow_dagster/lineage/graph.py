@@ -230,6 +230,17 @@ class Lineage(_Strict):
             seed = (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
         return seed
 
+    def null_seed(self, name: str, k: int) -> int:
+        """Seed of the node's k-th seed-null SAE (k >= 1; flow.null_seeds): the SAE's own seed moved k million
+        places, so no null SAE shares an initialisation or batch order with a lineage SAE."""
+        return (self.sae_seed(name) + k * 1_000_000) % 2**31
+
+    def seed_null_nodes(self) -> list[str]:
+        """The nodes that get a seed null: all with flow.null_seeds, but those whose SAE is published (not trained)."""
+        if not self.flow.null_seeds:
+            return []
+        return [n for n in self.node_names if self.sae_spec(n).published is None]
+
     def data_ancestry(self, name: str) -> list[str]:
         """The node and its ancestors that carry training data (a merge: the union of its parents'
         ancestries), in topological order: the data an activation store samples from."""

@@ -572,6 +572,9 @@ class FlowSpec(_Strict):
     warm_start: bool = Field(default=False, description="Also train, per edge, the child's SAE starting from the parent's "
                              "dictionary (`warm_sae`), and report per feature index its decoder rotation and activation "
                              "correlation with the parent's feature: aligned pairs, a method beside matching.")
+    null_seeds: int = Field(default=0, ge=0, le=8, description="Per node, this many more SAEs of the same recipe on the same "
+                            "store with other seeds (`seed_null`), each correlated with the node's SAE as an edge is: which "
+                            "features SAE training reproduces, and per edge the counts expected if fine-tuning changed nothing.")
     warm_start_lr_scale: float = Field(default=0.1, gt=0, le=1, description="A warm start trains at this share of the SAE "
                                        "recipe's lr: at the full rate Adam's first steps turn the rows about as far as training "
                                        "from scratch would (micro, same model and data: median cosine to the start 0.88 at 1x, 0.996 at 0.1x).")

@@ -198,6 +198,15 @@ FF.renderLineage = function (main, rec) {
   });
   main.appendChild(FF.table(["edge", "status", "best partners by activation r", "by decoder cosine"]
     .concat(warm ? ["warm-started child SAE: feature #" + rec.feature + " (r, decoder cos)"] : []), rows));
+  if (L.seed) {
+    // flow.null_seeds: the node's SAE retrained with other seeds on the same store; a feature they all reproduce
+    // above the threshold is one SAE training finds again, so its fate on an edge is not SAE noise
+    main.appendChild(FF.el("p", {}, FF.el("span", { cls: L.seed.reproducible ? "persists" : "disappears",
+      text: L.seed.reproducible ? "reproducible across seeds" : "not reproducible across seeds" }),
+      ": best partner in the same model's SAE with another seed " + L.seed.partners.map(function (p) {
+        return "(seed " + p[0] + ") #" + p[1] + " at r " + FF.fmt(p[2]); }).join(", ") +
+      "; the bar is r " + FF.I.threshold + ". A feature SAE training does not find again may \"disappear\" or \"emerge\" on an edge without fine-tuning changing it."));
+  }
   if (L.trajectories.length) {
     main.appendChild(FF.el("p", { cls: "muted", text: "Trajectories (hop by hop through the best partner above r " + FF.I.threshold + "):" }));
     var ul = FF.el("ul");
