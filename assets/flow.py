@@ -33,11 +33,13 @@ FEATURE_ACTIVATIONS = Artefact(
     "uniformly from the data both models were trained on, with token ids and their origin.",
 )
 FEATURE_CORRELATION = Artefact(
-    "feature_correlation", "flow", "1", "feature_correlation/{key}",
-    settings=lambda lineage: edges(lineage, lambda p, c: {"top_k": lineage.flow.top_k, "full_matrix": lineage.flow.full_matrix}),
+    "feature_correlation", "flow", "2", "feature_correlation/{key}",  # 2: one_to_one.parquet
+    settings=lambda lineage: edges(lineage, lambda p, c: {"top_k": lineage.flow.top_k, "full_matrix": lineage.flow.full_matrix,
+                                                          "one_to_one_max": lineage.flow.one_to_one_max}),
     key_figures=("at_threshold/parent_persisting", "parent_features"), kinds=frozenset({"scipy", "parquet"}), on_device=True,
     description="Exact Pearson r over token positions between every parent and child feature (sparse-aware, "
-    "float64), each feature's top-k partners both ways; and the data-free decoder-cosine matches.",
+    "float64), each feature's top-k partners both ways; the data-free decoder-cosine matches; and one-to-one pairs "
+    "(the Hungarian assignment on r and on decoder cosine, one_to_one.parquet).",
 )
 FEATURE_FLOW = Artefact(
     "feature_flow", "flow", "2", "feature_flow",
@@ -53,6 +55,7 @@ SEED_NULL = Artefact(
     "seed_null", "flow", "1", "seed_null/{key}",
     # no threshold here: the flow applies it, so changing it re-trains nothing
     settings=lambda lineage: {n: {"sae": lineage.sae_spec(n).versioned(), "top_k": lineage.flow.top_k,
+                                  "one_to_one_max": lineage.flow.one_to_one_max,
                                   "seeds": [lineage.null_seed(n, k) for k in range(1, lineage.flow.null_seeds + 1)],
                                   **lineage.edge_activation_settings(n, n)} for n in lineage.seed_null_nodes()},
     key_figures=("reproducibility", "best_r_median"), kinds=frozenset({"pytorch", "parquet"}), on_device=True,
@@ -133,11 +136,13 @@ def _seed_null(lineage: Lineage) -> dg.AssetsDefinition:
                                              batch_windows=lineage.flow.batch_windows, log=log)
                 m, n = sae.cfg.d_sae, twin.cfg.d_sae
                 files = [e["name"] for e in manifest["files"]]
-                correlate_edge(lambda: read_code_chunks(codes, files, m, n), m, n, sae.W_dec.detach(), twin.W_dec.detach(),
-                               lineage.flow, tmp / f"seed_{k}", log=log)
+                pairs = correlate_edge(lambda: read_code_chunks(codes, files, m, n), m, n, sae.W_dec.detach(), twin.W_dec.detach(),
+                                       lineage.flow, tmp / f"seed_{k}", log=log).one_to_one
                 shutil.rmtree(codes)
                 matches.append(pd.read_parquet(tmp / f"seed_{k}" / "matches.parquet"))
-                quality[f"seed_{k}"] = {"seed": seed, **{q: round(float(fitted.values[q]), 4) for q in ("l0", "explained_variance", "dead_fraction")}}
+                quality[f"seed_{k}"] = {"seed": seed, **{q: round(float(fitted.values[q]), 4) for q in ("l0", "explained_variance", "dead_fraction")},
+                                        **({f"one_to_one_mean_{method}": round(fig["mean_similarity"], 4) for method, fig in pairs.items()}
+                                           if pairs else {})}
         summary = seed_summary(seed_table(matches, lineage.flow.threshold))
         return SEED_NULL.result(out, tree_sha256(out), {
             **{k: v for k, v in summary.items() if k != "reproducibility"},
@@ -219,6 +224,8 @@ def _feature_correlation(lineage: Lineage) -> dg.AssetsDefinition:
                 "cross_moment": result.method,
                 "decoder_matching_seconds": round(result.decoder_seconds, 2),
                 "matching_agreement": dg.MetadataValue.md(markdown_table(result.agreement.set_index("side"))),
+                **({f"one_to_one/{method}/{k}": v for method, fig in result.one_to_one.items() for k, v in fig.items()}
+                   if result.one_to_one else {"one_to_one": f"skipped: more than flow.one_to_one_max = {f.one_to_one_max} features"}),
                 "full_matrix": f.full_matrix,
                 "codes_manifest_sha256": file_sha256(codes / "manifest.json"),
             },

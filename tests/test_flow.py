@@ -111,6 +111,31 @@ def test_the_seed_null_flags_reproducible_features_and_sets_each_edges_counts_be
     assert "null_expected_persisting" not in null_edge_counts(parent, child, None, None)  # a node without a null (published SAE)
 
 
+def test_one_to_one_pairs_maximise_the_total_similarity_as_brute_force_does_and_leave_dead_features_out():
+    import itertools
+
+    from featureflow_dagster.flow.matching import decoder_cosines, one_to_one
+
+    rng = np.random.default_rng(0)
+    r = rng.uniform(-0.2, 1.0, (5, 6)).astype(np.float32)
+    r[1, :] = np.nan  # a dead parent feature
+    r[:, 4] = np.nan  # a dead child feature
+    w_p, w_c = torch.randn(5, 8, generator=torch.Generator().manual_seed(1)), torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+    cos = decoder_cosines(w_p, w_c)
+    assert cos[2, 3] == pytest.approx(float(torch.nn.functional.cosine_similarity(w_p[2], w_c[3], dim=0)), abs=1e-6)
+    pairs, summary = one_to_one(r, cos, threshold=0.8)
+    act = pairs[pairs["method"] == "activation"]
+    live_p, live_c = [0, 2, 3, 4], [0, 1, 2, 3, 5]
+    best = max(sum(float(r[p, c]) for p, c in zip(live_p, perm)) for perm in itertools.permutations(live_c, len(live_p)))
+    assert act["similarity"].sum() == pytest.approx(best, rel=1e-6)
+    assert sorted(act["parent"]) == live_p and act["child"].is_unique and 4 not in set(act["child"])
+    assert summary["activation"]["pairs"] == 4 and summary["activation"]["mean_similarity"] == pytest.approx(best / 4, rel=1e-6)
+    assert summary["activation"]["above_threshold"] == int((act["similarity"] > 0.8).sum())
+    dec = pairs[pairs["method"] == "decoder"]
+    best_cos = max(sum(float(cos[p, c]) for p, c in zip(range(5), perm)) for perm in itertools.permutations(range(6), 5))
+    assert len(dec) == 5 and dec["similarity"].sum() == pytest.approx(best_cos, rel=1e-6)  # weights: nothing is dead
+
+
 def test_threshold_is_a_parameter_and_dead_features_are_their_own_class():
     parent, child = classify_edge(matches_table(_corr(R, dead_parent=[1], dead_child=[3])), threshold=0.9)
     assert parent["status"].tolist() == ["persists", "dead", "disappears", "disappears"]

@@ -377,6 +377,16 @@ def test_micro_feature_flow_end_to_end(micro):
         tables[(parent, child)] = classify_edge(matches, lineage.flow.threshold)
         meta = _meta_partition(instance, "feature_correlation", edge)
         assert meta["at_threshold/parent_persisting"] == int((np.nanmax(ref[live], axis=1) > 0.8).sum())
+        # one-to-one pairs: a permutation of the live features whose r sums to the dense matrix's optimum
+        from scipy.optimize import linear_sum_assignment
+
+        pairs = pd.read_parquet(home / "feature_correlation" / edge / "one_to_one.parquet")
+        act = pairs[pairs["method"] == "activation"]
+        block = np.nan_to_num(ref[np.ix_(live, live_c)])
+        i, j = linear_sum_assignment(block, maximize=True)
+        assert act["parent"].is_unique and act["child"].is_unique and len(act) == min(live.sum(), live_c.sum())
+        assert act["similarity"].sum() == pytest.approx(block[i, j].sum(), rel=1e-5)
+        assert meta["one_to_one/activation/mean_similarity"] == pytest.approx(act["similarity"].mean(), rel=1e-9)
 
     flow = home / "feature_flow"
     assert json.loads((flow / "headline_counts.json").read_text()) == json.loads(json.dumps(headline_counts(lineage, tables)))

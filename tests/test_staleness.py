@@ -127,6 +127,10 @@ def _edit_null_seeds(raw):
     raw["flow"] = {**raw["flow"], "null_seeds": 1}
 
 
+def _edit_one_to_one(raw):
+    raw["flow"] = {**raw["flow"], "one_to_one_max": 512}
+
+
 def _edit_description(raw):
     _node(raw, "code")["description"] = "words change no bytes"
 
@@ -163,6 +167,9 @@ ROWS = {
     "flow warm_start on": (_edit_warm_start, _edges(*EDGES, assets=("warm_sae",)) | FLOW),
     # seed-null SAEs are new (missing) node partitions; the flow and pages read them; nothing else moves
     "flow null_seeds on": (_edit_null_seeds, {("seed_null", n) for n in NODES} | FLOW),
+    # one-to-one pairs are written beside the matches: the correlations re-run, and what reads them shows stale until
+    # then (their matches keep their bytes, so the data versions below do not move and nothing else re-runs)
+    "flow one_to_one_max": (_edit_one_to_one, _edges(*EDGES, assets=("feature_correlation", "cmap")) | FLOW),
     "description only": (_edit_description, set()),
 }
 

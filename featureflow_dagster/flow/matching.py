@@ -125,6 +125,35 @@ class EdgeCorrelation:
     correlation_seconds: float
     decoder_seconds: float
     agreement: pd.DataFrame  # activation vs decoder matching (`agreement`)
+    one_to_one: dict | None = None  # `one_to_one`'s summary per method; None above flow.one_to_one_max features
+
+
+def one_to_one(r: np.ndarray, cosine: np.ndarray, threshold: float) -> tuple[pd.DataFrame, dict]:
+    """The Hungarian assignment (`scipy.optimize.linear_sum_assignment`) of parent to child features, once on 1 - r
+    (activation) and once on 1 - decoder cosine (decoder): each feature matched to at most one on the other side,
+    the pairing with the largest total similarity. Features dead on either side (r NaN) are left out of the
+    activation assignment. Returns (pairs: method, parent, child, similarity; per method the mean matched
+    similarity, pairs and pairs above `threshold`)."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, summary = [], {}
+    for method, sim in (("activation", r), ("decoder", cosine)):
+        live_p = np.flatnonzero(~np.isnan(sim).all(1))
+        live_c = np.flatnonzero(~np.isnan(sim).all(0))
+        block = np.nan_to_num(sim[np.ix_(live_p, live_c)].astype(np.float64), nan=0.0)
+        i, j = linear_sum_assignment(block, maximize=True)
+        values = block[i, j]
+        rows.append(pd.DataFrame({"method": method, "parent": live_p[i], "child": live_c[j], "similarity": values}))
+        summary[method] = {"pairs": int(values.size), "mean_similarity": float(values.mean()) if values.size else float("nan"),
+                           "above_threshold": int((values > threshold).sum())}
+    return pd.concat(rows, ignore_index=True), summary
+
+
+def decoder_cosines(w_parent: torch.Tensor, w_child: torch.Tensor) -> np.ndarray:
+    """The full [parent, child] cosine matrix of two decoders [d_sae, d_in] (float32)."""
+    a = torch.nn.functional.normalize(w_parent.detach().float().cpu(), dim=1)
+    b = torch.nn.functional.normalize(w_child.detach().float().cpu(), dim=1)
+    return (a @ b.T).numpy()
 
 
 def correlate_edge(chunks: Callable[[], Iterator], m: int, n: int, w_parent: torch.Tensor, w_child: torch.Tensor, spec,
@@ -146,9 +175,18 @@ def correlate_edge(chunks: Callable[[], Iterator], m: int, n: int, w_parent: tor
         for side, mom in (("parent", corr.parent_moments), ("child", corr.child_moments))], ignore_index=True)
     matches.to_parquet(folder / "matches.parquet", index=False)
     features.to_parquet(folder / "features.parquet", index=False)
-    if spec.full_matrix:
+    full, assignment = None, None
+    if spec.full_matrix or max(m, n) <= spec.one_to_one_max:
         full = correlation_matrix(chunks, corr.parent_moments, corr.child_moments, spec.row_block)
+    if spec.full_matrix:
         save_file({"r": torch.from_numpy(full)}, str(folder / "matrix.safetensors"))
+    if max(m, n) <= spec.one_to_one_max:
+        pairs, assignment = one_to_one(full, decoder_cosines(w_parent, w_child), spec.threshold)
+        pairs.to_parquet(folder / "one_to_one.parquet", index=False)
+        if log:
+            log(f"one-to-one: mean matched r {assignment['activation']['mean_similarity']:.3f}, "
+                f"decoder cosine {assignment['decoder']['mean_similarity']:.3f}")
     parent_t, child_t = classify_edge(matches, spec.threshold)
     return EdgeCorrelation(corr.parent_moments.tokens, {"parent": int(corr.parent_moments.dead.sum()), "child": int(corr.child_moments.dead.sum())},
-                           edge_counts(parent_t, child_t), corr.method, corr_seconds, dec_seconds, agreement(matches, spec.threshold))
+                           edge_counts(parent_t, child_t), corr.method, corr_seconds, dec_seconds, agreement(matches, spec.threshold),
+                           assignment)

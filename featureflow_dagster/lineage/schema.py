@@ -572,6 +572,9 @@ class FlowSpec(_Strict):
     warm_start: bool = Field(default=False, description="Also train, per edge, the child's SAE starting from the parent's "
                              "dictionary (`warm_sae`), and report per feature index its decoder rotation and activation "
                              "correlation with the parent's feature: aligned pairs, a method beside matching.")
+    one_to_one_max: int = Field(default=16384, ge=0, description="Also pair features one to one (the Hungarian assignment on "
+                                "1 - r and on 1 - decoder cosine; one_to_one.parquet) on edges whose SAEs have at most this many "
+                                "features (it needs the full [parent, child] r matrix, m x n floats); 0: never.")
     null_seeds: int = Field(default=0, ge=0, le=8, description="Per node, this many more SAEs of the same recipe on the same "
                             "store with other seeds (`seed_null`), each correlated with the node's SAE as an edge is: which "
                             "features SAE training reproduces, and per edge the counts expected if fine-tuning changed nothing.")
