@@ -79,7 +79,8 @@ def flow_version(folder, extra: list[str]) -> str:
         return digest
     import hashlib
 
-    return hashlib.sha256("|".join([digest, *(f"{f}:{file_sha256(folder / f)}" for f in sorted(extra))]).encode()).hexdigest()
+    files = [*sorted(extra), "volumes.json"]  # the volumes carry the null for the pages' Sankey
+    return hashlib.sha256("|".join([digest, *(f"{f}:{file_sha256(folder / f)}" for f in files)]).encode()).hexdigest()
 
 
 def read_flow(store: ArtifactStore, *files: str) -> list:
@@ -251,6 +252,9 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
                 lineage, flow, {e: pd.read_parquet(WARM_SAE.at(store, e.key) / ALIGNED_FILE) for e in lineage.edges()}, threshold)
         seeds = seed_tables(store, lineage) if nulls else {}
         null_counts = null_table(lineage, flow, seeds) if nulls else None
+        if nulls:  # the Sankeys (here and on the pages) write the null under the shares
+            flow.volumes["null"] = {edge: {k: int(row[k]) for k in ("parent_persisting_reproducible", "null_expected_persisting")}
+                                    for edge, row in null_counts.iterrows() if row["null_expected_persisting"] == row["null_expected_persisting"]}
         out = FEATURE_FLOW.at(store)
         with store.write_dir(out) as tmp:
             flow.write(tmp)

@@ -98,8 +98,11 @@ def density_histogram(density, title: str, bins: int = 40) -> go.Figure:
 def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[str, str] | None = None) -> go.Figure:
     """Sankey of feature volumes along the lineage (Horn & Elliott's Figure 2) from
     `flow.flow_volumes`, with the share of each parent's features persisting into each child
-    written on the diagram; `links` gives each node a URL (its `customdata`), for the feature pages."""
+    written on the diagram; `links` gives each node a URL (its `customdata`), for the feature pages. With
+    flow.null_seeds, `volumes["null"]` (per edge label: persisting among the parent's seed-reproducible features
+    and the count the null expects) is written under it and on each traced link."""
     live, shares = volumes["live_features"], volumes["shares"]
+    null = volumes.get("null", {})
     labels: list[str] = []
     names: list[str] = []
 
@@ -115,9 +118,14 @@ def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[
         s, t = node(link["source"], link["value"]), node(link["target"], link["value"])
         src.append(s), dst.append(t), val.append(link["value"]), col.append(colors[link["kind"]])
         if link["kind"] == "traced":
-            share = shares[Edge(link["source"], link["target"]).label]
-            hover.append(f"{link['value']:,} features of {link['target']} trace to {link['source']}; "
-                         f"{share:.0%} of {link['source']}'s features persist (r > {threshold})")
+            label = Edge(link["source"], link["target"]).label
+            share = shares[label]
+            text = (f"{link['value']:,} features of {link['target']} trace to {link['source']}; "
+                    f"{share:.0%} of {link['source']}'s features persist (r > {threshold})")
+            if label in null:
+                text += (f"; of the {null[label]['null_expected_persisting']:,} that SAE training reproduces in {link['source']}, "
+                         f"{null[label]['parent_persisting_reproducible']:,} persist")
+            hover.append(text)
         else:
             hover.append(f"{link['value']:,} features {link['kind']}")
     fig = go.Figure(go.Sankey(
@@ -128,7 +136,12 @@ def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[
               "hovertemplate": "%{customdata}<extra></extra>"},
     ))
     note = " · ".join(f"{' → '.join(Edge.parse(edge))}: {share:.0%} persist" for edge, share in shares.items())
-    fig.update_layout(title=f"{title}<br><sup>{note} (r > {threshold})</sup>", font_size=12, template="plotly_white")
+    subtitle = f"<br><sup>{note} (r > {threshold})</sup>"
+    if null:  # flow.null_seeds: the same share among the features the parent's own seeds reproduce, beside what the null expects
+        seeds = " · ".join(f"{' → '.join(Edge.parse(edge))}: {c['parent_persisting_reproducible']:,} of {c['null_expected_persisting']:,}"
+                           for edge, c in null.items())
+        subtitle += f"<br><sup>seed null, persisting among the parent's seed-reproducible features (all would, if nothing changed): {seeds}</sup>"
+    fig.update_layout(title=f"{title}{subtitle}", font_size=12, template="plotly_white", margin={"t": 110 if null else 80})
     return fig
 
 

@@ -887,6 +887,11 @@ def test_the_seed_null_trains_other_seeds_and_the_flow_counts_each_edge_beside_i
         assert c["parent_live"] == int((parent["status"] != "dead").sum())
         assert c["null_expected_persisting"] == int((rep & (parent["status"] != "dead")).sum())
         assert c["parent_persisting_reproducible"] == int((rep & (parent["status"] == "persists")).sum()) <= c["parent_persisting"]
+    # the Sankey writes the null under the shares
+    volumes = json.loads((flow / "volumes.json").read_text())
+    assert volumes["null"] == {e: {k: int(counts.loc[e, k]) for k in ("parent_persisting_reproducible", "null_expected_persisting")}
+                               for e in counts.index}
+    assert "seed null" in (flow / "sankey.html").read_text()
     tables = LineageTables(nulled, {e: pd.read_parquet(copy / "feature_correlation" / e.key / "matches.parquet") for e in lineage.edges()},
                            classification, pd.read_parquet(flow / "trajectories.parquet"), seeds=seeds)
     f = int(seeds[(seeds["node"] == "code") & seeds["reproducible"]]["feature"].iloc[0])
