@@ -40,3 +40,16 @@ def test_every_place_is_in_the_readme_layout():
     for a in ARTEFACTS:
         prefix = a.place.split("{key}")[0]
         assert re.search(rf"(^|\s){re.escape(prefix)}", layout, re.M), f"{a.name}: {a.place} is not in the README's on-disk layout"
+
+
+def test_the_readmes_staleness_table_is_the_tests_table():
+    """The README's table is what `python docs/staleness_table.py` prints from tests/test_staleness.py's ROWS."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("staleness_table", ROOT / "docs" / "staleness_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (ROOT / "README.md").read_text()
+    start, end = readme.find(module.BEGIN), readme.find(module.END)
+    assert 0 <= start < end, "the README has no generated staleness table (its markers are missing)"
+    assert readme[start:end + len(module.END)] == module.table(), "README's staleness table differs: run python docs/staleness_table.py"
