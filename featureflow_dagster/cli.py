@@ -148,24 +148,32 @@ def _plan(args) -> int:
     with instance:
         recover_dead_runs(instance)
         observe_config(defs, instance)
-        _print_plan(plan(defs, instance, chosen, args.force))
+        steps = plan(defs, instance, chosen, args.force)
+        _print_plan(steps)
     if getattr(args, "estimate", False):
-        _print_estimate(lineage, defs.resources["device"].torch_device(), defs.resources["store"].root)
+        todo = any(s.reason in ("missing", "stale", "forced") for s in steps)
+        _print_estimate(lineage, defs.resources["device"].torch_device(), defs.resources["store"].root, timed=todo)
     return 0
 
 
-def _print_estimate(lineage, device, store_root) -> None:
+def _print_estimate(lineage, device, store_root, timed: bool = True) -> None:
+    """The whole lineage's costs from an empty folder; timed on `device` unless `timed` is False (nothing to run:
+    timing the CPU for a price nobody pays costs tens of seconds)."""
     from featureflow_dagster.costs import estimate, format_estimate, measure, token_counts
 
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
-    print(f"\ncost estimate for lineage '{lineage.name}' (tokens from the corpora and budgets; time from a "
-          f"throughput measured now on {device}, where its models are small enough to time here):", flush=True)
+    how = (f"time from a throughput measured now on {device}, where its models are small enough to time here" if timed
+           else "not timed: nothing is to materialize; `featureflow plan --force` times a full run")
+    print(f"\ncost estimate for lineage '{lineage.name}' from an empty folder (tokens from the corpora and budgets; "
+          f"{how}):", flush=True)
     from featureflow_dagster.costs import lm_params, disk_budget, _num
 
     counts = token_counts(lineage, log)
     largest = max(lm_params(lineage, n) for n in lineage.node_names)
     note = ""
-    if device.type == "cpu" and largest > 1e9:  # a forward of a 7B model on this CPU says nothing about a GPU
+    if not timed:
+        throughput, note = {}, "not timed: nothing is to materialize"
+    elif device.type == "cpu" and largest > 1e9:  # a forward of a 7B model on this CPU says nothing about a GPU
         throughput, note = {}, (f"not timed: the largest model has {largest / 1e9:.1f}B parameters and this device is the CPU; "
                                 "run `featureflow plan --device cuda` on the GPU machine for times")
     else:
@@ -261,8 +269,11 @@ def _status(args) -> int:
 
     with instance:
         observe_config(defs, instance)
-        for (key, pk), status in stale_statuses(defs, instance).items():
+        statuses = stale_statuses(defs, instance)
+        for (key, pk), status in statuses.items():
             print(f"{status:8} {key.to_user_string()}" + (f"[{pk}]" if pk else ""))
+    counts = {s: list(statuses.values()).count(s) for s in dict.fromkeys(statuses.values())}
+    print(f"{len(statuses)} asset partitions: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
     return 0
 
 
@@ -400,6 +411,10 @@ def _feature(args) -> int:
               f"{feature_llr(ex, f, {top[0][0]}):.3f}")
     if args.hypothesis is not None:
         print(f"  LLR of /{args.hypothesis}/ ({len(hypothesis)} tokens): {feature_llr(ex, f, hypothesis):.3f}")
+    if top or args.hypothesis is not None:
+        print("  (LLR: the activation-weighted mean over the positions it fires on of log P(token | hypothesis) / P(token),\n"
+              "   Horn & Elliott's proxy: -log P(hypothesis) when it fires only on the hypothesis' tokens, log 1e-6 = -13.8\n"
+              "   for each token outside it; higher is more specific)")
     scores = AUTOINTERP.at(store, args.node) / "scores.parquet"
     if scores.is_file():
         import pandas as pd
@@ -415,6 +430,10 @@ def _feature(args) -> int:
         text = "".join(tok.convert_tokens_to_string([vocab[i]]) if j != at else f"[[{tok.convert_tokens_to_string([vocab[i]])}]]"
                        for j, i in enumerate(ids))
         print(f"    {value:8.3g}  {text!r}")
+    from featureflow_dagster.serve import reports_url
+
+    print(f"  page: {reports_url(f'features/feature.html#node={args.node}&f={f}')} (while `featureflow reports` or `featureflow ui` "
+          "serves them)")
     return 0
 
 

@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from featureflow_dagster.definitions import build_definitions
-from featureflow_dagster.lineage import parse_lineage, resolve_lineage_path
+from featureflow_dagster.lineage import load_lineage, parse_lineage, resolve_lineage_path
 from featureflow_dagster.runner import materialize_lineage, select
 
 pytestmark = pytest.mark.slow
@@ -50,6 +50,14 @@ def test_unknown_names_are_refused_with_the_valid_ones(tmp_path):
     assert res.returncode == 2 and "unknown asset 'modle/base'" in res.stderr and "model/base" in res.stderr
     res = _featureflow(tmp_path, "materialize", "--node", "cod")
     assert res.returncode == 2 and "unknown node(s) cod" in res.stderr and "base, code, prose, merged" in res.stderr
+
+
+def test_status_lists_every_partition_and_ends_with_their_counts(tmp_path):
+    res = _featureflow(tmp_path, "status")
+    assert res.returncode == 0, res.stderr[-2000:]
+    *lines, summary = res.stdout.strip().splitlines()
+    assert lines and all(line.split()[0] == "MISSING" for line in lines)  # an empty home
+    assert summary == f"{len(lines)} asset partitions: {len(lines)} missing"
 
 
 def test_plan_lists_a_node_and_its_ancestors_in_order_with_why(tmp_path):
@@ -151,3 +159,21 @@ def test_killed_run_is_recovered_resumes_and_matches_an_uninterrupted_run(tmp_pa
     resumed = load_file(killed_dir / "home" / "model" / "base" / "model.safetensors")
     clean = load_file(clean_dir / "home" / "model" / "base" / "model.safetensors")
     assert resumed.keys() == clean.keys() and all(torch.equal(resumed[k], clean[k]) for k in clean)
+
+
+def test_an_estimate_with_nothing_to_materialize_times_nothing(tmp_path, monkeypatch, capsys):
+    """`featureflow plan` on a fresh home prices the lineage from an empty folder without timing the device (that
+    took ~40 s for a price nobody pays), and says so."""
+    import torch
+
+    import featureflow_dagster.costs as costs
+    from featureflow_dagster.cli import _print_estimate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured the throughput with nothing to run")
+
+    monkeypatch.setattr(costs, "measure", refuse)
+    _print_estimate(load_lineage("micro"), torch.device("cpu"), tmp_path, timed=False)
+    out = capsys.readouterr().out
+    assert "from an empty folder" in out and "not timed: nothing is to materialize" in out
+    assert "FLOP" in out and "disk:" in out  # the untimed figures are still there

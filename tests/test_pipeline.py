@@ -470,6 +470,10 @@ def test_featureflow_feature_prints_evidence_and_refuses_bad_input(micro, monkey
     llr_line = next(line for line in out.splitlines() if "LLR of the top-token hypothesis" in line)
     assert llr_line.endswith(f"{table.loc[f, 'llr_top_token']:.3f}")  # the same hypothesis and value as the asset's table
     assert "LLR of /e/" in out and "[[" in out  # a top context with its token marked
+    assert "(LLR: the activation-weighted mean" in out  # what the number means
+    monkeypatch.setenv("FEATUREFLOW_REPORTS_PORT", "3312")
+    assert main(["feature", "code", str(f), "--lineage", "micro"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"  page: http://127.0.0.1:3312/features/feature.html#node=code&f={f} ")
     for argv, message in ((["feature", "cod", "1"], "unknown node 'cod'"), (["feature", "code", "1024"], "features 0 to 1023"),
                           (["feature", "code", "1", "--hypothesis", "qqqzzz"], "matches no token")):
         assert main([*argv, "--lineage", "micro"]) == 2
