@@ -19,7 +19,10 @@ child feature), and features no SAE learned are left out (the table says how man
 - one to one (Hungarian on r): a feature disappears / emerges when its one-to-one partner's r is not above 0.8;
 - decoder cosine: matching on decoder cosine instead of r, at the same bar.
 
-Crosscoders (issue 25, item 3) are not built yet, so they have no row. Goal: some method at F1 >= 0.9 on both.
+- crosscoder Δ: a BatchTopK crosscoder over both models (featureflow_dagster.crosscoder), latents classed by their
+  relative decoder norm; and the same confirmed by Latent Scaling.
+
+Goal: some method at F1 >= 0.9 on both.
 
     python bench/planted.py [--features 256] [--d-in 128] [--tokens 120000] [--epochs 24] [--angles 20,45,70] [--expansion 4] [--seed 0]
 """
@@ -185,6 +188,7 @@ def main() -> None:
     p_status[kept["parent"].to_numpy()] = "persists"
     c_status[kept["child"].to_numpy()] = "persisted"
     rows.append({"method": "one to one (Hungarian on r) > 0.8", **_scores(p_status, c_status, owners, None, removed, emerged)})
+    rows += crosscoder_rows(args, world, x_parent, x_child, e_parent, e_child, d_sae, k, removed, emerged)
     table = pd.DataFrame(rows).set_index("method")
     learned = {side: len(set(owners[side][owners[side] >= 0].tolist())) for side in owners}
     print(f"planted: {args.features} parent features in {args.d_in} dimensions ({world['share']} removed, {world['share']} rotated by "
@@ -197,6 +201,64 @@ def main() -> None:
     best = table[(table["disappeared_f1"] >= 0.9) & (table["emerged_f1"] >= 0.9)]
     print("F1 >= 0.9 on both:", ", ".join(best.index) if len(best) else "no method")
     print(f"({time.perf_counter() - started:.0f} s)")
+
+
+def crosscoder_rows(args, world, x_parent, x_child, e_parent, e_child, d_latent, k, removed, emerged) -> list[dict]:
+    """A BatchTopK crosscoder on both models' activations (the same tokens): a true parent feature disappeared when
+    every latent assigned to it by its parent decoder vector is parent-only by Δ; a true child feature emerged when
+    every latent assigned by its child decoder vector is child-only; and the same with child-only latents kept
+    only where Latent Scaling says the parent holds nothing of them (ν on the error target < 0.5), likewise for
+    parent-only latents."""
+    from featureflow_dagster.crosscoder import BatchTopKCrosscoder, latent_scaling, latent_table, train_crosscoder
+
+    cc = BatchTopKCrosscoder(args.d_in, d_latent, k, seed=3)
+    cc.fit_scales([x_parent, x_child])
+    batch = 4096
+    steps = args.epochs * (x_parent.shape[0] // batch)
+    g = torch.Generator().manual_seed(3)
+
+    def batches():
+        while True:
+            perm = torch.randperm(x_parent.shape[0], generator=g)
+            for i in range(x_parent.shape[0] // batch):
+                sel = perm[i * batch:(i + 1) * batch]
+                yield [x_parent[sel], x_child[sel]]
+
+    trained = train_crosscoder(cc, batches, steps, 2e-3, torch.device("cpu"), dead_window_tokens=50_000)
+    latents = latent_table(cc)
+    with torch.no_grad():
+        f = cc.encode([e_parent, e_child])
+    alive = (f > 0).any(0).numpy()
+    latents["class"] = np.where(alive, latents["class"], "dead")
+    specific = latents[latents["class"].isin(["parent_only", "child_only"])]["latent"].tolist()
+    nu = latent_scaling(cc, [e_parent, e_child], specific).set_index("latent")["nu_error"] if specific else pd.Series(dtype=float)
+    w = cc.W_dec.detach()
+    p_owner = assign_rows(w[:, 0], world["parent"], args.assign)
+    c_owner = assign_rows(w[:, 1], world["child"], args.assign)
+    p_owner[(latents["delta"] < 0.1).to_numpy()] = -1  # a child-only latent's parent decoder is noise
+    c_owner[(latents["delta"] > 0.9).to_numpy()] = -1
+    classes = latents["class"].to_numpy()
+    rows = []
+    for name, confirmed in (("crosscoder Δ", None), ("crosscoder Δ, ν < 0.5", nu)):
+        p_status = np.where(classes == "dead", "dead", np.where(classes == "parent_only", "disappears", "persists")).astype(object)
+        c_status = np.where(classes == "dead", "dead", np.where(classes == "child_only", "emerged", "persisted")).astype(object)
+        if confirmed is not None:  # a specific latent whose other model holds its direction after all is shared
+            for j, v in confirmed.items():
+                if not v < 0.5:
+                    p_status[j] = "persists" if p_status[j] == "disappears" else p_status[j]
+                    c_status[j] = "persisted" if c_status[j] == "emerged" else c_status[j]
+        rows.append({"method": name, **_scores(p_status, c_status, {"parent": p_owner, "child": c_owner}, None, removed, emerged)})
+    counts = pd.Series(classes).value_counts().to_dict()
+    print(f"crosscoder: {d_latent} latents, k {k}, {trained.steps} steps in {trained.seconds:.0f} s; final mse "
+          f"{trained.curve[-1]['mse_parent']:.3f} / {trained.curve[-1]['mse_child']:.3f} (normalised); classes {counts}; "
+          f"median ν (error) of the specific latents {float(nu.median()) if len(nu) else float('nan'):.3f}")
+    return rows
+
+
+def assign_rows(rows: torch.Tensor, truth: torch.Tensor, bar: float) -> np.ndarray:
+    """Per row of a decoder, the true feature it points at (cosine > bar), else -1."""
+    cos = decoder_cosines(rows, truth)
+    return np.where(cos.max(1) > bar, cos.argmax(1), -1)
 
 
 def _scores(p_status, c_status, owners, keep, removed, emerged) -> dict:
