@@ -45,7 +45,8 @@ FEATURE_FLOW = Artefact(
     "feature_flow", "flow", "2", "feature_flow",
     # warm_start only where set, so that a lineage without it keeps its version
     settings=lambda lineage: {None: {"threshold": lineage.flow.threshold, **({"warm_start": True} if lineage.flow.warm_start else {}),
-                                     **({"null_seeds": lineage.flow.null_seeds} if lineage.flow.null_seeds else {})}},
+                                     **({"null_seeds": lineage.flow.null_seeds} if lineage.flow.null_seeds else {}),
+                                     **({"crosscoder": True} if lineage.flow.crosscoder else {})}},
     key_figures=("persisting_share",), kinds=frozenset({"pandas", "plotly"}),
     description="Persisting, disappearing and emerging features of every edge (splits and merges kept), "
     "trajectories along every base-to-leaf path, the paper's headline counts and the Sankey diagram; with "
@@ -63,11 +64,24 @@ SEED_NULL = Artefact(
     "seeds, each correlated with the node's SAE on the same tokens exactly as an edge is (seed_<k>/: the SAE and "
     "matches.parquet). The flow reads which features SAE training reproduces.",
 )
-ARTEFACTS = [FEATURE_ACTIVATIONS, FEATURE_CORRELATION, FEATURE_FLOW, SEED_NULL]
+CROSSCODER = Artefact(
+    "crosscoder", "flow", "1", "crosscoder/{key}",
+    settings=lambda lineage: edges(lineage, lambda p, c: {"crosscoder": lineage.flow.crosscoder.model_dump(mode="json"),
+                                                          "seed": lineage.seed_of(c) + lineage.flow.seed_offset + 1,
+                                                          "context": lineage.flow_context(p), "shared_data": lineage.shared_data(p, c)})
+    if lineage.flow.crosscoder else {},
+    key_figures=("parent_only", "child_only", "explained_variance_child"), kinds=frozenset({"pytorch", "parquet"}), on_device=True,
+    description="flow.crosscoder: a BatchTopK crosscoder over the parent's and the child's activations on windows of the data "
+    "both share (Minder et al. 2025): per latent its relative decoder norm Δ, class (parent-only, shared, child-only), "
+    "decoder cosine, Latent Scaling ν of the specific latents, and its best-correlated SAE feature in each model "
+    "(latents.parquet; the weights in crosscoder.safetensors). feature_flow compares its classes with the SAE flow.",
+)
+ARTEFACTS = [FEATURE_ACTIVATIONS, FEATURE_CORRELATION, FEATURE_FLOW, SEED_NULL, CROSSCODER]
 
 
 # what feature_flow writes beside classification.parquet with flow.warm_start or flow.null_seeds; the pages read them
-EXTRA_FLOW_FILES = ("aligned_classification.parquet", "aligned_counts.parquet", "seed_null.parquet", "null_counts.parquet")
+EXTRA_FLOW_FILES = ("aligned_classification.parquet", "aligned_counts.parquet", "seed_null.parquet", "null_counts.parquet",
+                    "crosscoder_agreement.parquet")
 
 
 def flow_version(folder, extra: list[str]) -> str:
@@ -98,7 +112,42 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
     if not lineage.edges():
         return []
     return [_feature_activations(lineage), _feature_correlation(lineage), _feature_flow(lineage),
-            *([_seed_null(lineage)] if lineage.seed_null_nodes() else [])]
+            *([_seed_null(lineage)] if lineage.seed_null_nodes() else []), *([_crosscoder(lineage)] if lineage.flow.crosscoder else [])]
+
+
+def _crosscoder(lineage: Lineage) -> dg.AssetsDefinition:
+    pairs = edge_ends(lineage)
+    token_edges = [(d, e.key) for e in lineage.edges() for d in lineage.shared_data(*e)]
+    deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)), dg.AssetDep("sae", partition_mapping=fan_out(pairs)),
+            *per_node_models(pairs)]
+
+    @CROSSCODER.asset(partitions_def=edge_partitions(lineage), deps=deps)
+    def crosscoder(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        from safetensors.torch import save_file
+
+        from featureflow_dagster.blocks import load_blocks
+        from featureflow_dagster.crosscoder.edge import train_edge_crosscoder
+
+        edge = Edge.parse(context.partition_key)
+        require_passing_saes(store, edge)
+        dev = device.torch_device()
+        settings = CROSSCODER.settings(lineage)[edge.key]
+        models = {side: load_model(MODEL.at(store, n), dev) for side, n in zip(("parent", "child"), edge)}
+        saes = {side: load_sae(SAE.at(store, n), dev) for side, n in zip(("parent", "child"), edge)}
+        blocks = [b for d in settings["shared_data"] for b in load_blocks(TOKENS.at(store, d), "train").values()]
+        cc, latents, figures = train_edge_crosscoder(lineage.flow.crosscoder, models, saes, blocks, saes["parent"].cfg.hook_name,
+                                                     settings["context"], settings["seed"], dev, log=step_log(context))
+        out = CROSSCODER.at(store, edge.key, fetch=False)
+        with store.write_dir(out) as tmp:
+            save_file({k: v.contiguous() for k, v in cc.state_dict().items()}, str(tmp / "crosscoder.safetensors"))
+            latents.to_parquet(tmp / "latents.parquet", index=False)
+        return CROSSCODER.result(out, file_sha256(out / "latents.parquet"), {
+            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
+            "median_nu_error_child_only": float(latents.loc[latents["class"] == "child_only", "nu_error"].median()),
+            "median_nu_error_parent_only": float(latents.loc[latents["class"] == "parent_only", "nu_error"].median()),
+            "seed": settings["seed"], "device": str(dev)})
+
+    return crosscoder
 
 
 def seed_tables(store: ArtifactStore, lineage: Lineage) -> dict[str, pd.DataFrame]:
@@ -239,9 +288,10 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
     threshold, warm = lineage.flow.threshold, lineage.flow.warm_start
 
     nulls = bool(lineage.seed_null_nodes())
+    crosscoders = lineage.flow.crosscoder is not None
 
     @FEATURE_FLOW.asset(deps=[dg.AssetDep("feature_correlation"), *([dg.AssetDep("warm_sae")] if warm else []),
-                              *([dg.AssetDep("seed_null")] if nulls else [])])
+                              *([dg.AssetDep("seed_null")] if nulls else []), *([dg.AssetDep("crosscoder")] if crosscoders else [])])
     def feature_flow(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
         require_passing_saes(store, lineage.node_names)
         matches = {e: pd.read_parquet(FEATURE_CORRELATION.at(store, e.key) / "matches.parquet") for e in lineage.edges()}
@@ -255,9 +305,18 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
         if nulls:  # the Sankeys (here and on the pages) write the null under the shares
             flow.volumes["null"] = {edge: {k: int(row[k]) for k in ("parent_persisting_reproducible", "null_expected_persisting")}
                                     for edge, row in null_counts.iterrows() if row["null_expected_persisting"] == row["null_expected_persisting"]}
+        cc_agreement = None
+        if crosscoders:  # the crosscoder's classes beside the SAE flow's statuses, per edge
+            from featureflow_dagster.crosscoder.edge import agreement as cc_agree
+
+            tables = tables_from_classification(lineage, flow.classification)
+            cc_agreement = pd.concat([cc_agree(pd.read_parquet(CROSSCODER.at(store, e.key) / "latents.parquet"), *tables[e], threshold)
+                                      .reset_index().assign(edge=e.label) for e in lineage.edges()], ignore_index=True)
         out = FEATURE_FLOW.at(store)
         with store.write_dir(out) as tmp:
             flow.write(tmp)
+            if crosscoders:
+                cc_agreement.to_parquet(tmp / "crosscoder_agreement.parquet", index=False)
             if nulls:
                 pd.concat([t.assign(node=n) for n, t in seeds.items()], ignore_index=True).to_parquet(tmp / "seed_null.parquet", index=False)
                 null_counts.reset_index().to_parquet(tmp / "null_counts.parquet", index=False)
@@ -280,6 +339,8 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
                 **({"null_counts": dg.MetadataValue.md(markdown_table(null_counts)),
                     "seed_reproducibility": dg.MetadataValue.json({n: round(seed_summary(t)["reproducibility"], 4) for n, t in seeds.items()})}
                    if nulls else {}),
+                **({"crosscoder_agreement": dg.MetadataValue.md(markdown_table(cc_agreement.set_index(["edge", "class"])))}
+                   if crosscoders else {}),
             },
         )
 

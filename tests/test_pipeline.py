@@ -914,3 +914,38 @@ def test_the_seed_null_trains_other_seeds_and_the_flow_counts_each_edge_beside_i
     itself = seed_table([pd.read_parquet(tmp_path / "self" / "matches.parquet")], nulled.flow.threshold)
     live = itself[~itself["dead"]]
     assert live["reproducible"].all() and (live["best_r_1"] > 0.999).all() and (live["partner_1"] == live["feature"]).all()
+
+
+def test_a_crosscoder_per_edge_through_dagster_and_its_classes_beside_the_sae_flow(micro, tmp_path):
+    """flow.crosscoder on a copy of the micro home: one crosscoder per edge, its latent table and held-out figures, and
+    feature_flow's table of the crosscoder's classes against the SAE flow's statuses."""
+    import pandas as pd
+
+    from featureflow_dagster.runner import select
+    from featureflow_dagster.sae import load_sae
+
+    lineage, home, *_ = micro
+    copy = tmp_path / "home"
+    for folder in ("model", "sae", "tokens", "tokenizer", "corpus", "feature_correlation"):
+        shutil.copytree(home / folder, copy / folder)
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    raw["flow"]["crosscoder"] = {"tokens": 4800, "expansion": 2, "k": 16, "epochs": 24, "batch_tokens": 1024}
+    crossed = parse_lineage(raw, "micro-cc")
+    defs = build_definitions(crossed, home=str(copy), device="cpu")
+    instance = dg.DagsterInstance.ephemeral()
+    report = materialize_lineage(defs, instance, echo=lambda *_: None, chosen=select(defs, ["crosscoder", "feature_flow"]))
+    assert {(k.to_user_string(), pk) for k, pk in report.done} == {("crosscoder", e.key) for e in lineage.edges()} | {("feature_flow", None)}
+    agreement = pd.read_parquet(copy / "feature_flow" / "crosscoder_agreement.parquet")
+    for e in lineage.edges():
+        latents = pd.read_parquet(copy / "crosscoder" / e.key / "latents.parquet")
+        meta = _meta_partition(instance, "crosscoder", e.key)
+        d_in = load_sae(home / "sae" / e.parent).cfg.d_in
+        assert len(latents) == 2 * d_in and set(latents["class"]) <= {"parent_only", "child_only", "shared", "other", "dead"}
+        assert sum(meta[c] for c in ("parent_only", "child_only", "shared", "other", "dead")) == len(latents)
+        assert meta["explained_variance_parent"] > 0.5 and meta["explained_variance_child"] > 0.5, meta
+        assert latents["delta"].between(0, 1).all() and latents.loc[latents["class"] == "shared", "delta"].between(0.4, 0.6).all()
+        rows = agreement[agreement["edge"] == e.label].set_index("class")
+        for cls in ("child_only", "shared", "parent_only"):
+            row = rows.loc[cls]
+            fates = [c for c in rows.columns if c not in ("edge", "sae side", "latents")]
+            assert row["latents"] == int((latents["class"] == cls).sum()) == int(row[fates].fillna(0).sum())

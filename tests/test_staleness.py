@@ -131,6 +131,10 @@ def _edit_one_to_one(raw):
     raw["flow"] = {**raw["flow"], "one_to_one_max": 512}
 
 
+def _edit_crosscoder(raw):
+    raw["flow"] = {**raw["flow"], "crosscoder": {"tokens": 4800}}
+
+
 def _edit_description(raw):
     _node(raw, "code")["description"] = "words change no bytes"
 
@@ -170,6 +174,8 @@ ROWS = {
     # one-to-one pairs are written beside the matches: the correlations re-run, and what reads them shows stale until
     # then (their matches keep their bytes, so the data versions below do not move and nothing else re-runs)
     "flow one_to_one_max": (_edit_one_to_one, _edges(*EDGES, assets=("feature_correlation", "cmap")) | FLOW),
+    # crosscoders are new (missing) edge partitions; the flow reads them (for its agreement table), and the pages the flow
+    "flow crosscoder on": (_edit_crosscoder, _edges(*EDGES, assets=("crosscoder",)) | FLOW),
     "description only": (_edit_description, set()),
 }
 

@@ -555,6 +555,24 @@ class PatchingSpec(_Strict):
         return (max(layers) + 1 if layers else 0), (max(heads) + 1 if heads else 0)
 
 
+class CrosscoderSpec(_Strict):
+    """A BatchTopK crosscoder per edge (Minder et al. 2025's recipe, scaled to the model): trained on the parent's and
+    the child's activations at the lineage's hook on the same windows of the data both share."""
+
+    expansion: int = Field(default=4, gt=0, description="Latents per input dimension.")
+    k: int = Field(default=32, gt=0, description="Mean active latents per token (BatchTopK).")
+    tokens: int = Field(default=200_000, gt=0, description="Tokens it trains on (held in memory: tokens x d_in x 2 floats); "
+                        "10% more are held out for its reconstruction figures.")
+    epochs: float = Field(default=8.0, gt=0)
+    batch_tokens: int = Field(default=4096, gt=0)
+    lr: float = Field(default=2.0e-3, gt=0)
+    warmup_fraction: float = Field(default=0.05, ge=0, lt=1)
+    decay_fraction: float = Field(default=0.2, ge=0, le=1)
+    parent_only_above: float = Field(default=0.9, gt=0.5, lt=1, description="Δ above this: a parent-only latent.")
+    child_only_below: float = Field(default=0.1, gt=0, lt=0.5, description="Δ below this: a child-only latent.")
+    shared_within: tuple[float, float] = Field(default=(0.4, 0.6), description="Δ in this band: a shared latent.")
+
+
 class FlowSpec(_Strict):
     """Feature flow between every parent and child (Horn & Elliott 2024, §3): both SAEs encode the
     same `tokens` tokens, `context`-token windows drawn uniformly from the training data the two
@@ -575,6 +593,8 @@ class FlowSpec(_Strict):
     one_to_one_max: int = Field(default=16384, ge=0, description="Also pair features one to one (the Hungarian assignment on "
                                 "1 - r and on 1 - decoder cosine; one_to_one.parquet) on edges whose SAEs have at most this many "
                                 "features (it needs the full [parent, child] r matrix, m x n floats); 0: never.")
+    crosscoder: CrosscoderSpec | None = Field(default=None, description="Also train a crosscoder per edge (`crosscoder`): "
+                                              "shared and model-specific latents with no matching step.")
     null_seeds: int = Field(default=0, ge=0, le=8, description="Per node, this many more SAEs of the same recipe on the same "
                             "store with other seeds (`seed_null`), each correlated with the node's SAE as an edge is: which "
                             "features SAE training reproduces, and per edge the counts expected if fine-tuning changed nothing.")
