@@ -110,4 +110,7 @@ def agreement(latents: pd.DataFrame, parent_table: pd.DataFrame, child_table: pd
         rows.append({"class": cls, "sae side": side, "latents": len(sel),
                      **{k: int(counts.get(k, 0)) for k in ((EMERGED, PERSISTED) if side == "child" else (DISAPPEARS, PERSISTS))},
                      "no SAE feature above the threshold": int(counts.get("no SAE feature above the threshold", 0))})
-    return pd.DataFrame(rows).set_index("class").fillna(0)
+    table = pd.DataFrame(rows).set_index("class")
+    counts = [c for c in table.columns if c != "sae side"]
+    table[counts] = table[counts].fillna(0).astype(int)
+    return table
