@@ -76,6 +76,12 @@ CROSSCODER = Artefact(
     "decoder cosine, Latent Scaling ν of the specific latents, and its best-correlated SAE feature in each model "
     "(latents.parquet; the weights in crosscoder.safetensors). feature_flow compares its classes with the SAE flow.",
 )
+CROSSCODER_CHECKS = {
+    "crosscoder_explained_variance": "Each model's explained variance on the held-out tokens at least "
+                                     "flow.crosscoder.explained_variance_min (not blocking).",
+    "crosscoder_dead_fraction": "At most flow.crosscoder.dead_fraction_max of the latents never fire on the held-out "
+                                "tokens (not blocking).",
+}
 ARTEFACTS = [FEATURE_ACTIVATIONS, FEATURE_CORRELATION, FEATURE_FLOW, SEED_NULL, CROSSCODER]
 
 
@@ -121,7 +127,14 @@ def _crosscoder(lineage: Lineage) -> dg.AssetsDefinition:
     deps = [dg.AssetDep("tokens", partition_mapping=fan_out(token_edges)), dg.AssetDep("sae", partition_mapping=fan_out(pairs)),
             *per_node_models(pairs)]
 
-    @CROSSCODER.asset(partitions_def=edge_partitions(lineage), deps=deps)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # partitioned check specs are a Dagster preview
+        check_specs = [dg.AssetCheckSpec(name, asset="crosscoder", blocking=False, partitions_def=edge_partitions(lineage),
+                                         description=text) for name, text in CROSSCODER_CHECKS.items()]
+
+    @CROSSCODER.asset(partitions_def=edge_partitions(lineage), deps=deps, check_specs=check_specs)
     def crosscoder(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
         from safetensors.torch import save_file
 
@@ -141,11 +154,21 @@ def _crosscoder(lineage: Lineage) -> dg.AssetsDefinition:
         with store.write_dir(out) as tmp:
             save_file({k: v.contiguous() for k, v in cc.state_dict().items()}, str(tmp / "crosscoder.safetensors"))
             latents.to_parquet(tmp / "latents.parquet", index=False)
+        spec = lineage.flow.crosscoder
+        ev = min(figures["explained_variance_parent"], figures["explained_variance_child"])
+        checks = [
+            dg.AssetCheckResult(check_name="crosscoder_explained_variance",
+                                passed=spec.explained_variance_min is None or ev >= spec.explained_variance_min,
+                                metadata={"value": round(ev, 4), "bound": spec.explained_variance_min, "edge": edge.label}),
+            dg.AssetCheckResult(check_name="crosscoder_dead_fraction",
+                                passed=spec.dead_fraction_max is None or figures["dead_fraction"] <= spec.dead_fraction_max,
+                                metadata={"value": round(figures["dead_fraction"], 4), "bound": spec.dead_fraction_max, "edge": edge.label}),
+        ]
         return CROSSCODER.result(out, file_sha256(out / "latents.parquet"), {
             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()},
             "median_nu_error_child_only": float(latents.loc[latents["class"] == "child_only", "nu_error"].median()),
             "median_nu_error_parent_only": float(latents.loc[latents["class"] == "parent_only", "nu_error"].median()),
-            "seed": settings["seed"], "device": str(dev)})
+            "seed": settings["seed"], "device": str(dev)}, check_results=checks)
 
     return crosscoder
 

@@ -929,7 +929,8 @@ def test_a_crosscoder_per_edge_through_dagster_and_its_classes_beside_the_sae_fl
     for folder in ("model", "sae", "tokens", "tokenizer", "corpus", "feature_correlation"):
         shutil.copytree(home / folder, copy / folder)
     raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
-    raw["flow"]["crosscoder"] = {"tokens": 4800, "expansion": 2, "k": 16, "epochs": 24, "batch_tokens": 1024}
+    raw["flow"]["crosscoder"] = {"tokens": 4800, "expansion": 2, "k": 16, "epochs": 24, "batch_tokens": 1024,
+                                 "explained_variance_min": 0.5, "dead_fraction_max": 0.5}
     crossed = parse_lineage(raw, "micro-cc")
     defs = build_definitions(crossed, home=str(copy), device="cpu")
     instance = dg.DagsterInstance.ephemeral()
@@ -949,3 +950,17 @@ def test_a_crosscoder_per_edge_through_dagster_and_its_classes_beside_the_sae_fl
             row = rows.loc[cls]
             fates = [c for c in rows.columns if c not in ("edge", "sae side", "latents")]
             assert row["latents"] == int((latents["class"] == cls).sum()) == int(row[fates].fillna(0).sum())
+    # its figures as (non-blocking) asset checks: met at these bars, failed at an impossible one, nothing blocked
+    from dagster._core.definitions.asset_checks.asset_check_spec import AssetCheckKey
+
+    def checks(name):
+        records = instance.event_log_storage.get_asset_check_execution_history(AssetCheckKey(dg.AssetKey("crosscoder"), name), limit=50)
+        return [r.event.dagster_event.event_specific_data for r in records if r.event and r.event.dagster_event]
+
+    assert [c.passed for c in checks("crosscoder_explained_variance")] == [True] * len(lineage.edges())
+    assert [c.passed for c in checks("crosscoder_dead_fraction")] == [True] * len(lineage.edges())
+    raw["flow"]["crosscoder"]["explained_variance_min"] = 0.999
+    strict = build_definitions(parse_lineage(raw, "micro-cc"), home=str(copy), device="cpu")
+    assert materialize_lineage(strict, instance, echo=lambda *_: None, chosen=select(strict, ["crosscoder"]), force=True).done
+    failed = checks("crosscoder_explained_variance")[0]
+    assert failed.passed is False and failed.metadata["bound"].value == 0.999

@@ -571,6 +571,10 @@ class CrosscoderSpec(_Strict):
     parent_only_above: float = Field(default=0.9, gt=0.5, lt=1, description="Δ above this: a parent-only latent.")
     child_only_below: float = Field(default=0.1, gt=0, lt=0.5, description="Δ below this: a child-only latent.")
     shared_within: tuple[float, float] = Field(default=(0.4, 0.6), description="Δ in this band: a shared latent.")
+    explained_variance_min: float | None = Field(default=0.7, description="Asset check (not blocking): each model's "
+                                                 "explained variance on the held-out tokens at least this; null: no check.")
+    dead_fraction_max: float | None = Field(default=0.1, description="Asset check (not blocking): at most this share of "
+                                            "latents never fires on the held-out tokens; null: no check.")
 
 
 class FlowSpec(_Strict):
