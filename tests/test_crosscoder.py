@@ -2,7 +2,6 @@
 planted removal and addition are found as parent-only and child-only latents, and Latent Scaling is the closed-form
 least-squares scale."""
 
-import numpy as np
 import pytest
 import torch
 
