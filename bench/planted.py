@@ -107,13 +107,6 @@ def codes(sae, x: torch.Tensor):
     return to_csr(sae.encode(x))
 
 
-def assign(sae, truth: torch.Tensor, bar: float) -> np.ndarray:
-    """Per SAE feature, the true feature its decoder row points at (cosine > bar), else -1."""
-    cos = decoder_cosines(sae.W_dec, truth)
-    best = cos.argmax(1)
-    return np.where(cos.max(1) > bar, best, -1)
-
-
 def score(predicted: dict[int, bool], truth: set[int]) -> dict:
     """Precision, recall and F1 of the true features predicted positive, over the scored ones."""
     pos = {j for j, p in predicted.items() if p}
@@ -162,7 +155,7 @@ def main() -> None:
         return pd.concat([matches_table(corr), decoder_table(*dec)], ignore_index=True), corr
 
     edge, corr = matches("parent", "child")
-    owners = {"parent": assign(saes["parent"], world["parent"], args.assign), "child": assign(saes["child"], world["child"], args.assign)}
+    owners = {side: assign_rows(saes[side].W_dec, world[side], args.assign) for side in ("parent", "child")}
     kinds = world["kinds"]
     removed = set(np.flatnonzero(kinds == "removed").tolist())
     emerged = set(range(args.features, args.features + world["share"]))
