@@ -332,8 +332,7 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
         if crosscoders:  # the crosscoder's classes beside the SAE flow's statuses, per edge
             from featureflow_dagster.crosscoder.edge import agreement as cc_agree
 
-            tables = tables_from_classification(lineage, flow.classification)
-            cc_agreement = pd.concat([cc_agree(pd.read_parquet(CROSSCODER.at(store, e.key) / "latents.parquet"), *tables[e], threshold)
+            cc_agreement = pd.concat([cc_agree(pd.read_parquet(CROSSCODER.at(store, e.key) / "latents.parquet"), *flow.tables[e], threshold)
                                       .reset_index().assign(edge=e.label) for e in lineage.edges()], ignore_index=True)
         out = FEATURE_FLOW.at(store)
         with store.write_dir(out) as tmp:

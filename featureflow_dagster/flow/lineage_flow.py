@@ -12,7 +12,7 @@ import pandas as pd
 
 from featureflow_dagster.lineage import Edge
 from featureflow_dagster.flow.classify import (DISAPPEARS, EMERGED, PERSISTED, PERSISTS, DEAD, classify_aligned, classify_edge, edge_counts,
-                                               method_agreement, node_origin, tables_from_classification)
+                                               method_agreement, node_origin)
 from featureflow_dagster.flow.matching import agreement
 
 
@@ -38,6 +38,7 @@ class LineageFlow:
     headline: dict
     volumes: dict
     summary: pd.DataFrame  # trajectory_summary
+    tables: dict  # per edge (parent table, child table): classify_edge's, as tables_from_classification reads them back
 
     def write(self, folder: Path) -> None:
         self.classification.to_parquet(folder / "classification.parquet", index=False)
@@ -61,7 +62,7 @@ def classify_lineage(lineage, matches: dict[Edge, pd.DataFrame], threshold: floa
     traj = trajectories(lineage, tables)
     return LineageFlow(pd.concat(classified, ignore_index=True), traj, pd.concat(agreements, ignore_index=True),
                        pd.DataFrame(counts).set_index("edge"), headline_counts(lineage, tables), flow_volumes(lineage, tables),
-                       trajectory_summary(traj))
+                       trajectory_summary(traj), tables)
 
 
 def classify_aligned_lineage(lineage, flow: LineageFlow, aligned: dict[Edge, pd.DataFrame],
@@ -70,14 +71,13 @@ def classify_aligned_lineage(lineage, flow: LineageFlow, aligned: dict[Edge, pd.
     aligned.parquet), and per edge its counts beside how the parent's features fare by matching and by aligned
     pairs (`method_agreement`). Returns (classification: one row per edge, side and feature, as `classify_lineage`'s
     plus decoder_cosine; counts indexed by edge label)."""
-    matched = tables_from_classification(lineage, flow.classification)
     rows, counts = [], []
     for edge in lineage.edges():
         pt, ct = classify_aligned(aligned[edge], threshold)
         rows.append(pt.assign(edge=edge.label, side="parent", node=edge.parent))
         rows.append(ct.assign(edge=edge.label, side="child", node=f"{edge.child} (warm from {edge.parent})"))
         counts.append({"edge": edge.label, **edge_counts(pt, ct),
-                       **{f"vs_matching/{k}": v for k, v in method_agreement(matched[edge][0], pt).items()}})
+                       **{f"vs_matching/{k}": v for k, v in method_agreement(flow.tables[edge][0], pt).items()}})
     table = pd.DataFrame(counts).set_index("edge").drop(columns=["splits", "merges"])
     return pd.concat(rows, ignore_index=True), table
 

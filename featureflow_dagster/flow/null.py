@@ -70,8 +70,5 @@ def null_edge_counts(parent: pd.DataFrame, child: pd.DataFrame, parent_seeds: pd
 
 def null_table(lineage, flow, seeds: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """`null_edge_counts` for every edge of a classified lineage (`flow`: LineageFlow), indexed by edge label."""
-    from featureflow_dagster.flow.classify import tables_from_classification
-
-    tables = tables_from_classification(lineage, flow.classification)
-    rows = [{"edge": Edge(p, c).label, **null_edge_counts(*tables[(p, c)], seeds.get(p), seeds.get(c))} for p, c in lineage.edges()]
+    rows = [{"edge": Edge(p, c).label, **null_edge_counts(*flow.tables[(p, c)], seeds.get(p), seeds.get(c))} for p, c in lineage.edges()]
     return pd.DataFrame(rows).set_index("edge")
