@@ -50,9 +50,13 @@ def write_codes(parent_model, child_model, parent_sae, child_sae, tokens: torch.
         codes: dict[str, list[sp.csr_matrix]] = {"parent": [], "child": []}
         for b in range(0, part.shape[0], batch_windows):
             x = part[b : b + batch_windows].to(device, torch.long)
+            acts = {}  # one forward per (model, hook): a seed null encodes one model's activations with two SAEs
             for side, model, sae in (("parent", parent_model, parent_sae), ("child", child_model, child_sae)):
-                acts = run_to_hook(model, x, sae.cfg.hook_name)
-                codes[side].append(to_csr(sae.encode(acts.reshape(-1, acts.shape[-1]).float())))
+                key = (id(model), sae.cfg.hook_name)
+                if key not in acts:
+                    a = run_to_hook(model, x, sae.cfg.hook_name)
+                    acts[key] = a.reshape(-1, a.shape[-1]).float()
+                codes[side].append(to_csr(sae.encode(acts[key])))
         out = {"tokens": part.contiguous(), "origin": origin[start : start + chunk_windows].contiguous()}
         for side in ("parent", "child"):
             csr = sp.vstack(codes[side], format="csr")
