@@ -79,6 +79,7 @@ class Correlation:
     parent_top: TopMatches  # each parent feature's best child features
     child_top: TopMatches  # each child feature's best parent features
     method: str = "sparse"  # how the cross-moment was computed: 'sparse' or 'dense'
+    matrix: np.ndarray | None = None  # the full [m, n] r (as `correlation_matrix`), kept when asked for on the dense path
 
 
 def _top_from_csr(indptr: np.ndarray, cols: np.ndarray, r: np.ndarray, k: int):
@@ -172,9 +173,11 @@ def _row_side_top(chunks, mom_rows: FeatureMoments, mom_cols: FeatureMoments, tr
     return TopMatches(out_idx, out_r)
 
 
-def _dense_top(chunks, pa: FeatureMoments, pb: FeatureMoments, k: int, row_block: int, log, rows_per_product: int = 8192):
+def _dense_top(chunks, pa: FeatureMoments, pb: FeatureMoments, k: int, row_block: int, log, rows_per_product: int = 8192,
+               full: np.ndarray | None = None):
     """Both sides' top-k from the dense cross-moment (BLAS), one pass over the codes per block of
-    parent features: faster than the sparse product once codes are dense enough (see `choose_method`)."""
+    parent features: faster than the sparse product once codes are dense enough (see `choose_method`).
+    `full` ([m, n] float32): filled with the full r matrix on the way (dead rows and columns NaN)."""
     m, n, T = pa.sum.size, pb.sum.size, pa.tokens
     k_p, k_c = min(k, max(1, int((~pb.dead).sum()))), min(k, max(1, int((~pa.dead).sum())))
     p_idx, p_r = np.full((m, k_p), -1), np.full((m, k_p), np.nan)
@@ -188,6 +191,10 @@ def _dense_top(chunks, pa: FeatureMoments, pb: FeatureMoments, k: int, row_block
         with np.errstate(divide="ignore", invalid="ignore"):
             r = (cross - T * np.outer(pa.mean[start:stop], pb.mean)) / (T * np.outer(pa.std[start:stop], pb.std))
         r = np.clip(r, -1.0, 1.0)
+        if full is not None:
+            full[start:stop] = r
+            full[start:stop][pa.dead[start:stop], :] = np.nan
+            full[start:stop][:, pb.dead] = np.nan
         r[pa.dead[start:stop], :] = -np.inf
         r[:, pb.dead] = -np.inf
         order = np.argsort(-r, axis=1, kind="stable")[:, :k_p]
@@ -234,6 +241,7 @@ def correlate_features(
     row_block: int = 4096,
     log: Callable[[str], None] | None = None,
     method: str = "auto",
+    keep_matrix: bool = False,
 ) -> Correlation:
     """Pearson r between every parent feature (m) and child feature (n) over the tokens of `chunks`,
     reduced to each side's top-k partners, exactly.
@@ -242,7 +250,8 @@ def correlate_features(
     it is called once per side for the moments and once per block of `row_block` features per side.
     Cost: O(T × L0(parent) × L0(child)) for the cross-moments plus O(features × k) for the rest.
     method: 'sparse', 'dense' (BLAS on densified chunks; faster for dense codes) or 'auto'
-    (`choose_method`). Both are exact; they agree to float64 round-off (tested)."""
+    (`choose_method`). Both are exact; they agree to float64 round-off (tested). `keep_matrix`: on the dense
+    path also keep the full r matrix it computes anyway (`Correlation.matrix`; the sparse path never forms it)."""
     pa = moments((a for a, _ in chunks()), m)
     pb = moments((b for _, b in chunks()), n)
     if pa.tokens != pb.tokens:
@@ -252,8 +261,9 @@ def correlate_features(
     if log:
         log(f"cross-moment: {method} product")
     if method == "dense":
-        parent_top, child_top = _dense_top(chunks, pa, pb, top_k, row_block, log)
-        return Correlation(pa, pb, parent_top, child_top, method)
+        full = np.empty((m, n), dtype=np.float32) if keep_matrix else None
+        parent_top, child_top = _dense_top(chunks, pa, pb, top_k, row_block, log, full=full)
+        return Correlation(pa, pb, parent_top, child_top, method, full)
     parent_top = _row_side_top(chunks, pa, pb, False, top_k, row_block, log, "parent features")
     child_top = _row_side_top(chunks, pb, pa, True, top_k, row_block, log, "child features")
     return Correlation(pa, pb, parent_top, child_top, method)

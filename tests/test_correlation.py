@@ -110,3 +110,25 @@ def test_auto_picks_dense_for_dense_codes_and_sparse_for_sparse_ones():
     live = ~res.parent_moments.dead
     assert np.allclose(res.parent_top.r[live, 0], other.parent_top.r[live, 0], atol=1e-12)
     assert np.allclose(res.child_top.r[~res.child_moments.dead, 0], other.child_top.r[~res.child_moments.dead, 0], atol=1e-12)
+
+
+def test_the_dense_path_keeps_the_full_matrix_correlation_matrix_computes():
+    """`keep_matrix`: the r matrix the dense cross-moment forms anyway, kept instead of a second pass over the codes
+    (one-to-one pairs need it); equal to `correlation_matrix`, dead rows and columns NaN; the sparse path keeps none."""
+    from featureflow_dagster.correlation import correlation_matrix
+
+    rng = np.random.default_rng(0)
+    a = np.where(rng.random((3000, 60)) < 0.2, rng.random((3000, 60)), 0.0)
+    a[:, 5] = 0.0  # a dead parent feature
+    b = np.where(rng.random((3000, 50)) < 0.2, rng.random((3000, 50)), 0.0)
+    a, b = sp.csr_matrix(a), sp.csr_matrix(b)
+
+    def chunks():
+        return iter([(a[:1500], b[:1500]), (a[1500:], b[1500:])])
+
+    dense = correlate_features(chunks, 60, 50, method="dense", keep_matrix=True, row_block=16)
+    ref = correlation_matrix(chunks, dense.parent_moments, dense.child_moments, 16)
+    assert np.isnan(dense.matrix[5]).all() and np.array_equal(np.isnan(dense.matrix), np.isnan(ref))
+    np.testing.assert_allclose(dense.matrix, ref, atol=1e-6)
+    assert correlate_features(chunks, 60, 50, method="sparse", keep_matrix=True).matrix is None
+    assert correlate_features(chunks, 60, 50, method="dense").matrix is None

@@ -164,7 +164,8 @@ def correlate_edge(chunks: Callable[[], Iterator], m: int, n: int, w_parent: tor
     with cosines), features.parquet (moments, dead) and, with `spec.full_matrix`, matrix.safetensors.
     `spec` is the lineage's `FlowSpec`."""
     started = time.perf_counter()
-    corr = correlate_features(chunks, m, n, top_k=spec.top_k, row_block=spec.row_block, log=log)
+    need_full = spec.full_matrix or max(m, n) <= spec.one_to_one_max
+    corr = correlate_features(chunks, m, n, top_k=spec.top_k, row_block=spec.row_block, log=log, keep_matrix=need_full)
     corr_seconds = time.perf_counter() - started
     started = time.perf_counter()
     dec_parent, dec_child = decoder_matches(w_parent, w_child, k=spec.top_k)
@@ -175,8 +176,8 @@ def correlate_edge(chunks: Callable[[], Iterator], m: int, n: int, w_parent: tor
         for side, mom in (("parent", corr.parent_moments), ("child", corr.child_moments))], ignore_index=True)
     matches.to_parquet(folder / "matches.parquet", index=False)
     features.to_parquet(folder / "features.parquet", index=False)
-    full, assignment = None, None
-    if spec.full_matrix or max(m, n) <= spec.one_to_one_max:
+    full, assignment = corr.matrix, None  # the dense path kept it; the sparse one never formed it
+    if need_full and full is None:
         full = correlation_matrix(chunks, corr.parent_moments, corr.child_moments, spec.row_block)
     if spec.full_matrix:
         save_file({"r": torch.from_numpy(full)}, str(folder / "matrix.safetensors"))
