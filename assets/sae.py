@@ -102,6 +102,7 @@ def _warm_sae(lineage: Lineage) -> dg.AssetsDefinition:
         with store.write_dir(out) as tmp:
             save_fitted(fitted, tmp)
             table.to_parquet(tmp / ALIGNED_FILE, index=False)
+        store.checkpoint_path("warm_sae", edge.key).unlink(missing_ok=True)  # as `sae` does once its SAE is written
         summary = aligned_summary(table)
         return WARM_SAE.result(out, file_sha256(out / "sae_weights.safetensors"), {
             **summary, **{k: fitted.values[k] for k in ("l0", "explained_variance", "loss_recovered", "dead_fraction")},

@@ -809,6 +809,7 @@ def test_warm_started_saes_keep_the_parents_features_where_the_model_did_not_cha
     report = materialize_lineage(defs, dg.DagsterInstance.ephemeral(), echo=lambda *_: None,
                                  chosen=select(defs, ["warm_sae", "feature_flow"]))
     assert {(k.to_user_string(), pk) for k, pk in report.done} == {("warm_sae", e.key) for e in lineage.edges()} | {("feature_flow", None)}
+    assert not list((copy / "checkpoints").rglob("*.pt"))  # resumable state, removed when each partition completed
     aligned = pd.read_parquet(copy / "warm_sae" / "base__code" / "aligned.parquet")
     assert len(aligned) == load_sae(home / "sae" / "code").cfg.d_sae and aligned["activation_r"].notna().any()
     # the flow by aligned pairs beside matching: every parent feature counted once, the comparison over those live both ways
@@ -873,6 +874,7 @@ def test_the_seed_null_trains_other_seeds_and_the_flow_counts_each_edge_beside_i
     defs = build_definitions(nulled, home=str(copy), device="cpu")
     report = materialize_lineage(defs, dg.DagsterInstance.ephemeral(), echo=lambda *_: None, chosen=select(defs, ["seed_null", "feature_flow"]))
     assert {(k.to_user_string(), pk) for k, pk in report.done} == {("seed_null", n) for n in lineage.node_names} | {("feature_flow", None)}
+    assert not list((copy / "checkpoints").rglob("*.pt"))  # resumable state, removed when each partition completed
     twin = load_sae(copy / "seed_null" / "base" / "seed_1")
     own = load_sae(home / "sae" / "base")
     assert twin.cfg.d_sae == own.cfg.d_sae and not torch.equal(twin.W_dec, own.W_dec)  # another seed, the same recipe
