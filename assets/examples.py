@@ -134,6 +134,8 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
         deps += [dg.AssetDep("feature_correlation"), dg.AssetDep("feature_flow"), dg.AssetDep("case_studies")]
     if lineage.autointerp.enabled:
         deps.append(dg.AssetDep("autointerp"))  # its explanations appear on the pages
+    if lineage.flow.crosscoder is not None:
+        deps.append(dg.AssetDep("crosscoder"))  # its latents get pages beside the SAE features
 
     @FEATURE_PAGES.asset(deps=deps)
     def feature_pages(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
@@ -149,6 +151,12 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
                                           load_sae(SAE.at(store, n), dev), dev, lineage.examples.batch_windows,
                                           AUTOINTERP.at(store, n) if lineage.autointerp.enabled else None))
             log(f"pages: encoded the examples' windows of {n}")
+        vocab = token_strings(load_tokenizer(TOKENIZER.at(store)))
+        if lineage.flow.crosscoder is not None:
+            from featureflow_dagster.assets.flow import CROSSCODER
+
+            for e in lineage.edges():
+                evidence.append(site.crosscoder_evidence(e, CROSSCODER.at(store, e.key), vocab))
         tables = cases = volumes = None
         if has_edges:
             classification, traj, volumes = read_flow(store, "classification.parquet", "trajectories.parquet", "volumes.json")
@@ -159,7 +167,7 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
             cases = json.loads(CASE_STUDIES.at(store).read_text())
         out = FEATURE_PAGES.at(store)
         with store.write_dir(out) as tmp:
-            info = site.write_site(tmp, lineage.name, token_strings(load_tokenizer(TOKENIZER.at(store))), evidence, tables, cases,
+            info = site.write_site(tmp, lineage.name, vocab, evidence, tables, cases,
                                    volumes, lineage.flow.threshold, store.plotly_js(), final=out, log=log)
         return FEATURE_PAGES.result(
             out / "index.html", tree_sha256(out), {

@@ -65,8 +65,9 @@ SEED_NULL = Artefact(
     "matches.parquet). The flow reads which features SAE training reproduces.",
 )
 CROSSCODER = Artefact(
-    "crosscoder", "flow", "1", "crosscoder/{key}",
+    "crosscoder", "flow", "2", "crosscoder/{key}",
     settings=lambda lineage: edges(lineage, lambda p, c: {"crosscoder": lineage.flow.crosscoder.model_dump(mode="json"),
+                                                          "examples": lineage.examples.model_dump(mode="json", include={"top_k", "samples", "logit_k"}),
                                                           "seed": lineage.seed_of(c) + lineage.flow.seed_offset + 1,
                                                           "context": lineage.flow_context(p), "shared_data": lineage.shared_data(p, c)})
     if lineage.flow.crosscoder else {},
@@ -74,7 +75,8 @@ CROSSCODER = Artefact(
     description="flow.crosscoder: a BatchTopK crosscoder over the parent's and the child's activations on windows of the data "
     "both share (Minder et al. 2025): per latent its relative decoder norm Δ, class (parent-only, shared, child-only), "
     "decoder cosine, Latent Scaling ν of the specific latents, and its best-correlated SAE feature in each model "
-    "(latents.parquet; the weights in crosscoder.safetensors). feature_flow compares its classes with the SAE flow.",
+    "(latents.parquet; the weights in crosscoder.safetensors), and the evidence of every latent over held-out windows in "
+    "both models (examples, codes, logit effects) for its page. feature_flow compares its classes with the SAE flow.",
 )
 CROSSCODER_CHECKS = {
     "crosscoder_explained_variance": "Each model's explained variance on the held-out tokens at least "
@@ -148,12 +150,14 @@ def _crosscoder(lineage: Lineage) -> dg.AssetsDefinition:
         models = {side: load_model(MODEL.at(store, n), dev) for side, n in zip(("parent", "child"), edge)}
         saes = {side: load_sae(SAE.at(store, n), dev) for side, n in zip(("parent", "child"), edge)}
         blocks = [b for d in settings["shared_data"] for b in load_blocks(TOKENS.at(store, d), "train").values()]
-        cc, latents, figures = train_edge_crosscoder(lineage.flow.crosscoder, models, saes, blocks, saes["parent"].cfg.hook_name,
-                                                     settings["context"], settings["seed"], dev, log=step_log(context))
+        cc, latents, figures, evidence = train_edge_crosscoder(lineage.flow.crosscoder, models, saes, blocks, saes["parent"].cfg.hook_name,
+                                                               settings["context"], settings["seed"], dev, log=step_log(context),
+                                                               examples=lineage.examples)
         out = CROSSCODER.at(store, edge.key, fetch=False)
         with store.write_dir(out) as tmp:
             save_file({k: v.contiguous() for k, v in cc.state_dict().items()}, str(tmp / "crosscoder.safetensors"))
             latents.to_parquet(tmp / "latents.parquet", index=False)
+            evidence.save(tmp)  # the latent pages' examples in both models (feature_pages)
         spec = lineage.flow.crosscoder
         ev = min(figures["explained_variance_parent"], figures["explained_variance_child"])
         checks = [

@@ -138,10 +138,22 @@ class FeatureExamples:
 @torch.no_grad()
 def collect_examples(model, sae, windows: torch.Tensor, device, vocab_size: int, top_k: int = 20, samples: int = 64,
                      inactive_pool: int = 256, batch_windows: int = 64, seed: int = 0, log=None) -> FeatureExamples:
-    """One pass over `windows` [n, context] (token ids): the model to `hook_post`, the SAE's codes, and
+    """One pass over `windows` [n, context] (token ids): the model to the SAE's hook, the SAE's codes, and
     every per-feature statistic of `FeatureExamples`, batch by batch."""
+
+    def encode(start: int, tok: torch.Tensor) -> torch.Tensor:
+        acts = run_to_hook(model, tok.to(device), sae.cfg.hook_name).reshape(-1, sae.cfg.d_in)
+        return sae.encode(acts.to(torch.float32)).float().cpu()
+
+    return collect_examples_from(encode, sae.cfg.d_sae, windows, vocab_size, top_k, samples, inactive_pool, batch_windows, seed, log)
+
+
+@torch.no_grad()
+def collect_examples_from(encode, d_sae: int, windows: torch.Tensor, vocab_size: int, top_k: int = 20, samples: int = 64,
+                          inactive_pool: int = 256, batch_windows: int = 64, seed: int = 0, log=None) -> FeatureExamples:
+    """`collect_examples` for any dictionary: `encode(start, tokens)` gives the codes [tokens, d_sae] (host, float32)
+    of the windows `tokens` = windows[start:start + batch_windows] (a crosscoder reads both models there)."""
     n, ctx = windows.shape
-    d_sae = sae.cfg.d_sae
     gen = torch.Generator().manual_seed(seed)
     top_v = torch.zeros(d_sae, 0)
     top_p = torch.zeros(d_sae, 0, dtype=torch.long)
@@ -156,8 +168,7 @@ def collect_examples(model, sae, windows: torch.Tensor, device, vocab_size: int,
     batches = -(-n // batch_windows)
     for b, start in enumerate(range(0, n, batch_windows)):
         tok = windows[start:start + batch_windows].long()
-        acts = run_to_hook(model, tok.to(device), sae.cfg.hook_name).reshape(-1, sae.cfg.d_in)
-        codes = sae.encode(acts.to(torch.float32)).float().cpu()  # [tokens, d_sae]
+        codes = encode(start, tok)  # [tokens, d_sae]
         base = start * ctx
         # top-k: this batch's top-k per feature merged with the running ones
         kb = min(top_k, codes.shape[0])
@@ -358,6 +369,8 @@ class NodeEvidence:
     logits: dict[str, torch.Tensor]
     codes: sp.csc_matrix
     explanations: dict[int, tuple[str, float]] | None = None  # feature -> (LLM explanation, its score), from autointerp
+    # a crosscoder's latents instead of an SAE's features: {"edge", "parent", "child", "latents": latents.parquet by latent}
+    crosscoder: dict | None = None
 
     def __post_init__(self):
         self.columns = {k: self.table[k].to_numpy() for k in ("density", "max_activation", "top_token_id", "llr_top_token")}

@@ -166,13 +166,56 @@ def _contexts(ev: NodeEvidence, f: int, col_rows: np.ndarray, col_vals: np.ndarr
     return {"top": top, "quantiles": groups, "inactive": off}, acts
 
 
+def crosscoder_site_node(edge_key: str) -> str:
+    """The site's name for an edge's crosscoder (node names are [a-z0-9_]: no clash)."""
+    return f"crosscoder.{edge_key}"
+
+
+def crosscoder_evidence(edge: Edge, folder: Path, vocab: list[str]) -> NodeEvidence:
+    """An edge's crosscoder (its asset folder: latents.parquet and `crosscoder.edge.LatentEvidence`) as a site node
+    whose 'features' are the latents, with their examples over held-out windows of the data both models share."""
+    from featureflow_dagster.crosscoder.edge import LatentEvidence
+    from featureflow_dagster.examples import feature_table
+
+    evidence = LatentEvidence.load(folder)
+    latents = pd.read_parquet(folder / "latents.parquet").set_index("latent")
+    return NodeEvidence(crosscoder_site_node(edge.key), evidence.examples,
+                        feature_table(evidence.examples, vocab, evidence.logits["child_top_ids"]), evidence.logits, evidence.codes,
+                        crosscoder={"edge": edge.label, "parent": edge.parent, "child": edge.child, "latents": latents})
+
+
+def _logit_pairs(ev: NodeEvidence, f: int, prefix: str = "") -> dict:
+    return {side: [[i, _r(v, 3)] for i, v in zip(ev.logit_lists[f"{prefix}{side}_ids"][f], ev.logit_lists[f"{prefix}{side}_values"][f])]
+            for side in ("top", "bottom")}
+
+
+def _crosscoder_record(ev: NodeEvidence, f: int) -> dict:
+    """A latent's crosscoder figures: class, Δ, decoder norms and cosine, ν, and its best SAE feature in each model."""
+    cc, row = ev.crosscoder, ev.crosscoder["latents"].loc[f]
+    return {"edge": cc["edge"], "parent": cc["parent"], "child": cc["child"], "class": str(row["class"]), "delta": _r(row["delta"]),
+            "cosine": _r(row["decoder_cosine"]), "norm_parent": _r(row["norm_parent"]), "norm_child": _r(row["norm_child"]),
+            "nu_error": _r(row.get("nu_error", float("nan"))), "nu_recon": _r(row.get("nu_recon", float("nan"))),
+            "sae": {side: [int(row[f"{side}_sae_feature"]), _r(row[f"{side}_sae_r"])] for side in ("parent", "child")},
+            "logits": {side: _logit_pairs(ev, f, f"{side}_") for side in ("parent", "child")}}
+
+
 def feature_record(ev: NodeEvidence, f: int, lineage: LineageTables | None, inactive: int = 5) -> dict:
-    """Everything one feature's page shows (see the module docstring)."""
+    """Everything one feature's page shows (see the module docstring); for a crosscoder's latent, its crosscoder
+    figures and logit effects in both models instead of the lineage."""
     ex, row = ev.examples, {k: v[f] for k, v in ev.columns.items()}
     start, end = ev.codes.indptr[f], ev.codes.indptr[f + 1]
     contexts, acts = _contexts(ev, f, ev.codes.indices[start:end], ev.codes.data[start:end], inactive)
     hist = ex.histogram[f]
     nz = torch.nonzero(hist).flatten().tolist()
+    if ev.crosscoder is not None:
+        cc = _crosscoder_record(ev, f)
+        return {"node": ev.node, "feature": f, "density": _r(row["density"]), "fired": int(ex.fired[f]), "tokens": ex.tokens,
+                "max_activation": _r(row["max_activation"]), "top_token": int(row["top_token_id"]),
+                "llr_top_token": _r(row["llr_top_token"]), "explanation": None,
+                "histogram": [[b, int(hist[b])] for b in nz],
+                "top_tokens": [[t, _r(m), c] for t, m, c in ex.top_tokens(f, n=10, min_count=5) or ex.top_tokens(f, n=10)],
+                "logits": cc.pop("logits")["child"], "crosscoder": {**cc, "logits_parent": _logit_pairs(ev, f, "parent_")},
+                "contexts": contexts, "acts": acts, "lineage": {"parents": [], "children": [], "trajectories": []}}
     return {
         "node": ev.node, "feature": f, "density": _r(row["density"]), "fired": int(ex.fired[f]), "tokens": ex.tokens,
         "max_activation": _r(row["max_activation"]), "top_token": int(row["top_token_id"]),
@@ -189,7 +232,8 @@ def feature_record(ev: NodeEvidence, f: int, lineage: LineageTables | None, inac
 
 
 def index_rows(ev: NodeEvidence, lineage: LineageTables | None) -> dict:
-    """Columns of the index for the node's live features."""
+    """Columns of the index for the node's live features (a crosscoder's: its class as the origin, and Δ,
+    decoder cosine and the best SAE partner's r in each model as extra columns)."""
     t = ev.table
     live = np.flatnonzero(t["density"].to_numpy() > 0)
     cols = {
@@ -200,6 +244,13 @@ def index_rows(ev: NodeEvidence, lineage: LineageTables | None) -> dict:
         "llr": [_r(x, 3) for x in t["llr_top_token"].to_numpy()[live]],
         "origin": [BASE_ORIGIN] * live.size, "status": {}, "best_r": {},
     }
+    if ev.crosscoder is not None:
+        lat = ev.crosscoder["latents"].reindex(live)
+        cols["origin"] = lat["class"].astype(str).tolist()
+        cols["extra"] = {"Δ": _sig(lat["delta"], 3), "decoder cos": _sig(lat["decoder_cosine"], 3),
+                         f"r {ev.crosscoder['parent']} SAE": _sig(lat["parent_sae_r"], 3),
+                         f"r {ev.crosscoder['child']} SAE": _sig(lat["child_sae_r"], 3)}
+        return cols
     if lineage is not None:
         origin = lineage.origin(ev.node)
         if origin is not None:
@@ -237,7 +288,10 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
     data = out / "data"
     data.mkdir()
     _js(data / "vocab.js", "vocab", vocab)
-    index = {"lineage": lineage_name, "threshold": threshold, "nodes": [ev.node for ev in nodes],
+    crosscoders = [ev.node for ev in nodes if ev.crosscoder is not None]
+    index = {"lineage": lineage_name, "threshold": threshold, "nodes": [ev.node for ev in nodes if ev.crosscoder is None],
+             "crosscoders": {ev.node: ev.crosscoder["edge"] for ev in nodes if ev.crosscoder is not None},
+             "classes": ["parent_only", "shared", "child_only", "other"] if crosscoders else [],
              "d_sae": {ev.node: int(ev.examples.fired.numel()) for ev in nodes}, "chunk": CHUNK,
              "hist_edges_log10": [round(float(x), 4) for x in np.log10(HIST_EDGES)],
              "edges": [Edge(p, c).label for p, c in (lineage.partners if lineage is not None else {})],

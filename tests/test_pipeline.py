@@ -918,6 +918,56 @@ def test_the_seed_null_trains_other_seeds_and_the_flow_counts_each_edge_beside_i
     assert live["reproducible"].all() and (live["best_r_1"] > 0.999).all() and (live["partner_1"] == live["feature"]).all()
 
 
+def _crosscoder_pages_show_what_the_crosscoder_computes(lineage, home):
+    """Each edge's crosscoder has a site node whose index rows carry the latents' classes and Δ, and a latent's page
+    record its figures, both SAE partners, and a top context whose activation is the crosscoder's own encoding of both
+    models' activations on that window (read back from the weights, not from the evidence it wrote)."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    from featureflow_dagster.activations import run_to_hook
+    from featureflow_dagster.crosscoder import BatchTopKCrosscoder
+    from featureflow_dagster.model import load_model
+    from featureflow_dagster.sae import load_sae
+
+    site = home / "reports" / "features"
+    index = _site_data(site / "data" / "index.js")
+    assert index["crosscoders"] == {f"crosscoder.{e.key}": e.label for e in lineage.edges()}
+    e = lineage.edges()[0]
+    node, folder = f"crosscoder.{e.key}", home / "crosscoder" / e.key
+    latents = pd.read_parquet(folder / "latents.parquet").set_index("latent")
+    rows = index["rows"][node]
+    assert len(rows["feature"]) > 0 and set(rows["feature"]) == set(latents.index[latents["class"] != "dead"])
+    assert rows["origin"] == latents.loc[rows["feature"], "class"].tolist()
+    assert rows["extra"]["Δ"] == pytest.approx(latents.loc[rows["feature"], "delta"].tolist(), rel=2e-3)
+    f = rows["feature"][max(range(len(rows["feature"])), key=lambda i: rows["density"][i])]
+    rec = _record(site, node, f)
+    cc_rec = rec["crosscoder"]
+    assert cc_rec["class"] == latents.loc[f, "class"] and cc_rec["delta"] == pytest.approx(latents.loc[f, "delta"], rel=1e-3)
+    assert cc_rec["sae"]["child"][0] == latents.loc[f, "child_sae_feature"] and len(cc_rec["logits_parent"]["top"]) == len(rec["logits"]["top"]) > 0
+    state = load_file(str(folder / "crosscoder.safetensors"))
+    cc = BatchTopKCrosscoder(state["W_dec"].shape[2], state["W_dec"].shape[0], 16)
+    cc.load_state_dict(state)
+    cc.eval()
+    windows = _site_data(site / "data" / node / "windows.js")
+    w, o, value = rec["contexts"]["top"][0]
+    ctx = windows["context"]
+    tokens = torch.tensor(windows["ids"][w * ctx:(w + 1) * ctx])[None]
+    hook = load_sae(home / "sae" / e.parent).cfg.hook_name
+    with torch.no_grad():
+        xs = [run_to_hook(load_model(home / "model" / n, torch.device("cpu")), tokens, hook)[0] for n in e]
+        codes = cc.encode(xs)
+    assert value == pytest.approx(float(codes[o, f]), rel=1e-3) and value == pytest.approx(rec["max_activation"], rel=1e-3)
+    from browser import chromium_path, load_pages
+
+    if chromium_path() is not None:
+        page, listing = load_pages([f"file://{site}/feature.html#node={node}&f={f}", f"file://{site}/index.html#node={node}"],
+                                   ready="document.body && document.body.dataset.ready === '1'")
+        assert page.errors == [] and f"crosscoder {e.parent}→{e.child} · latent {f}" in page.text
+        assert "relative decoder norm Δ" in page.text and f"Logit effects in {e.parent}" in page.text
+        assert listing.errors == [] and f"live latents of crosscoder {e.parent}→{e.child}" in listing.text
+
+
 def test_a_crosscoder_per_edge_through_dagster_and_its_classes_beside_the_sae_flow(micro, tmp_path):
     """flow.crosscoder on a copy of the micro home: one crosscoder per edge, its latent table and held-out figures, and
     feature_flow's table of the crosscoder's classes against the SAE flow's statuses."""
@@ -928,7 +978,7 @@ def test_a_crosscoder_per_edge_through_dagster_and_its_classes_beside_the_sae_fl
 
     lineage, home, *_ = micro
     copy = tmp_path / "home"
-    for folder in ("model", "sae", "tokens", "tokenizer", "corpus", "feature_correlation"):
+    for folder in ("model", "sae", "tokens", "tokenizer", "corpus", "feature_correlation", "feature_examples"):
         shutil.copytree(home / folder, copy / folder)
     raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
     raw["flow"]["crosscoder"] = {"tokens": 4800, "expansion": 2, "k": 16, "epochs": 24, "batch_tokens": 1024,
@@ -936,8 +986,11 @@ def test_a_crosscoder_per_edge_through_dagster_and_its_classes_beside_the_sae_fl
     crossed = parse_lineage(raw, "micro-cc")
     defs = build_definitions(crossed, home=str(copy), device="cpu")
     instance = dg.DagsterInstance.ephemeral()
-    report = materialize_lineage(defs, instance, echo=lambda *_: None, chosen=select(defs, ["crosscoder", "feature_flow"]))
-    assert {(k.to_user_string(), pk) for k, pk in report.done} == {("crosscoder", e.key) for e in lineage.edges()} | {("feature_flow", None)}
+    pages = ["crosscoder", "feature_flow", "case_studies", "feature_pages"]
+    report = materialize_lineage(defs, instance, echo=lambda *_: None, chosen=select(defs, pages))
+    assert {(k.to_user_string(), pk) for k, pk in report.done} == {("crosscoder", e.key) for e in lineage.edges()} | {
+        (a, None) for a in pages[1:]}
+    _crosscoder_pages_show_what_the_crosscoder_computes(crossed, copy)
     agreement = pd.read_parquet(copy / "feature_flow" / "crosscoder_agreement.parquet")
     for e in lineage.edges():
         latents = pd.read_parquet(copy / "crosscoder" / e.key / "latents.parquet")

@@ -7,9 +7,11 @@ latents, and each latent's best-correlated SAE feature in each model (exact r on
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from featureflow_dagster.activations import run_to_hook
@@ -35,9 +37,10 @@ def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 
 def train_edge_crosscoder(spec, models: dict, saes: dict, blocks: list[torch.Tensor], hook: str, context: int, seed: int,
-                          device, log=None) -> tuple[BatchTopKCrosscoder, pd.DataFrame, dict]:
-    """(crosscoder, per-latent table, figures) for one edge. `models` and `saes` are keyed 'parent' and 'child';
-    `blocks` the shared data's training token blocks; `spec` the lineage's CrosscoderSpec."""
+                          device, log=None, examples=None) -> tuple[BatchTopKCrosscoder, pd.DataFrame, dict, "LatentEvidence | None"]:
+    """(crosscoder, per-latent table, figures, evidence) for one edge. `models` and `saes` are keyed 'parent' and
+    'child'; `blocks` the shared data's training token blocks; `spec` the lineage's CrosscoderSpec. With `examples`
+    (an ExamplesSpec) also the evidence the latent pages show (`latent_evidence`), over the held-out windows."""
     held = max(context, spec.tokens // 10)
     try:
         windows, _ = edge_windows(blocks, context, spec.tokens + held, seed)
@@ -93,7 +96,57 @@ def train_edge_crosscoder(spec, models: dict, saes: dict, blocks: list[torch.Ten
                "explained_variance_child": explained_variance(test[1], rec[:, 1]),
                "l0": float((f > 0).sum()) / f.shape[0], "dead_fraction": float(1 - live.mean()),
                **{c: int((table["class"] == c).sum()) for c in ("parent_only", "child_only", "shared", "other", "dead")}}
-    return cc, table, figures
+    evidence = None
+    if examples is not None:
+        evidence = latent_evidence(cc, models, hook, windows[n_train:], test, f, examples, seed)
+    return cc, table, figures, evidence
+
+
+@dataclass
+class LatentEvidence:
+    """What a crosscoder latent's page shows, over the held-out windows: the examples (`FeatureExamples`: top contexts,
+    quantile samples, histogram, top tokens), the latent codes at every position of those windows (sparse, by latent)
+    and each model's direct-path logit effects of the latent's decoder vector in that model's units."""
+
+    examples: "FeatureExamples"
+    codes: sp.csc_matrix
+    logits: dict[str, torch.Tensor]  # '<side>_<top|bottom>_<values|ids>'
+
+    def save(self, folder) -> None:
+        from safetensors.torch import save_file
+
+        self.examples.save(folder / "examples.safetensors")
+        sp.save_npz(folder / "codes.npz", self.codes.tocsc())
+        save_file({k: v.contiguous() for k, v in self.logits.items()}, str(folder / "logit_effects.safetensors"))
+
+    @classmethod
+    def load(cls, folder) -> "LatentEvidence":
+        from safetensors.torch import load_file
+
+        from featureflow_dagster.examples import FeatureExamples
+
+        return cls(FeatureExamples.load(folder / "examples.safetensors"), sp.load_npz(folder / "codes.npz").tocsc(),
+                   load_file(str(folder / "logit_effects.safetensors")))
+
+
+@torch.no_grad()
+def latent_evidence(cc: BatchTopKCrosscoder, models: dict, hook: str, windows: torch.Tensor, xs: list[torch.Tensor],
+                    codes: torch.Tensor, spec, seed: int) -> LatentEvidence:
+    """The pages' evidence for every latent from activations already computed: `windows` [n, context] the held-out
+    token windows, `xs` both models' activations over them ([n * context, d_in] each), `codes` the latents there."""
+    from featureflow_dagster.examples import collect_examples_from, direct_logit_effects, model_logit_path
+
+    ctx = windows.shape[1]
+    paths = {side: model_logit_path(models[side], hook) for side in ("parent", "child")}
+    ex = collect_examples_from(lambda start, tok: codes[start * ctx:(start + tok.shape[0]) * ctx], cc.d_latent, windows,
+                               paths["parent"].unembed.shape[0], spec.top_k, spec.samples, batch_windows=spec.batch_windows, seed=seed)
+    logits = {}
+    for m, side in enumerate(("parent", "child")):
+        w = (cc.W_dec[:, m, :] / cc.scales[m]).detach().cpu()  # the decoder vector in the model's own units
+        top, top_ids, bottom, bottom_ids = direct_logit_effects(w, paths[side], k=spec.logit_k)
+        logits.update({f"{side}_top_values": top, f"{side}_top_ids": top_ids, f"{side}_bottom_values": bottom,
+                       f"{side}_bottom_ids": bottom_ids})
+    return LatentEvidence(ex, to_csr(codes).tocsc(), logits)
 
 
 def agreement(latents: pd.DataFrame, parent_table: pd.DataFrame, child_table: pd.DataFrame, threshold: float) -> pd.DataFrame:

@@ -23,11 +23,14 @@ FF.need = function (src) {
   return FF.loaded[src];
 };
 
+FF.isCrosscoder = function (node) { return Object.prototype.hasOwnProperty.call(FF.I.crosscoders || {}, node); };
+// a site node's name as a reader reads it: an edge's crosscoder is "crosscoder base→packages"
+FF.label = function (node) { return FF.isCrosscoder(node) ? "crosscoder " + FF.I.crosscoders[node].replace("->", "→") : node; };
 FF.base = function () { return Promise.all([FF.need("data/vocab.js"), FF.need("data/index.js")]); };
 
 FF.feature = async function (node, f) {
   await FF.base();
-  if (FF.I.nodes.indexOf(node) < 0) throw new Error("unknown node '" + node + "'; this lineage has " + FF.I.nodes.join(", "));
+  if (FF.I.nodes.indexOf(node) < 0 && !FF.isCrosscoder(node)) throw new Error("unknown node '" + node + "'; this lineage has " + FF.I.nodes.join(", "));
   if (!(f >= 0 && f < FF.I.d_sae[node])) throw new Error("feature " + f + " is out of range; " + node + " has features 0 to " + (FF.I.d_sae[node] - 1));
   var c = Math.floor(f / FF.I.chunk);
   await Promise.all([FF.need("data/" + node + "/windows.js"), FF.need("data/" + node + "/" + String(c).padStart(5, "0") + ".js")]);
@@ -51,7 +54,7 @@ FF.show = function (id) { return (FF.V[id] || "").replace(/\n/g, "↵").replace(
 FF.tok = function (id) { return FF.el("span", { cls: "tok", text: FF.show(id), title: "token " + id }); };
 FF.fmt = function (x, d) { return x === null || x === undefined ? "–" : Number(x).toPrecision(d || 3); };
 FF.pct = function (x) { return x === null ? "–" : (100 * x).toPrecision(3) + "%"; };
-FF.link = function (node, f, label) { return FF.el("a", { href: "feature.html#node=" + encodeURIComponent(node) + "&f=" + f, text: label || node + " #" + f }); };
+FF.link = function (node, f, label) { return FF.el("a", { href: "feature.html#node=" + encodeURIComponent(node) + "&f=" + f, text: label || FF.label(node) + " #" + f }); };
 FF.params = function () {
   var out = {};
   location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
@@ -114,7 +117,7 @@ FF.featurePage = function () {
     try {
       var rec = await FF.feature(p.node, f);
       main.textContent = "";
-      document.title = FF.I.lineage + ": " + p.node + " #" + f;
+      document.title = FF.I.lineage + ": " + FF.label(p.node) + " #" + f;
       if (!rec) { main.appendChild(FF.el("p", { cls: "error", text: p.node + " #" + f + " never fired on the held-out tokens (a dead feature): no page." })); return; }
       FF.renderFeature(main, rec);
       FF.done();
@@ -126,7 +129,7 @@ FF.featurePage = function () {
 
 FF.renderFeature = function (main, rec) {
   var node = rec.node, f = rec.feature;
-  main.appendChild(FF.el("h1", {}, node + " · feature " + f + " ", FF.el("span", { cls: "muted", text: "top token " }), FF.tok(rec.top_token)));
+  main.appendChild(FF.el("h1", {}, FF.label(node) + " · " + (rec.crosscoder ? "latent " : "feature ") + f + " ", FF.el("span", { cls: "muted", text: "top token " }), FF.tok(rec.top_token)));
   if (rec.explanation) {
     main.appendChild(FF.el("p", { cls: "explanation" }, FF.el("strong", { text: "LLM explanation: " }), rec.explanation.text,
       FF.el("span", { cls: "muted", text: "  (simulation score " + FF.fmt(rec.explanation.score) + ")" })));
@@ -144,13 +147,22 @@ FF.renderFeature = function (main, rec) {
     FF.el("div", { id: "hist" })));
   grid.appendChild(FF.el("div", {}, FF.el("h2", { text: "Top tokens (mean activation over all occurrences)" }),
     FF.table(["token", "mean", "occurrences"], rec.top_tokens.map(function (t) { return [FF.tok(t[0]), FF.fmt(t[1]), t[2]]; }))));
-  grid.appendChild(FF.el("div", {}, FF.el("h2", { text: "Logit effects (direct path, median-centred)" }),
-    FF.table(["promoted", "", "suppressed", ""], rec.logits.top.map(function (t, i) {
-      var b = rec.logits.bottom[i] || [0, null];
-      return [FF.tok(t[0]), FF.fmt(t[1]), FF.tok(b[0]), FF.fmt(b[1])];
-    }))));
+  var logitTable = function (title, logits) {
+    return FF.el("div", {}, FF.el("h2", { text: title }),
+      FF.table(["promoted", "", "suppressed", ""], logits.top.map(function (t, i) {
+        var b = logits.bottom[i] || [0, null];
+        return [FF.tok(t[0]), FF.fmt(t[1]), FF.tok(b[0]), FF.fmt(b[1])];
+      })));
+  };
+  if (rec.crosscoder) {
+    // a crosscoder latent writes a vector into each model: its logit effects in each, through that model's own unembedding
+    grid.appendChild(logitTable("Logit effects in " + rec.crosscoder.parent + " (direct path, median-centred)", rec.crosscoder.logits_parent));
+    grid.appendChild(logitTable("Logit effects in " + rec.crosscoder.child, rec.logits));
+  } else {
+    grid.appendChild(logitTable("Logit effects (direct path, median-centred)", rec.logits));
+  }
   main.appendChild(grid);
-  FF.renderLineage(main, rec);
+  if (rec.crosscoder) FF.renderCrosscoder(main, rec); else FF.renderLineage(main, rec);
   main.appendChild(FF.el("h2", { text: "Top activating contexts" }));
   main.appendChild(FF.contexts(rec, rec.contexts.top));
   main.appendChild(FF.el("h2", { text: "Samples by activation quantile (highest first)" }));
@@ -170,6 +182,29 @@ FF.renderFeature = function (main, rec) {
         xaxis: { title: { text: "log10 activation" } }, yaxis: { title: { text: "tokens" } }, bargap: 0.05 },
       { displayModeBar: false, responsive: true });
   }
+};
+
+// A crosscoder latent: one encoder over both models' activations, a decoder vector per model. Its class comes from
+// the relative decoder norm Δ (1: only the parent's decoder is used, 0: only the child's); ν (Latent Scaling) says
+// how much of a model-specific latent the other model still reconstructs (0: nothing).
+FF.renderCrosscoder = function (main, rec) {
+  var c = rec.crosscoder;
+  main.appendChild(FF.el("h2", { text: "Crosscoder on " + c.parent + " → " + c.child }));
+  var sae = function (side) {
+    var s = c.sae[side], node = c[side];
+    if (s[1] === null) return FF.el("span", { cls: "muted", text: "none" });
+    return FF.el("span", {}, FF.link(node, s[0]), " (r " + FF.fmt(s[1]) + (s[1] > FF.I.threshold ? ", above the flow's bar " : ", below the flow's bar ") + FF.I.threshold + ")");
+  };
+  main.appendChild(FF.table(["", ""], [
+    ["class", FF.el("span", { cls: c["class"], text: c["class"].replace("_", "-") })],
+    ["relative decoder norm Δ", FF.fmt(c.delta) + "  (1: only " + c.parent + "'s decoder, 0: only " + c.child + "'s, 0.5: equal)"],
+    ["decoder norms (" + c.parent + ", " + c.child + ")", FF.fmt(c.norm_parent) + ", " + FF.fmt(c.norm_child)],
+    ["cosine of its two decoder vectors", FF.fmt(c.cosine)],
+    ["Latent Scaling ν (error, reconstruction)", c.nu_error === null ? "only for parent- and child-only latents" : FF.fmt(c.nu_error) + ", " + FF.fmt(c.nu_recon) + "  (how much of it the other model holds: 0 none, 1 all)"],
+    ["best-correlated SAE feature in " + c.parent, sae("parent")],
+    ["best-correlated SAE feature in " + c.child, sae("child")],
+  ]));
+  main.appendChild(FF.el("p", { cls: "muted", text: "The contexts below are held-out windows of the data both models share; the latent's activation is one number per token, read from both models' activations at once." }));
 };
 
 FF.renderLineage = function (main, rec) {
@@ -230,18 +265,26 @@ FF.indexPage = async function () {
   var I = FF.I, p = FF.params(), sel = {};
   ["node", "origin", "edge", "status", "q", "mind"].forEach(function (k) { sel[k] = document.getElementById(k); });
   I.nodes.forEach(function (n) { sel.node.appendChild(FF.el("option", { text: n })); });
-  // the origins and statuses a feature can have come with the data (featureflow_dagster/flow.py names them)
-  I.origins.forEach(function (o) { sel.origin.appendChild(FF.el("option", { text: o })); });
+  Object.keys(I.crosscoders || {}).forEach(function (n) { sel.node.appendChild(FF.el("option", { value: n, text: FF.label(n) })); });
+  // the origins and statuses a feature can have come with the data (featureflow_dagster/flow.py names them);
+  // a crosscoder's latents have a class instead of an origin
+  var fillOrigins = function () {
+    var keep = sel.origin.value, list = FF.isCrosscoder(sel.node.value) ? I.classes : I.origins;
+    while (sel.origin.options.length > 1) sel.origin.remove(1);
+    list.forEach(function (o) { sel.origin.appendChild(FF.el("option", { text: o })); });
+    sel.origin.value = list.indexOf(keep) >= 0 ? keep : "";
+  };
   I.statuses.forEach(function (s) { sel.status.appendChild(FF.el("option", { text: s })); });
   var sortKey = "density", sortDesc = true;
   var fillEdges = function () {
+    fillOrigins();
     var keep = sel.edge.value;
     while (sel.edge.options.length > 1) sel.edge.remove(1);
     Object.keys(I.rows[sel.node.value].status).forEach(function (e) { sel.edge.appendChild(FF.el("option", { text: e })); });
     sel.edge.value = Array.prototype.some.call(sel.edge.options, function (o) { return o.value === keep; }) ? keep : "";
   };
   var draw = function () {
-    var node = sel.node.value, R = I.rows[node], edges = Object.keys(R.status);
+    var node = sel.node.value, R = I.rows[node], edges = Object.keys(R.status), extra = Object.keys(R.extra || {});
     var q = sel.q.value, mind = parseFloat(sel.mind.value) || 0, idx = [];
     for (var i = 0; i < R.feature.length; i++) {
       if (sel.origin.value && R.origin[i] !== sel.origin.value) continue;
@@ -255,15 +298,16 @@ FF.indexPage = async function () {
     }
     var key = function (i) {
       if (sortKey === "top token") return FF.V[R.top_token[i]];
+      if (extra.indexOf(sortKey) >= 0) return R.extra[sortKey][i];
       if (sortKey.indexOf("r ") === 0) return R.best_r[sortKey.slice(2)][i];
-      return { feature: R.feature, density: R.density, max: R.max, LLR: R.llr, origin: R.origin, explanation: R.explanation }[sortKey][i];
+      return { feature: R.feature, density: R.density, max: R.max, LLR: R.llr, origin: R.origin, "class": R.origin, explanation: R.explanation }[sortKey][i];
     };
     idx.sort(function (a, b) {
       var x = key(a), y = key(b);
       if (x === y) return 0; if (x === null) return 1; if (y === null) return -1;
       return (x < y ? -1 : 1) * (sortDesc ? -1 : 1);
     });
-    var head = ["feature", "density", "max", "top token", "LLR", "origin"].concat(edges).concat(edges.map(function (e) { return "r " + e; }))
+    var head = ["feature", "density", "max", "top token", "LLR", FF.isCrosscoder(node) ? "class" : "origin"].concat(edges).concat(edges.map(function (e) { return "r " + e; })).concat(extra)
       .concat(R.explanation ? ["explanation"] : []);
     var thead = document.querySelector("#table thead"), tbody = document.querySelector("#table tbody");
     thead.textContent = ""; tbody.textContent = "";
@@ -283,10 +327,11 @@ FF.indexPage = async function () {
         FF.el("td", { cls: R.origin[i], text: R.origin[i] }));
       edges.forEach(function (e) { row.appendChild(FF.el("td", { cls: R.status[e][i], text: R.status[e][i] })); });
       edges.forEach(function (e) { row.appendChild(FF.el("td", { cls: "num", text: FF.fmt(R.best_r[e][i]) })); });
+      extra.forEach(function (e) { row.appendChild(FF.el("td", { cls: "num", text: FF.fmt(R.extra[e][i]) })); });
       if (R.explanation) row.appendChild(FF.el("td", { text: R.explanation[i] }));
       tbody.appendChild(row);
     });
-    count.textContent = idx.length.toLocaleString() + " of " + R.feature.length.toLocaleString() + " live features of " + node +
+    count.textContent = idx.length.toLocaleString() + " of " + R.feature.length.toLocaleString() + (FF.isCrosscoder(node) ? " live latents of " : " live features of ") + FF.label(node) +
       (idx.length > shown.length ? " (first " + shown.length + " shown; filter or sort to see others)" : "");
     var h = "node=" + encodeURIComponent(node);
     ["origin", "edge", "status", "q"].forEach(function (k) { if (sel[k].value) h += "&" + k + "=" + encodeURIComponent(sel[k].value); });
@@ -295,7 +340,7 @@ FF.indexPage = async function () {
   };
   var apply = function () {
     var p = FF.params();
-    sel.node.value = I.nodes.indexOf(p.node) >= 0 ? p.node : I.nodes[0];
+    sel.node.value = I.nodes.indexOf(p.node) >= 0 || FF.isCrosscoder(p.node) ? p.node : I.nodes[0];
     fillEdges();
     ["origin", "edge", "status", "q"].forEach(function (k) { sel[k].value = p[k] || ""; });
     draw();
