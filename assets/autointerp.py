@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 
 from featureflow_dagster.autointerp import LLMError, OverBudget, Price, explain_node, feature_groups
+from featureflow_dagster.autointerp.cost import unpriced_remote
 from featureflow_dagster.examples import load_evidence
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.model import load_model
@@ -27,6 +28,8 @@ from featureflow_dagster.assets.spec import Artefact, nodes
 
 # timeouts, concurrency and retries change how requests are sent, not what they ask
 _HOW = {"timeout", "max_in_flight", "retries", "enabled", "api_key_env"}
+# and prices and caps say how much may be spent, not what is asked
+_HOW |= {"prompt_usd_per_mtok", "completion_usd_per_mtok", "free", "max_usd", "max_usd_lineage", "max_requests"}
 
 AUTOINTERP = Artefact(
     "autointerp", "autointerp", "1", "autointerp/{key}",
@@ -67,6 +70,10 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
                    ) -> dg.MaterializeResult:
         node = context.partition_key
         require_passing_saes(store, [node])
+        unpriced = unpriced_remote(llm.base_url, spec)  # the resource's URL: a launch may have changed it
+        if unpriced:
+            raise dg.Failure(description=unpriced, allow_retries=False)
+        spent = _spent_elsewhere(store, lineage, node)
         try:
             client = llm.client(store.llm_cache_dir(), Price(spec.prompt_usd_per_mtok, spec.completion_usd_per_mtok))
             client.check()
@@ -78,7 +85,7 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
         started = time.perf_counter()
         try:
             table, est = explain_node(client, ev, token_strings(load_tokenizer(TOKENIZER.at(store))), spec, _classification(store, lineage),
-                                      lineage.seed_of(node), llm.max_in_flight, log=step_log(context))
+                                      lineage.seed_of(node), llm.max_in_flight, log=step_log(context), spent_elsewhere=spent)
         except OverBudget as e:
             raise dg.Failure(description=str(e), allow_retries=False) from None
         seconds = time.perf_counter() - started
@@ -98,12 +105,24 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
     return autointerp
 
 
+def _spent_elsewhere(store: ArtifactStore, lineage: Lineage, node: str) -> float:
+    """USD the lineage's other nodes' auto-interp runs spent, as their usage.json in this store records it."""
+    total = 0.0
+    for n in lineage.node_names:
+        usage = AUTOINTERP.at(store, n, fetch=False) / "usage.json"
+        if n != node and usage.is_file():
+            total += float(json.loads(usage.read_text()).get("usd", 0.0))
+    return total
+
+
 def _metadata(table: pd.DataFrame, usage, est, scorers) -> dict:
     means = table.groupby("persisting")["score"].mean()
     return {
         "features": len(table), "persisting_features": int(table["persisting"].sum()),
         "mean_score_persisting": float(means.get(True, float("nan"))),
         "mean_score_others": float(means.get(False, float("nan"))),
+        # Bills et al.'s score is against the true activations; the one against the 0-10 values the explainer saw, beside
+        "mean_score_quantised": float(table["score_quantised"].mean()),
         **{f"mean_{k}": float(table[k].mean()) for k in ("detection", "fuzzing") if k in scorers},
         "scorers": ", ".join(scorers),
         "usage": dg.MetadataValue.json(usage.as_dict()),

@@ -221,7 +221,7 @@ def _seed_null(lineage: Lineage) -> dg.AssetsDefinition:
                                         **({f"one_to_one_mean_{method}": round(fig["mean_similarity"], 4) for method, fig in pairs.items()}
                                            if pairs else {})}
         for k in range(1, lineage.flow.null_seeds + 1):  # resumable state, removed when the asset completes (store.py)
-            store.checkpoint_path("seed_null", f"{node}_{k}").unlink(missing_ok=True)
+            store.retire_checkpoint("seed_null", f"{node}_{k}")
         summary = seed_summary(seed_table(matches, lineage.flow.threshold))
         return SEED_NULL.result(out, tree_sha256(out), {
             **{k: v for k, v in summary.items() if k != "reproducibility"},

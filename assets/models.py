@@ -140,6 +140,7 @@ def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
         with store.write_dir(out) as tmp:
             trained.model.to("cpu").save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
+        store.retire_checkpoint("model", node)  # the training removed it here; on shared storage, there too
         curve_html = write_html(
             loss_curve_figure(trained.result.loss_curve, f"{node}: training loss"),
             store.report_dir("model", node) / "loss_curve.html", store.plotly_js(),

@@ -102,7 +102,7 @@ def _warm_sae(lineage: Lineage) -> dg.AssetsDefinition:
         with store.write_dir(out) as tmp:
             save_fitted(fitted, tmp)
             table.to_parquet(tmp / ALIGNED_FILE, index=False)
-        store.checkpoint_path("warm_sae", edge.key).unlink(missing_ok=True)  # as `sae` does once its SAE is written
+        store.retire_checkpoint("warm_sae", edge.key)  # as `sae` does once its SAE is written
         summary = aligned_summary(table)
         return WARM_SAE.result(out, file_sha256(out / "sae_weights.safetensors"), {
             **summary, **{k: fitted.values[k] for k in ("l0", "explained_variance", "loss_recovered", "dead_fraction")},
@@ -193,7 +193,7 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
         out = SAE.at(store, node, fetch=False)
         with store.write_dir(out) as tmp:
             save_fitted(fitted, tmp)
-        store.checkpoint_path("sae", node).unlink(missing_ok=True)
+        store.retire_checkpoint("sae", node)
         hist = write_html(density_histogram(fitted.evaluation.density, f"{node}: feature density"),
                           store.report_dir("sae", node) / "density.html", store.plotly_js())
         # the check results travel with the materialization, so Dagster knows they judge this one

@@ -2,10 +2,12 @@
 
 Both sides run `featureflow materialize` from scratch (a fresh home and Dagster instance each), one
 after the other, on the same lineage; the baseline is the in-process executor (one partition at a
-time, every core for each). Prints both wall times, the ratio, and the sum of the per-partition
-seconds each side reported (how much slower each step ran while sharing the cores).
+time, every core for each). The machine's speed drifts between runs by as much as the effect, so the
+sides alternate over `--repeats` rounds (in-process first in odd rounds, multiprocess first in even
+ones); prints each run's wall time, per side the minimum and median, their ratios, and the sum of the
+per-partition seconds each side reported (how much slower each step ran while sharing the cores).
 
-  python bench/executors.py [--lineage demo] [--workers 2] [--keep DIR]
+  python bench/executors.py [--lineage demo] [--workers 2] [--repeats 2] [--keep DIR]
 
 Run it on an otherwise idle machine: anything else on the cores changes both sides differently.
 """
@@ -37,22 +39,33 @@ def main() -> int:
     ap.add_argument("--lineage", default="demo")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--keep", default=None, help="keep both homes and logs under this folder")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds; each runs both sides, the order alternating")
     args = ap.parse_args()
+    import statistics
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="featureflow-bench-"))
     sides = {"in_process": [], "multiprocess": ["--executor", "multiprocess", "--workers", str(args.workers)]}
-    results = {}
-    for name, extra in sides.items():
-        root = base / name
-        root.mkdir(parents=True, exist_ok=True)
-        print(f"{name}: materializing '{args.lineage}' under {root} ...", flush=True)
-        results[name] = run(args.lineage, root, extra)
-        (root / "log.txt").write_text(results[name][3])
-    print(f"\nlineage '{args.lineage}', {os.cpu_count()} cores, multiprocess with {args.workers} workers")
-    print(f"{'executor':<14}{'wall s':>9}{'partitions':>12}{'sum of step s':>15}")
-    for name, (wall, steps, n, _) in results.items():
-        print(f"{name:<14}{wall:9.1f}{n:12d}{steps:15.1f}")
-    ip, mp = results["in_process"][0], results["multiprocess"][0]
-    print(f"multiprocess / in_process wall time: {mp / ip:.3f} ({ip / mp:.2f}x speed-up)")
+    results: dict[str, list] = {name: [] for name in sides}
+    for r in range(args.repeats):
+        order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+        for name in order:
+            root = base / f"{name}-{r + 1}"
+            root.mkdir(parents=True, exist_ok=True)
+            print(f"round {r + 1}, {name}: materializing '{args.lineage}' under {root} ...", flush=True)
+            results[name].append(run(args.lineage, root, sides[name]))
+            (root / "log.txt").write_text(results[name][-1][3])
+            if not args.keep:
+                import shutil
+
+                shutil.rmtree(root / "home", ignore_errors=True)
+    print(f"\nlineage '{args.lineage}', {os.cpu_count()} cores, multiprocess with {args.workers} workers, {args.repeats} rounds")
+    print(f"{'executor':<14}{'round':>6}{'wall s':>9}{'partitions':>12}{'sum of step s':>15}")
+    for name, runs in results.items():
+        for r, (wall, steps, n, _) in enumerate(runs):
+            print(f"{name:<14}{r + 1:6d}{wall:9.1f}{n:12d}{steps:15.1f}")
+    walls = {name: [w for w, *_ in runs] for name, runs in results.items()}
+    for stat, f in (("minimum", min), ("median", statistics.median)):
+        ip, mp = f(walls["in_process"]), f(walls["multiprocess"])
+        print(f"{stat}: in_process {ip:.1f} s, multiprocess {mp:.1f} s, ratio {mp / ip:.3f} ({ip / mp:.2f}x speed-up)")
     if not args.keep:
         import shutil
 

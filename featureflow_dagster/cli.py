@@ -238,8 +238,11 @@ def _materialize(args) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; artefacts already written are kept, a killed training resumes from its checkpoint", file=sys.stderr)
         return 130
+    skipped = f"; {len(report.skipped)} materialized by another process meanwhile, not run again" if report.skipped else ""
     if report.done:
-        print(f"materialized {len(report.done)} asset partition(s); artefacts under {store.root}")
+        print(f"materialized {len(report.done)} asset partition(s){skipped}; artefacts under {store.root}")
+    elif report.skipped:
+        print(f"materialized nothing{skipped}")
     else:
         print(f"nothing to do: all {len(chosen)} selected asset partitions are fresh (--force recomputes them)")
     from featureflow_dagster.assets.examples import FEATURE_PAGES

@@ -173,6 +173,23 @@ def _row_side_top(chunks, mom_rows: FeatureMoments, mom_cols: FeatureMoments, tr
     return TopMatches(out_idx, out_r)
 
 
+def _top_k_desc(r: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest values, largest first, ties to the lower index: what
+    `np.argsort(-r, axis=1, kind="stable")[:, :k]` gives, in O(columns) per row (a partition, then a sort of
+    the k; a row whose k-th value is tied with one left out is sorted whole, as the stable order would)."""
+    if k >= r.shape[1]:
+        return np.argsort(-r, axis=1, kind="stable")[:, :k]
+    part = np.argpartition(-r, k - 1, axis=1)[:, :k]
+    vals = np.take_along_axis(r, part, 1)
+    order = np.lexsort((part, -vals), axis=1)  # by value, descending, then by index
+    part, vals = np.take_along_axis(part, order, 1), np.take_along_axis(vals, order, 1)
+    kth = vals[:, -1:]
+    ties = np.flatnonzero((r == kth).sum(1) > (vals == kth).sum(1))
+    if ties.size:
+        part[ties] = np.argsort(-r[ties], axis=1, kind="stable")[:, :k]
+    return part
+
+
 def _dense_top(chunks, pa: FeatureMoments, pb: FeatureMoments, k: int, row_block: int, log, rows_per_product: int = 8192,
                full: np.ndarray | None = None):
     """Both sides' top-k from the dense cross-moment (BLAS), one pass over the codes per block of
@@ -185,22 +202,26 @@ def _dense_top(chunks, pa: FeatureMoments, pb: FeatureMoments, k: int, row_block
     for start in range(0, m, row_block):
         stop = min(m, start + row_block)
         cross = np.zeros((stop - start, n))
+        whole = start == 0 and stop == m  # one block: no column slice of the CSR (slow), the chunk densified as is
         for a, b in chunks():
             for s in range(0, a.shape[0], rows_per_product):
-                cross += a[s : s + rows_per_product, start:stop].toarray().astype(np.float64).T @ b[s : s + rows_per_product].toarray().astype(np.float64)
+                part = a[s : s + rows_per_product] if whole else a[s : s + rows_per_product, start:stop]
+                cross += part.toarray().astype(np.float64, copy=False).T @ b[s : s + rows_per_product].toarray().astype(np.float64, copy=False)
         with np.errstate(divide="ignore", invalid="ignore"):
             r = (cross - T * np.outer(pa.mean[start:stop], pb.mean)) / (T * np.outer(pa.std[start:stop], pb.std))
-        r = np.clip(r, -1.0, 1.0)
+        np.clip(r, -1.0, 1.0, out=r)
         if full is not None:
             full[start:stop] = r
             full[start:stop][pa.dead[start:stop], :] = np.nan
             full[start:stop][:, pb.dead] = np.nan
         r[pa.dead[start:stop], :] = -np.inf
         r[:, pb.dead] = -np.inf
-        order = np.argsort(-r, axis=1, kind="stable")[:, :k_p]
+        order = _top_k_desc(r, k_p)
         p_idx[start:stop], p_r[start:stop] = order, np.take_along_axis(r, order, 1)
-        cand_i = np.concatenate([c_idx, np.argsort(-r.T, axis=1, kind="stable")[:, :k_c] + start], 1)
-        cand_r = np.concatenate([c_r, -np.sort(-r.T, axis=1)[:, :k_c]], 1)
+        rt = np.ascontiguousarray(r.T)
+        top_c = _top_k_desc(rt, k_c)
+        cand_i = np.concatenate([c_idx, top_c + start], 1)
+        cand_r = np.concatenate([c_r, np.take_along_axis(rt, top_c, 1)], 1)
         keep = np.argsort(-cand_r, axis=1, kind="stable")[:, :k_c]
         c_idx, c_r = np.take_along_axis(cand_i, keep, 1), np.take_along_axis(cand_r, keep, 1)
         if log:

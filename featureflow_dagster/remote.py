@@ -14,6 +14,12 @@ backend whose listing shows a created object only after the objects written befo
 read-after-write consistency: S3 since 2020, GCS, Azure Blob, a shared POSIX file system, fsspec's
 memory file system). Backends that cannot promise that, or cannot list, are refused by name. Older
 versions are deleted after a newer one is published.
+
+Versions are ordered by a counter taken from the store, not by any machine's clock: a new version of a
+unit is numbered one above the highest it finds published, so a publication that sees another is newer
+than it whatever the two machines' clocks say (two publications of one unit at the same moment get the
+same number and the random suffix orders them; both are whole, one wins). A finished training retracts
+its checkpoint (`retract`: every published version), so that no machine downloads or resumes from it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import os
 import posixpath
 import shutil
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -54,9 +59,12 @@ def open_remote(url: str):
     return fs, root.rstrip("/")
 
 
-def new_version() -> str:
-    """Sortable by time of publication, unique across machines."""
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+def new_version(published: list[str] = ()) -> str:
+    """One above the highest counter among the unit's `published` versions, with a random suffix: sortable
+    by order of publication as the store saw it, unique across machines, independent of their clocks.
+    (Stores written before counters hold clock-stamped counters; one above them still sorts after.)"""
+    counters = [int(v.split("-", 1)[0]) for v in published if v.split("-", 1)[0].isdigit()]
+    return f"{max(counters, default=0) + 1:020d}-{uuid.uuid4().hex[:8]}"
 
 
 class Mirror:
@@ -137,9 +145,9 @@ class Mirror:
         unit = self.unit_of(final)
         if unit is None or not Path(final).exists():
             return None
-        version = new_version()
-        data = self._data(unit, version)
         with self._lock:
+            version = new_version(self.versions(unit).get(unit, []))
+            data = self._data(unit, version)
             if Path(final).is_dir():
                 files = [p for p in sorted(Path(final).rglob("*")) if p.is_file()]
                 for f in files:
@@ -153,6 +161,19 @@ class Mirror:
             for old in self.versions(unit).get(unit, [])[:-1]:
                 self._remove(unit, old)
         return version
+
+    def retract(self, final: Path) -> int:
+        """Withdraw every published version of a unit (a finished training's checkpoint) and forget the local
+        copy's version; returns how many versions were removed."""
+        unit = self.unit_of(final)
+        if unit is None:
+            return 0
+        with self._lock:
+            versions = self.versions(unit).get(unit, [])
+            for version in versions:
+                self._remove(unit, version)
+            self._record(unit).unlink(missing_ok=True)
+        return len(versions)
 
     def _remove(self, unit: str, version: str) -> None:
         for path in (f"{self._refs(unit)}@{version}", self._data(unit, version)):

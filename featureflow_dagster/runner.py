@@ -15,10 +15,13 @@ that failed a (blocking) quality check is reported as blocked and not run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import dagster as dg
@@ -271,6 +274,8 @@ class RunFailed(RuntimeError):
 @dataclass
 class Report:
     done: list[tuple[dg.AssetKey, str | None]] = field(default_factory=list)
+    # partitions another process materialized while this one waited for them (same code and data versions): not run
+    skipped: list[tuple[dg.AssetKey, str | None]] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
     failed_checks: dict[str, list[str]] = field(default_factory=dict)
 
@@ -341,10 +346,11 @@ def materialize_lineage(
             if graph.get(step.key).pools and (holder := pool_holder(instance)):
                 echo(f"waiting  {step.label}: pool '{POOL}' is held by {holder}")
             bar.start(step.label)
-            outcome = run_step(assets, resources, instance, step, verbose)
+            outcome = run_step(assets, resources, instance, step, verbose, graph=graph, echo=lambda m: (bar.clear(), echo(m)))
             bar.clear()
             _record(outcome, step, report, failed_checks, width, echo)
-            statuses = stale_statuses(defs, instance, statuses, set(report.done))  # what this run changed decides what is stale below
+            # what this run changed (or found done by another process) decides what is stale below
+            statuses = stale_statuses(defs, instance, statuses, set(report.done) | set(report.skipped))
     finally:
         bar.clear()
         progress.set_sink(None)
@@ -355,7 +361,7 @@ def _pending(defs, statuses, failed_checks, chosen, force, report: Report, runni
     """The chosen partitions still to run or to report blocked, in dependency order: not fresh, not done
     or reported by this process, not `running` now."""
     return [s for s in _steps(defs, statuses, failed_checks, chosen, force)
-            if s.reason != "fresh" and (s.key, s.partition) not in report.done
+            if s.reason != "fresh" and (s.key, s.partition) not in report.done and (s.key, s.partition) not in report.skipped
             and s.label not in report.blocked and (s.key, s.partition) not in running]
 
 
@@ -366,14 +372,60 @@ class Outcome:
     seconds: float
     run_id: str
     checks_only: bool = False  # failed only because a blocking check failed (the asset was written)
+    skipped: bool = False  # another process materialized it while this one waited (not run)
     metadata: dict = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)  # the names in `metadata`, in the order the shell prints them
     failed_checks: list[str] = field(default_factory=list)
     error: str = ""
 
 
-def run_step(assets, resources, instance: dg.DagsterInstance, step: Step, verbose: bool) -> Outcome:
-    """Materialize one asset partition as its own Dagster run (in this process)."""
+@contextlib.contextmanager
+def partition_lock(instance: dg.DagsterInstance, step: Step, echo=print):
+    """Hold the partition's lock (a file lock under the Dagster instance's folder) while it runs, so that two
+    featureflow processes on one instance never compute it at once; the second waits, saying for whom. An
+    ephemeral instance (one process, tests) takes no lock."""
+    import fcntl
+
+    root = None if instance.is_ephemeral else getattr(instance, "root_directory", None)
+    if not root:
+        yield
+        return
+    folder = Path(root) / "featureflow_locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", step.label) + ".lock"), "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            echo(f"waiting  {step.label}: another featureflow process ({fh.read().strip() or 'unknown'}) is materializing it")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def fresh_now(instance: dg.DagsterInstance, graph, step: Step) -> bool:
+    """Whether the partition is FRESH by Dagster's versions right now (asked anew: another process may have
+    materialized it, from the same code and inputs, since this one planned)."""
+    return stale_status_resolver(instance, graph).get_status(step.key, step.partition).value == "FRESH"
+
+
+def run_step(assets, resources, instance: dg.DagsterInstance, step: Step, verbose: bool, graph=None, echo=print) -> Outcome:
+    """Materialize one asset partition as its own Dagster run (in this process), under its partition lock; with
+    `graph` (the asset graph) a partition planned as missing or stale that is fresh once the lock is taken (another
+    process materialized it meanwhile) is skipped, not computed again."""
+    with partition_lock(instance, step, echo):
+        if graph is not None and step.reason in ("missing", "stale") and fresh_now(instance, graph, step):
+            return Outcome(success=True, seconds=0.0, run_id="-", skipped=True)
+        return _run_step(assets, resources, instance, step, verbose)
+
+
+def _run_step(assets, resources, instance: dg.DagsterInstance, step: Step, verbose: bool) -> Outcome:
     started = time.perf_counter()
     result = dg.materialize(assets, selection=[step.key], partition_key=step.partition, instance=instance,
                             resources=resources, raise_on_error=False, run_config=_log_config(verbose),
@@ -393,6 +445,10 @@ def _record(outcome: Outcome, step: Step, report: Report, failed_checks: dict, w
     if not outcome.success and not outcome.checks_only:
         echo(f"FAILED   {step.label} after {outcome.seconds:.1f} s")
         raise RunFailed(f"materializing {step.label} failed (run {outcome.run_id}): {outcome.error}")
+    if outcome.skipped:
+        report.skipped.append((step.key, step.partition))
+        echo(f"{'skipped':8} {step.label:<{width}}  another featureflow process materialized it meanwhile (same code and inputs)")
+        return
     report.done.append((step.key, step.partition))
     checks = f"; checks FAILED: {', '.join(outcome.failed_checks)}" if outcome.failed_checks else ""
     echo(f"{'done':8} {step.label:<{width}} {outcome.seconds:7.1f} s  {step.reason:<7}  {key_figure(outcome.figures, outcome.metadata)}{checks}")
@@ -434,7 +490,7 @@ def _worker_init(rebuild, instance_ref, counter, share, verbose: bool) -> None:
     device = resources.get("device")
     if device is not None and device.device in ("auto", "cuda") and torch.cuda.device_count() > 1:
         resources["device"] = type(device)(device=f"cuda:{index % torch.cuda.device_count()}")
-    _worker.update(assets=list(defs.assets), resources=resources,
+    _worker.update(assets=list(defs.assets), resources=resources, graph=defs.resolve_asset_graph(),
                    instance=dg.DagsterInstance.from_ref(instance_ref), verbose=verbose, share=share)
     progress.set_sink(_follow_share)
 
@@ -456,7 +512,8 @@ def _worker_run(key_path: list[str], partition: str | None, reason: str) -> Outc
     _follow_share()
     step = Step(dg.AssetKey(key_path), partition, reason)
     try:
-        return run_step(_worker["assets"], _worker["resources"], _worker["instance"], step, _worker["verbose"])
+        return run_step(_worker["assets"], _worker["resources"], _worker["instance"], step, _worker["verbose"],
+                        graph=_worker["graph"], echo=lambda m: None)
     except Exception as e:  # the run itself could not start (Dagster's errors are inside the Outcome)
         return Outcome(success=False, seconds=0.0, run_id="-", error=f"{type(e).__name__}: {e}")
 
@@ -534,7 +591,7 @@ def _run_parallel(defs, instance, statuses, failed_checks, chosen, force, report
                     _record(future.result(), step, report, failed_checks, width, echo)
                 except RunFailed as e:
                     failure = failure or e  # let the running ones finish, start nothing new
-            statuses = stale_statuses(defs, instance, statuses, set(report.done))
+            statuses = stale_statuses(defs, instance, statuses, set(report.done) | set(report.skipped))
     if failure is not None:
         raise failure
 

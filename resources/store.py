@@ -102,7 +102,17 @@ class ArtifactStore(dg.ConfigurableResource):
         return self.at(f"{REPORTS_DIR}/plotly.min.js")
 
     def checkpoint_path(self, asset: str, key: str) -> Path:
+        """Where a training of `asset[key]` keeps its resumable state (fetched: a killed run resumes from the
+        checkpoint another machine published)."""
         return self.at(f"checkpoints/{asset}/{key}.pt")
+
+    def retire_checkpoint(self, asset: str, key: str) -> None:
+        """A finished training's checkpoint: deleted here and, on shared storage, retracted there too (every
+        published version), so that no other machine downloads it or resumes from it."""
+        path = self.path / "checkpoints" / asset / f"{key}.pt"
+        path.unlink(missing_ok=True)
+        if self.url:
+            self.mirror.retract(path)
 
     @contextlib.contextmanager
     def partition_lock(self, label: str, holder: str = "") -> Iterator[None]:

@@ -21,8 +21,10 @@ MODEL = "featureflow-test-model"
 
 
 class FakeLLM:
-    def __init__(self, api_key: str = "sk-test-key", slow_seconds: float = 3.0, logprobs: bool = True):
+    def __init__(self, api_key: str = "sk-test-key", slow_seconds: float = 3.0, logprobs: bool = True, simulate=None):
         self.api_key, self.slow_seconds, self.logprobs = api_key, slow_seconds, logprobs
+        # simulate(tokens, quoted token) -> 0-10 per token: a simulator other than the perfect one (a test's wrong one)
+        self.simulate = simulate
         self.faults: list[str] = []
         self.requests = 0
         self.keys: list[str] = []
@@ -105,7 +107,7 @@ class FakeLLM:
             quoted = re.search(r'the token "(.*?)"', prompt)
             target = quoted.group(1) if quoted else None
             tokens = [line.rsplit("\t", 1)[0] for line in prompt.splitlines() if line.endswith("\tunknown")]
-            values = [10 if t == target else 0 for t in tokens]
+            values = self.simulate(tokens, target) if self.simulate else [10 if t == target else 0 for t in tokens]
             if fault == "range":
                 values = [v + 20 for v in values]
             text = json.dumps({"activations": values})

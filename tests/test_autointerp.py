@@ -81,6 +81,33 @@ def test_explain_and_score_over_http_against_a_shuffled_null(tmp_path):
     assert client.usage.requests == 14 and client.usage.cache_hits == 0
 
 
+def test_the_simulation_score_is_against_the_true_activations_as_published(tmp_path):
+    """Bills et al. correlate the simulation with the true activations. Records whose feature fires at two strengths
+    (3.0 on '=', 0.4 on '('), and a simulator that is partly wrong: it predicts 10 on '=' and on ')' (never fires) and
+    0 on '(' (fires weakly). The score is computed here by hand from the records and the simulator's answers; the
+    quantised score (0.4 of 3.0 shows as 1 on the 0-10 scale) is a different number, kept beside."""
+    def wrong(tokens, target):
+        return [10 if t in ("=", ")") else 0 for t in tokens]
+
+    rng = random.Random(5)
+    words = ["x", " =", "(", ")", " 1", "\n", " def", ".", ":"]
+    records = []
+    for _ in range(6):
+        tokens = [rng.choice(words) for _ in range(16)]
+        tokens[rng.randrange(16)] = "="
+        records.append(Record(tokens, [3.0 if t == "=" else 0.4 if t == "(" else 0.0 for t in tokens]))
+    with FakeLLM(logprobs=False, simulate=wrong) as server:
+        result = explain_and_score(_client(server, tmp_path), records, records, 3.0)
+    true = np.concatenate([r.activations for r in records])
+    simulated = np.concatenate([wrong(r.tokens, "=") for r in records]).astype(float)
+    by_hand = np.corrcoef(true, simulated)[0, 1]
+    quantised = np.concatenate([quantize(r.activations, 3.0) for r in records]).astype(float)
+    assert 0.2 < by_hand < 0.95 and result["simulation"] == "json"
+    assert result["score"] == pytest.approx(by_hand, abs=1e-12)
+    assert result["score_quantised"] == pytest.approx(np.corrcoef(quantised, simulated)[0, 1], abs=1e-12)
+    assert abs(result["score"] - result["score_quantised"]) > 0.005
+
+
 def test_retries_timeouts_and_the_cache(tmp_path):
     messages = explainer_messages(_records(5), 3.0)
     with FakeLLM(slow_seconds=2.0) as server:

@@ -177,3 +177,30 @@ def test_an_estimate_with_nothing_to_materialize_times_nothing(tmp_path, monkeyp
     out = capsys.readouterr().out
     assert "from an empty folder" in out and "not timed: nothing is to materialize" in out
     assert "FLOP" in out and "disk:" in out  # the untimed figures are still there
+
+
+def test_two_writers_on_one_home_compute_each_partition_once(tmp_path):
+    """Two `featureflow materialize` on one empty home started a moment apart: both plan every partition as missing,
+    but each partition is computed by one of them; the other waits for its lock, finds it fresh (same code and
+    inputs) and reports it skipped. The partitions computed add up to the partitions selected, with none twice."""
+    env = _env(tmp_path)
+    cmd = [sys.executable, "-m", "featureflow_dagster.cli", "materialize", *UP_TO_BASE]
+    procs = []
+    for _ in range(2):
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        time.sleep(1.0)
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+
+    def lines(out, word):
+        return {line.split()[1] for line in out.splitlines() if line.startswith(word + " ")}
+
+    done = [lines(out, "done") for out in outs]
+    skipped = [lines(out, "skipped") for out in outs]
+    defs = build_definitions(load_lineage("micro"), home=str(tmp_path / "elsewhere"), device="cpu")
+    selected = {(k.to_user_string() + (f"[{pk}]" if pk else "")) for k, pk in select(defs, ["corpus", "tokenizer", "tokens", "model/base"])}
+    assert len(selected) > 4 and not (done[0] & done[1]), outs  # nothing computed twice
+    assert done[0] | done[1] == selected, outs
+    # whoever did not compute a partition it had planned found it done by the other
+    assert all(skipped[i] <= done[1 - i] for i in (0, 1)) and skipped[0] | skipped[1], outs
+    assert any("materialized by another process meanwhile, not run again" in out for out in outs), outs

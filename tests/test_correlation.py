@@ -132,3 +132,16 @@ def test_the_dense_path_keeps_the_full_matrix_correlation_matrix_computes():
     np.testing.assert_allclose(dense.matrix, ref, atol=1e-6)
     assert correlate_features(chunks, 60, 50, method="sparse", keep_matrix=True).matrix is None
     assert correlate_features(chunks, 60, 50, method="dense").matrix is None
+
+
+def test_the_partial_top_k_picks_what_a_stable_full_sort_picks_ties_included():
+    """The dense path's top-k (a partition, then a sort of k) against a stable argsort of each whole row, on values
+    rounded to one decimal (ties everywhere, also at the k-th place), a dead row and a dead column (-inf)."""
+    from featureflow_dagster.correlation import _top_k_desc
+
+    rng = np.random.default_rng(3)
+    for shape, k in (((300, 500), 5), ((60, 9), 9), ((40, 30), 3), ((25, 12), 1)):
+        r = rng.normal(size=shape).round(1)
+        r[3], r[:, 2] = -np.inf, -np.inf
+        expected = np.argsort(-r, axis=1, kind="stable")[:, :k]
+        assert (_top_k_desc(r, k) == expected).all(), (shape, k)

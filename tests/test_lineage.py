@@ -285,6 +285,21 @@ def test_sae_recipe_settings_are_checked(sae, words):
     assert words in str(e.value), str(e.value)
 
 
+def test_a_paid_server_without_prices_is_refused_before_any_request():
+    """With both prices at 0 the estimate of a paid API is USD 0 and max_usd caps nothing: a server outside the
+    loopback range needs prices (or `free: true`); one on this machine does not."""
+    remote = {"enabled": True, "model": "m", "base_url": "https://api.example.org/v1"}
+    _rejects(_lineage(autointerp=remote), None, "autointerp", "autointerp.prompt_usd_per_mtok and autointerp.completion_usd_per_mtok are 0")
+    _rejects(_lineage(autointerp={**remote, "base_url": "http://10.0.0.7:8000/v1"}), None, "autointerp", "not on this machine")
+    for ok in ({**remote, "prompt_usd_per_mtok": 0.15}, {**remote, "completion_usd_per_mtok": 0.6}, {**remote, "free": True},
+               {**remote, "base_url": "http://127.0.0.2:8000/v1"}, {**remote, "base_url": "http://localhost:8000/v1"},
+               {**remote, "base_url": "http://[::1]:8000/v1"}):
+        assert parse_lineage(_lineage(autointerp=ok)).autointerp.enabled
+    from featureflow_dagster.autointerp.cost import is_loopback
+
+    assert [is_loopback(u) for u in ("http://127.0.0.1/v1", "http://localhost.example.org/v1", "http://128.0.0.1/v1")] == [True, False, False]
+
+
 def test_autointerp_is_off_by_default_and_needs_a_model_when_on():
     assert parse_lineage(_lineage()).autointerp.enabled is False
     _rejects(_lineage(autointerp={"enabled": True}), None, "autointerp", "needs autointerp.model")

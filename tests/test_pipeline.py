@@ -34,7 +34,7 @@ def micro(tmp_path_factory):
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    skip = (".locks", ".remote", "checkpoints")
+    skip = (".locks", ".remote")  # the home's bookkeeping; checkpoints are compared (there should be none on either side)
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*")
             if p.is_file() and p.relative_to(root).parts[0] not in skip and ".tmp-" not in p.name}
 
@@ -54,6 +54,8 @@ def test_every_artefact_round_trips_through_shared_storage_to_another_machine(mi
     for path in (there.plotly_js(), there.report_dir("sae", "base")):
         assert path.exists(), path
     there.mirror.fetch()  # and whatever no accessor names (the lineage marker)
+    # every training finished: its checkpoint was removed here and retracted from the shared store
+    assert not [u for u in there.mirror.versions() if u.startswith("checkpoints/")]
     mine, theirs = _files(home), _files(Path(there.root))
     assert set(theirs) == set(mine)
     assert [f for f in mine if mine[f] != theirs[f]] == []
@@ -668,6 +670,19 @@ def test_autointerp_through_dagster_against_a_local_server(micro, monkeypatch):
         done = {(k.to_user_string(), pk) for k, pk in report.done}
         assert done == {("autointerp", "base"), ("autointerp", "prose"), ("autointerp", "merged"),
                         ("autointerp_summary", None), ("feature_pages", None)}
+        # the lineage-wide cap: what the other three nodes spent (their usage.json) plus code's estimate of requests not
+        # cached yet (other records, so other prompts) is above a cap set at what the others spent: refused, nothing sent
+        spent = sum(json.loads((home / "autointerp" / n / "usage.json").read_text())["usd"] for n in ("base", "prose", "merged"))
+        assert spent > 0
+        lineage_cap = build_definitions(parse_lineage({**raw, "autointerp": {**settings, "explain_records": 3,
+                                                                             "max_usd_lineage": spent}}, "micro-ai"),
+                                        home=str(home), device="cpu")
+        before = server.requests
+        result = dg.materialize(list(lineage_cap.assets), selection=["autointerp"], partition_key="code", instance=instance,
+                                resources=lineage_cap.resources, raise_on_error=False)
+        assert not result.success and server.requests == before
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        assert f"autointerp.max_usd_lineage = {spent}" in str(failure.event_specific_data.error)
         summary = pd.read_parquet(home / "autointerp" / "summary.parquet")
         assert len(summary) == 24 and set(summary["group"]) <= {"persisting", "emerged", "disappearing"}
         assert (summary["group"] == "persisting").sum() == summary["persisting"].sum()  # the asset's choice, the same rule

@@ -83,6 +83,38 @@ def test_a_unit_is_published_whole_and_the_newest_version_wins(tmp_path, scheme)
     assert {u: len(v) for u, v in a.mirror.versions().items()} == {"lineage.json": 1, "model/base": 1, "tokens/base.safetensors": 1}
 
 
+def test_versions_follow_the_store_not_the_clocks_and_a_finished_checkpoint_is_retracted(tmp_path, monkeypatch):
+    """Two machines whose clocks disagree by an hour: the one behind publishes after the other, and its version is
+    the newer one for both (with versions stamped by each machine's clock, the first machine's would win and the
+    second's cleanup would delete its own upload). A checkpoint retired on one machine is gone for the other."""
+    import time
+
+    import featureflow_dagster.remote as remote
+
+    url = f"memory://ff-{uuid.uuid4().hex}/home"
+    ahead = ArtifactStore(root=str(tmp_path / "ahead"), lineage_name="x", url=url)
+    behind = ArtifactStore(root=str(tmp_path / "behind"), lineage_name="x", url=url)
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() + 3600 * 10**9)  # the first machine's clock runs an hour ahead
+    with ahead.publishing(), ahead.write_file(TOKENS.at(ahead, "base", fetch=False)) as tmp:
+        tmp.write_bytes(b"first")
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 3600 * 10**9)  # the second's an hour behind, and it writes later
+    with behind.publishing(), behind.write_file(TOKENS.at(behind, "base", fetch=False)) as tmp:
+        tmp.write_bytes(b"second")
+    assert TOKENS.at(ahead, "base").read_bytes() == b"second" and TOKENS.at(behind, "base").read_bytes() == b"second"
+    versions = ahead.mirror.versions()["tokens/base.safetensors"]
+    assert len(versions) == 1 and versions[0] == behind.mirror.local_version("tokens/base.safetensors")
+    assert remote.new_version(["00000000000000000007-abcdef12", "1733300000000000000-deadbeef"]).startswith("01733300000000000001-")
+    # a checkpoint published mid-training, then retired when the training finished on the other machine
+    with ahead.publishing(), ahead.write_file(ahead.checkpoint_path("model", "base")) as tmp:
+        tmp.write_bytes(b"state")
+    assert behind.checkpoint_path("model", "base").read_bytes() == b"state"  # what a resuming machine would read
+    behind.retire_checkpoint("model", "base")
+    assert not behind.checkpoint_path("model", "base").exists() and not ahead.mirror.versions("checkpoints")
+    fresh = ArtifactStore(root=str(tmp_path / "third"), lineage_name="x", url=url)
+    assert not fresh.checkpoint_path("model", "base").exists()
+
+
 def test_an_artefact_about_to_be_replaced_is_not_downloaded_first(tmp_path):
     url = f"memory://ff-{uuid.uuid4().hex}/home"
     a = ArtifactStore(root=str(tmp_path / "a"), lineage_name="x", url=url)

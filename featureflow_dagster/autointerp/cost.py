@@ -41,3 +41,28 @@ def estimate(requests: list[tuple[list[dict], int]], price: Price) -> Estimate:
     p = sum(estimate_tokens(m) for m, _ in requests)
     c = sum(n for _, n in requests)
     return Estimate(len(requests), p, c, price.usd(p, c))
+
+
+def is_loopback(base_url: str) -> bool:
+    """Whether the endpoint is on this machine (localhost, 127.0.0.0/8, ::1)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(base_url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def unpriced_remote(base_url: str, spec) -> str | None:
+    """Why a cost cap would cap nothing, or None: a server outside the loopback range with both prices at 0 and
+    not declared `free` would be estimated at USD 0, so `max_usd` could never stop a paid API."""
+    if is_loopback(base_url) or spec.free or spec.prompt_usd_per_mtok > 0 or spec.completion_usd_per_mtok > 0:
+        return None
+    return (f"autointerp.base_url {base_url} is not on this machine and autointerp.prompt_usd_per_mtok and "
+            "autointerp.completion_usd_per_mtok are 0, so the cost cap (autointerp.max_usd) would cap nothing: set "
+            "both prices (USD per million tokens, from the provider's price list), or `free: true` under autointerp: "
+            "for a server that charges nothing")

@@ -174,13 +174,16 @@ def feature_requests(explain_records: list[Record], score_records: list[Record],
 def explain_and_score(client: LLMClient, explain_records: list[Record], score_records: list[Record],
                       max_activation: float, inactive_records: list[Record] = (), scorers=("simulation",), seed: int = 0) -> dict:
     """Explain from `explain_records`; score the explanation on the held-out `score_records` (and, for
-    detection, `inactive_records`) with each of `scorers`: 'simulation' (pooled correlation of simulated
-    and true quantised activations), 'detection' and 'fuzzing' (balanced accuracy). Malformed answers
-    are counted and left out, not raised."""
+    detection, `inactive_records`) with each of `scorers`: 'simulation' (Bills et al.: the pooled correlation of the
+    simulated activations with the true ones; the simulator reads the explanation only, and the 0-10 scale it
+    answers on is the explainer's quantisation of the records, so `score_quantised`, the correlation with those
+    quantised values, is kept beside), 'detection' and 'fuzzing' (balanced accuracy). Malformed answers are counted
+    and left out, not raised."""
     answer = client.chat(explainer_messages(explain_records, max_activation), **EXPLAIN_PARAMS)
     explanation = clean_explanation(answer["text"])
-    true, predicted, malformed, how = [], [], [], set()
-    result = {"explanation": explanation, "score": float("nan"), "detection": float("nan"), "fuzzing": float("nan")}
+    true, quantised, predicted, malformed, how = [], [], [], [], set()
+    result = {"explanation": explanation, "score": float("nan"), "score_quantised": float("nan"), "detection": float("nan"),
+              "fuzzing": float("nan")}
     records = iter(score_records)
     for scorer, messages, params, truth in scoring_requests(explanation, score_records, list(inactive_records), scorers, seed):
         reply = client.chat(messages, **params)
@@ -189,7 +192,8 @@ def explain_and_score(client: LLMClient, explain_records: list[Record], score_re
                 r = next(records)
                 values, source = parse_simulation(reply["text"], reply["logprobs"], len(r.tokens))
                 how.add(source)
-                true.append([float(q) for q in quantize(r.activations, max_activation)])
+                true.append([float(v) for v in r.activations])
+                quantised.append([float(q) for q in quantize(r.activations, max_activation)])
                 predicted.append(values)
             else:
                 flags = parse_flags(reply["text"], "present" if scorer == "detection" else "correct", len(truth))
@@ -199,6 +203,7 @@ def explain_and_score(client: LLMClient, explain_records: list[Record], score_re
             client.usage.add(malformed=1)
     if "simulation" in scorers:
         result["score"] = pooled_correlation(true, predicted)
+        result["score_quantised"] = pooled_correlation(quantised, predicted)
     return {**result, "records_scored": len(true), "malformed": malformed, "simulation": "+".join(sorted(how)) or "none"}
 
 

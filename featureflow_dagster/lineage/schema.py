@@ -469,9 +469,16 @@ class AutointerpSpec(_Strict):
     scorers: list[Literal["simulation", "detection", "fuzzing"]] = Field(
         default=["simulation"], min_length=1, description="simulation (Bills et al., one request per held-out context), "
         "detection and fuzzing (delphi's, one request per feature each; balanced accuracy).")
-    prompt_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million prompt tokens, for the cap.")
+    prompt_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million prompt tokens, for the cap. "
+                                       "Required (with the completion price) for a server outside the loopback range, "
+                                       "unless `free`.")
     completion_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million completion tokens.")
+    free: bool = Field(default=False, description="The server costs nothing per token (your own server on another "
+                       "machine): lets a server outside the loopback range run with no prices set.")
     max_usd: float = Field(default=1.0, ge=0, description="Refuse to start when the estimated cost of a node exceeds this.")
+    max_usd_lineage: float | None = Field(default=None, ge=0, description="Refuse to start a node when what the "
+                                          "lineage's other nodes have spent (their usage.json) plus this node's "
+                                          "estimate exceeds this.")
     max_requests: int = Field(default=2000, gt=0, description="Refuse to start when a node would need more requests.")
     timeout: float = Field(default=60.0, gt=0, description="Seconds per request.")
     max_in_flight: int = Field(default=4, gt=0, description="Requests in flight at once.")
@@ -481,6 +488,12 @@ class AutointerpSpec(_Strict):
     def _model_when_enabled(self) -> "AutointerpSpec":
         if self.enabled and not self.model:
             raise ValueError("autointerp.enabled needs autointerp.model (the model name the server lists)")
+        if self.enabled:
+            from featureflow_dagster.autointerp.cost import unpriced_remote
+
+            problem = unpriced_remote(self.base_url, self)
+            if problem:
+                raise ValueError(problem)
         return self
 
 
