@@ -25,6 +25,7 @@ from featureflow_dagster.assets.models import MODEL
 from featureflow_dagster.assets.partitions import node_partitions, own_models
 from featureflow_dagster.assets.sae import SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, nodes
+from featureflow_dagster.serve import reports_url
 
 # timeouts, concurrency and retries change how requests are sent, not what they ask
 _HOW = {"timeout", "max_in_flight", "retries", "enabled", "api_key_env"}
@@ -98,8 +99,10 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
                  ("emerged / disappearing / others", table.loc[~table["persisting"], "score"], "#d62728")],
                 f"{node}: explanation scores (Bills et al.), persisting vs other features")
             write_html(figure, tmp / "scores.html", store.plotly_js(), final=out / "scores.html")
+        write_html(figure, store.report_dir("autointerp", node) / "scores.html", store.plotly_js())  # served, linked from the home
         return AUTOINTERP.result(out, file_sha256(out / "scores.parquet"), {
-            "histogram": dg.MetadataValue.path(str(out / "scores.html")), **_metadata(table, client.usage, est, spec.scorers),
+            "histogram": dg.MetadataValue.url(reports_url(f"autointerp/{node}/scores.html")),
+            "histogram_file": dg.MetadataValue.path(str(out / "scores.html")), **_metadata(table, client.usage, est, spec.scorers),
             "model": llm.model, "base_url": llm.base_url, "seconds": round(seconds, 2)})
 
     return autointerp

@@ -24,6 +24,7 @@ from featureflow_dagster.assets.models import MODEL
 from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, per_node_models
 from featureflow_dagster.assets.sae import ACTIVATION_STORE, ALIGNED_FILE, SAE, WARM_SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, edges
+from featureflow_dagster.serve import reports_url
 
 FEATURE_ACTIVATIONS = Artefact(
     "feature_activations", "flow", "1", "feature_activations/{key}",
@@ -355,7 +356,8 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
                        store.plotly_js(), final=out / "sankey.html")
         return FEATURE_FLOW.result(
             out, flow_version(out, [f for f in EXTRA_FLOW_FILES if (out / f).exists()]), {
-                "sankey": dg.MetadataValue.path(str(out / "sankey.html")),
+                "sankey": dg.MetadataValue.url(reports_url("features/sankey.html")),  # feature_pages' linked copy
+                "sankey_file": dg.MetadataValue.path(str(out / "sankey.html")),
                 "sankey_volumes": dg.MetadataValue.json(flow.volumes),
                 "threshold": threshold,
                 "headline_counts": dg.MetadataValue.json(flow.headline),

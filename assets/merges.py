@@ -9,6 +9,7 @@ from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.merge import merge_base_of, merge_node, sweep_node
 from featureflow_dagster.model import load_model, weights_hash
 from featureflow_dagster.plots import markdown_table, slerp_sweep_figure, write_html
+from featureflow_dagster.serve import reports_url
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.training import evaluate
 from featureflow_dagster.assets.data import TOKENS
@@ -66,6 +67,8 @@ def _slerp_sweep_asset(lineage: Lineage, nodes: list[str]) -> dg.AssetsDefinitio
         figure = slerp_sweep_figure(sweep.table, labels[0], labels[1], sweep.balance.t, sweep.balance.crossed, sweep.ancestor_accuracy,
                                     f"{node}: SLERP {parents[0]} (t=0) to {parents[1]} (t=1)")
         out = SLERP_SWEEP.at(store, node)
+        report = store.report_dir("slerp_sweep", node) / "sweep.html"  # served by the reports server, linked from the home
+        write_html(figure, report, store.plotly_js())
         with store.write_dir(out) as tmp:
             sweep.table.to_parquet(tmp / "sweep.parquet", index=False)
             (tmp / "balance.json").write_text(json.dumps(record, indent=2))
@@ -73,7 +76,8 @@ def _slerp_sweep_asset(lineage: Lineage, nodes: list[str]) -> dg.AssetsDefinitio
         digest = pd.util.hash_pandas_object(sweep.table[["t", "domain", "loss", "accuracy"]], index=False).sum()
         return SLERP_SWEEP.result(out, f"{sweep.balance.t:.10f}-{digest}",
                                   {**_sweep_metadata(sweep, record, lineage.merge_spec(node).sweep.grid()),
-                                   "plot": dg.MetadataValue.path(str(out / "sweep.html")), "device": str(dev)})
+                                   "plot": dg.MetadataValue.url(reports_url(f"slerp_sweep/{node}/sweep.html")),
+                                   "plot_file": dg.MetadataValue.path(str(report)), "device": str(dev)})
 
     return slerp_sweep
 
@@ -136,6 +140,9 @@ def _merged_model_asset(lineage: Lineage, node: str, auto_t: bool) -> dg.AssetsD
         for domain, ev in evaluation.items():
             metadata[f"val_loss/{domain}"] = ev["loss"]
             metadata[f"val_accuracy/{domain}"] = ev["accuracy"]
+        from featureflow_dagster.assets.models import write_metrics  # assets/models.py imports this module's neighbours
+
+        write_metrics(store, node, metadata)
         return MODEL.result(out, metadata["weights_hash"], metadata)
 
     return _merged

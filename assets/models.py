@@ -16,6 +16,7 @@ from featureflow_dagster.plots import loss_curve_figure, write_html
 from featureflow_dagster.pretrained import Unreachable, link_model_files, resolve
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
+from featureflow_dagster.serve import reports_url
 from featureflow_dagster.tokenizer import load_tokenizer
 from featureflow_dagster.training import train_lineage_node
 from featureflow_dagster.assets.data import TOKENIZER, TOKENS
@@ -145,12 +146,23 @@ def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
             loss_curve_figure(trained.result.loss_curve, f"{node}: training loss"),
             store.report_dir("model", node) / "loss_curve.html", store.plotly_js(),
         )
-        metadata = {"loss_curve": dg.MetadataValue.path(str(curve_html)), **_metadata(lineage, node, trained, dev, file_sha256(tokens_file))}
+        metadata = {"loss_curve": dg.MetadataValue.url(reports_url(f"model/{node}/loss_curve.html")),
+                    "loss_curve_file": dg.MetadataValue.path(str(curve_html)),
+                    **_metadata(lineage, node, trained, dev, file_sha256(tokens_file))}
         if parent is not None:
             metadata["relative_distance_from_parent"] = parameter_distance(trained.model, parent)
+        write_metrics(store, node, metadata)
         return MODEL.result(out, metadata["weights_hash"], metadata)
 
     return _model
+
+
+def write_metrics(store: ArtifactStore, node: str, metadata: dict) -> None:
+    """The model's validation figures for the reports home (`reports/model/<node>/metrics.json`; a report beside the
+    loss curve, not part of the model's bytes)."""
+    figures = {k: v for k, v in metadata.items() if k.startswith(("val_accuracy/", "val_loss/")) or k in ("final_train_loss", "t")}
+    with store.write_file(store.report_dir("model", node) / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(figures, indent=1, default=float))
 
 
 def _metadata(lineage: Lineage, node: str, trained, dev, data_hash: str) -> dict:

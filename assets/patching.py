@@ -3,6 +3,7 @@ them (`task_performance`), within-model activation and path patching with a circ
 faithfulness against random circuits (`circuits`), and per edge cross-model activation patching,
 component by component and feature set by feature set (`cmap`). Built only when the lineage has `tasks:`."""
 
+import html
 import json
 import time
 
@@ -84,10 +85,53 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
     return out + ([_cmap(lineage)] if lineage.edges() else [])
 
 
-def _write_report(store: ArtifactStore, artefact: Artefact, key: str, report: PatchingReport, json_name: str) -> dict:
+def _example(store: ArtifactStore, task: str) -> str:
+    """One example of the task in words (tasks.json's first sample)."""
+    index = json.loads((TASKS.at(store) / "tasks.json").read_text())
+    sample = (index.get(task, {}).get("samples") or [None])[0]
+    if sample is None:
+        return ""
+    esc = lambda t: html.escape(repr(t))  # noqa: E731 (token strings: quotes show their spaces and newlines)
+    return (f"<p>An example ({html.escape(index[task]['kind'])}): the prompt ends <code>{html.escape(sample['prompt'][-80:])}</code> "
+            f"and the model should answer {esc(sample['answer'])}; the counterfactual prompt has {esc(sample['corrupt_key_token'])} "
+            f"instead of {esc(sample['key_token'])} at position {sample['key_position']} and answers {esc(sample['wrong'])}. "
+            "The metric is the logit difference between the two answers at the last position.</p>")
+
+
+def circuit_intro(task: str, s: dict, example: str) -> str:
+    """What a circuits page says above its heatmap: the circuit, its faithfulness beside random circuits', an example."""
+    units = ", ".join(f"{c} at position {p}" for c, p in s["units"])
+    circuit = (f"<p><b>The circuit</b> (units whose patching moves at least the threshold's share of the gap, found on "
+               f"{s['found_on']} prompts): {html.escape(units)}.</p>" if units else
+               f"<p><b>No circuit</b>: no unit's patching reached the threshold on the {s['found_on']} prompts it was looked for on.</p>")
+    score = (f"<p><b>Faithfulness</b> on {s['examples']} other prompts, everything outside the circuit mean-ablated: "
+             f"{s['faithfulness']:.3f} (accuracy {s['accuracy']:.3f} against the whole model's {s['full_accuracy']:.3f}). Random "
+             f"circuits of the same size from the same (layer, position) cells: {s['random_faithfulness']:.3f} ± {s['random_std']:.3f}; "
+             f"{s['random_at_least']:.0%} of them at least as faithful"
+             + (" — the circuit is no better than chance there." if s["random_at_least"] >= 0.05 else ".") + "</p>") if units else ""
+    return f"<h2 style='font-size:17px'>{html.escape(task)}</h2>{example}{circuit}{score}"
+
+
+def cmap_intro(task: str, s: dict, edge: Edge, example: str) -> str:
+    """What a CMAP page says above its heatmaps: the gap, whether it is resolved, the top components each way."""
+    parent, child = edge
+    gap = (f"<p><b>The gap</b>: {html.escape(child)}'s logit difference {s['child_ld']:+.3f} against {html.escape(parent)}'s "
+           f"{s['parent_ld']:+.3f}, {s['gap']:+.3f} ± {s['gap_se']:.3f}.</p>")
+    if not s.get("gap_resolved", True):
+        return (f"<h2 style='font-size:17px'>{html.escape(task)}</h2>{example}{gap}<p><b>Unresolved</b>: the two models do "
+                "this task equally well within the noise of these prompts, so there is no gap for a component to account for "
+                "and the panels below are empty by design.</p>")
+    tops = "; ".join(f"{'into ' + parent if d == 'child_into_parent' else 'into ' + child}: "
+                     + ", ".join(f"{r['component']} {r['share']:.2f}" for r in rows) for d, rows in s["top"].items())
+    return (f"<h2 style='font-size:17px'>{html.escape(task)}</h2>{example}{gap}<p>Components that carry most of it when patched "
+            f"(share of the gap): {html.escape(tops)}.</p>")
+
+
+def _write_report(store: ArtifactStore, artefact: Artefact, key: str, report: PatchingReport, json_name: str,
+                  intro=None) -> dict:
     """Write `<name>.parquet` per table (the tasks' frames concatenated) and `<json_name>.json` where
-    `artefact` lives, one heatmap page per task under reports/<asset>/<key>/, each atomically; the
-    heatmaps' metadata."""
+    `artefact` lives, one heatmap page per task under reports/<asset>/<key>/ (with `intro(task)` above it), each
+    atomically; the heatmaps' metadata."""
     with store.write_dir(artefact.at(store, key)) as tmp:
         for name, frames in report.tables.items():
             pd.concat(frames).to_parquet(tmp / f"{name}.parquet", index=False)
@@ -95,7 +139,8 @@ def _write_report(store: ArtifactStore, artefact: Artefact, key: str, report: Pa
     folder = store.report_dir(artefact.name, key)
     with store.write_dir(folder) as tmp:
         for name, fig in report.figures.items():
-            write_html(fig, tmp / f"{name}.html", store.plotly_js(), final=folder / f"{name}.html")
+            write_html(fig, tmp / f"{name}.html", store.plotly_js(), final=folder / f"{name}.html",
+                       intro=intro(name) if intro else None)
     return {f"heatmap/{name}": dg.MetadataValue.url(reports_url(f"{artefact.name}/{key}/{name}.html")) for name in report.figures}
 
 
@@ -153,7 +198,8 @@ def _circuits(lineage: Lineage) -> dg.AssetsDefinition:
         model = load_hooked_model(MODEL.at(store, node), device.torch_device())
         started = time.perf_counter()
         report = circuits_report(model, load_tasks(TASKS.at(store)), lineage.patching, lineage.seed_of(node), node, step_log(context))
-        heatmaps = _write_report(store, CIRCUITS, node, report, "circuits")
+        heatmaps = _write_report(store, CIRCUITS, node, report, "circuits",
+                                 intro=lambda t: circuit_intro(t, report.summary[t], _example(store, t)))
         summary = report.summary
         top_paths = pd.concat(report.tables["paths"]).sort_values("effect", ascending=False).groupby("task").head(5)
         return CIRCUITS.result(
@@ -187,7 +233,8 @@ def _cmap(lineage: Lineage) -> dg.AssetsDefinition:
         sets = feature_sets(*classify_edge(matches, lineage.flow.threshold), spec.feature_null_draws, lineage.seed_of(edge.child))
         started = time.perf_counter()
         report = cmap_report(models, saes, edge, load_tasks(TASKS.at(store)), sets, spec, step_log(context))
-        heatmaps = _write_report(store, CMAP, edge.key, report, "summary")
+        heatmaps = _write_report(store, CMAP, edge.key, report, "summary",
+                                 intro=lambda t: cmap_intro(t, report.summary[t], edge, _example(store, t)))
         summary = report.summary
         return CMAP.result(
             CMAP.at(store, edge.key), tree_sha256(CMAP.at(store, edge.key)), {

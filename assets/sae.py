@@ -24,6 +24,7 @@ from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.models import MODEL
 from featureflow_dagster.assets.partitions import ancestry_token_edges, edge_ends, edge_partitions, fan_out, node_partitions, own_models, per_node_models
 from featureflow_dagster.assets.spec import Artefact, edges, nodes
+from featureflow_dagster.serve import reports_url
 
 ACTIVATION_STORE = Artefact(
     "activation_store", "sae", "1", "activation_store/{key}",
@@ -200,7 +201,8 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
         # (yielded before it, they would count for the previous materialization and be discarded)
         checks = [_check_result(c.name, fitted.checks.get(c.name), node) for c in check_specs]
         return SAE.result(out, file_sha256(out / "sae_weights.safetensors"),
-                          {**_sae_metadata(fitted, spec, seed), "density_histogram": dg.MetadataValue.path(str(hist)), "device": str(dev)},
+                          {**_sae_metadata(fitted, spec, seed), "density_histogram": dg.MetadataValue.url(reports_url(f"sae/{node}/density.html")),
+                           "density_histogram_file": dg.MetadataValue.path(str(hist)), "device": str(dev)},
                           check_results=checks)
 
     return sae

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 BAD_INPUT = 2
 
@@ -245,11 +246,10 @@ def _materialize(args) -> int:
         print(f"materialized nothing{skipped}")
     else:
         print(f"nothing to do: all {len(chosen)} selected asset partitions are fresh (--force recomputes them)")
-    from featureflow_dagster.assets.examples import FEATURE_PAGES
+    from featureflow_dagster.home import write_home
 
-    pages = FEATURE_PAGES.at(store, fetch=False) / "index.html"
-    if pages.is_file():
-        print(f"feature pages: {pages} (open it, or `featureflow reports` serves them on http://127.0.0.1:{_reports_port()})")
+    home = write_home(lineage, Path(store.root))
+    print(f"reports: {home} (open it, or `featureflow reports` serves them on http://127.0.0.1:{_reports_port()}/)")
     if not report.ok:
         for label, checks in report.failed_checks.items():
             print(f"  {label} failed its checks: {', '.join(checks)}", file=sys.stderr)
@@ -286,21 +286,41 @@ def _reports_port() -> int:
     return reports_port()
 
 
-def _start_reports(lineage, port: int):
-    """Serve the lineage's reports/ on 127.0.0.1:`port`; None (with a warning) when the port is taken."""
+def _start_reports(lineage, port: int, aliases: bool = False):
+    """Serve the lineage's reports/ on 127.0.0.1:`port` (and, with `aliases`, on the other ports links in the Dagster
+    instance's metadata were recorded with); a server whose `shutdown` stops them all, or None (with a warning)
+    when `port` is taken."""
+    from featureflow_dagster.home import write_home
     from featureflow_dagster.instance import featureflow_home
-    from featureflow_dagster.serve import FEATURE_INDEX, REPORTS_DIR, reports_url, serve_reports
+    from featureflow_dagster.serve import REPORTS_DIR, recorded_ports, reports_url, serve_with_aliases
 
     root = featureflow_home(lineage.name) / REPORTS_DIR
+    recorded: set[int] = set()
+    if aliases and os.environ.get("DAGSTER_HOME"):
+        try:
+            import dagster as dg
+
+            with dg.DagsterInstance.get() as instance:
+                recorded = recorded_ports(instance)
+        except Exception:  # no instance yet: nothing was recorded
+            recorded = set()
     try:
-        server = serve_reports(root, port)
+        servers, notes = serve_with_aliases(root, port, recorded, on_home=lambda: write_home(lineage, root.parent))
     except OSError as e:
         print(f"warning: cannot serve the reports on 127.0.0.1:{port} ({e.strerror}); set --reports-port or "
               "FEATUREFLOW_REPORTS_PORT to a free port", file=sys.stderr)
         return None
-    os.environ["FEATUREFLOW_REPORTS_PORT"] = str(port)  # the assets' metadata links point here
-    print(f"featureflow: reports of '{lineage.name}' ({root}) on {reports_url(FEATURE_INDEX, port)}", flush=True)
-    return server
+    os.environ["FEATUREFLOW_REPORTS_PORT"] = str(port)  # the metadata links of runs from here on point here
+    print(f"featureflow: reports of '{lineage.name}' ({root}) on {reports_url('', port)}", flush=True)
+    for note in notes:
+        print(f"featureflow: {note}", flush=True)
+
+    class _All:
+        def shutdown(self):
+            for server in servers:
+                server.shutdown()
+
+    return _All()
 
 
 def _ui(args) -> int:
@@ -315,7 +335,7 @@ def _ui(args) -> int:
     from featureflow_dagster.instance import ensure_dagster_home
 
     ensure_dagster_home()
-    server = _start_reports(lineage, args.reports_port or _reports_port())
+    server = _start_reports(lineage, args.reports_port or _reports_port(), aliases=True)
     cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port), "-m", "featureflow_dagster.definitions"]
     child = subprocess.Popen(cmd)
     try:
@@ -346,7 +366,7 @@ def _reports(args) -> int:
     if not (reports / FEATURE_INDEX).is_file():
         print(f"note: no feature pages yet under {reports}; "
               "`featureflow materialize` builds them", file=sys.stderr)
-    server = _start_reports(lineage, args.port or _reports_port())
+    server = _start_reports(lineage, args.port or _reports_port(), aliases=True)
     if server is None:
         return 1
     try:
@@ -384,7 +404,7 @@ def _feature(args) -> int:
     from safetensors.torch import load_file
 
     from featureflow_dagster.examples import FeatureExamples, feature_llr
-    from featureflow_dagster.tokenizer import load_tokenizer
+    from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 
     ex = FeatureExamples.load(folder / "examples.safetensors")
     d_sae = ex.fired.numel()
@@ -393,24 +413,25 @@ def _feature(args) -> int:
         print(f"error: feature ID {f} is out of range; node '{args.node}' has features 0 to {d_sae - 1}", file=sys.stderr)
         return BAD_INPUT
     tok = load_tokenizer(TOKENIZER.at(store))
-    vocab = tok.convert_ids_to_tokens(list(range(len(tok))))
+    strings = token_strings(tok)  # each id as the text it reads as (token_strings: 'Ġwill' is ' will')
+    vocab = strings
     if args.hypothesis is not None:
         pattern = re.compile(args.hypothesis)
-        hypothesis = {i for i, t in enumerate(vocab) if pattern.search(tok.convert_tokens_to_string([t]))}
+        hypothesis = {i for i, t in enumerate(strings) if pattern.search(t)}
         if not hypothesis:
             print(f"error: hypothesis /{args.hypothesis}/ matches no token of the tokenizer ({len(vocab)} tokens)", file=sys.stderr)
             return BAD_INPUT
     logits = load_file(str(folder / "logit_effects.safetensors"))
-    show = lambda ids: " ".join(repr(tok.convert_tokens_to_string([vocab[int(i)]])) for i in ids)  # noqa: E731
+    show = lambda ids: " ".join(repr(strings[int(i)]) for i in ids)  # noqa: E731
     print(f"{args.node} feature {f}: density {float(ex.density[f]):.4%} of {ex.tokens:,} held-out tokens, "
           f"max activation {float(ex.top_values[f, 0]):.4g}")
     top = ex.top_tokens(f, n=5, min_count=5) or ex.top_tokens(f, n=5)
     print("  top tokens (mean activation, occurrences): " + ", ".join(
-        f"{tok.convert_tokens_to_string([vocab[t]])!r} {m:.3g} ({c})" for t, m, c in top))
+        f"{strings[t]!r} {m:.3g} ({c})" for t, m, c in top))
     print(f"  logits up:   {show(logits['top_ids'][f][:5])}")
     print(f"  logits down: {show(logits['bottom_ids'][f][:5])}")
     if top:
-        print(f"  LLR of the top-token hypothesis {{{tok.convert_tokens_to_string([vocab[top[0][0]]])!r}}}: "
+        print(f"  LLR of the top-token hypothesis {{{strings[top[0][0]]!r}}}: "
               f"{feature_llr(ex, f, {top[0][0]}):.3f}")
     if args.hypothesis is not None:
         print(f"  LLR of /{args.hypothesis}/ ({len(hypothesis)} tokens): {feature_llr(ex, f, hypothesis):.3f}")
@@ -430,7 +451,7 @@ def _feature(args) -> int:
         if pos < 0:
             break
         ids, at = ex.context(pos)
-        text = "".join(tok.convert_tokens_to_string([vocab[i]]) if j != at else f"[[{tok.convert_tokens_to_string([vocab[i]])}]]"
+        text = "".join(strings[i] if j != at else f"[[{strings[i]}]]"
                        for j, i in enumerate(ids))
         print(f"    {value:8.3g}  {text!r}")
     from featureflow_dagster.serve import reports_url

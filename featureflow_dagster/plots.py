@@ -29,15 +29,20 @@ def ensure_plotly_js(path: Path) -> Path:
     return path
 
 
-def write_html(fig: go.Figure, path: Path, plotly_js: Path, final: Path | None = None, post_script: str | None = None) -> Path:
+def write_html(fig: go.Figure, path: Path, plotly_js: Path, final: Path | None = None, post_script: str | None = None,
+               intro: str | None = None) -> Path:
     """The figure as an HTML page that loads the shared `plotly_js` by a path relative to where the page
     ends up (`final`, when `path` is a temporary file inside a folder renamed into place later);
-    `post_script` runs after the plot is drawn ('{plot_id}' names its div)."""
+    `post_script` runs after the plot is drawn ('{plot_id}' names its div); `intro` (HTML) is put above the figure."""
     import os
 
     src = os.path.relpath(ensure_plotly_js(plotly_js), (final or path).parent)
     with atomic_file(path) as tmp:
         fig.write_html(str(tmp), include_plotlyjs=src, full_html=True, post_script=post_script)
+        if intro:
+            text = tmp.read_text()
+            tmp.write_text(text.replace("<body>", '<body><div style="font: 14px/1.45 system-ui, sans-serif; max-width: 1100px; '
+                                                  f'margin: 8px 16px">{intro}</div>', 1))
     return path
 
 
@@ -95,12 +100,15 @@ def density_histogram(density, title: str, bins: int = 40) -> go.Figure:
     return fig
 
 
-def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[str, str] | None = None) -> go.Figure:
+def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[str, str] | None = None,
+                       columns: dict[str, float] | None = None) -> go.Figure:
     """Sankey of feature volumes along the lineage (Horn & Elliott's Figure 2) from
     `flow.flow_volumes`, with the share of each parent's features persisting into each child
     written on the diagram; `links` gives each node a URL (its `customdata`), for the feature pages. With
     flow.null_seeds, `volumes["null"]` (per edge label: persisting among the parent's seed-reproducible features
-    and the count the null expects) is written under it and on each traced link."""
+    and the count the null expects) is written under it and on each traced link. `columns` places nodes by name at
+    x in [0, 1] (`sankey_columns`: generations left to right, each node's emerged features just left of it and
+    the features lost on an edge just right of the parent); nodes sharing a column are spread top to bottom."""
     live, shares = volumes["live_features"], volumes["shares"]
     null = volumes.get("null", {})
     labels: list[str] = []
@@ -128,8 +136,18 @@ def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[
             hover.append(text)
         else:
             hover.append(f"{link['value']:,} features {link['kind']}")
+    place = {}
+    if columns and all(n in columns for n in names):
+        by_x: dict[float, list[str]] = {}
+        for n in names:
+            by_x.setdefault(columns[n], []).append(n)
+        for x, group in by_x.items():
+            for i, n in enumerate(group):
+                place[n] = (min(0.98, max(0.02, x)), (i + 0.5) / len(group))
     fig = go.Figure(go.Sankey(
+        arrangement="snap" if place else None,
         node={"label": labels, "pad": 18, "thickness": 16,
+              **({"x": [place[n][0] for n in names], "y": [place[n][1] for n in names]} if place else {}),
               **({"customdata": [links.get(n, "") for n in names], "hovertemplate": "%{label}<br>click: its features<extra></extra>"}
                  if links else {})},
         link={"source": src, "target": dst, "value": val, "color": col, "customdata": hover,
@@ -141,8 +159,25 @@ def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[
         seeds = " · ".join(f"{' → '.join(Edge.parse(edge))}: {c['parent_persisting_reproducible']:,} of {c['null_expected_persisting']:,}"
                            for edge, c in null.items())
         subtitle += f"<br><sup>seed null, persisting among the parent's seed-reproducible features (all would, if nothing changed): {seeds}</sup>"
-    fig.update_layout(title=f"{title}{subtitle}", font_size=12, template="plotly_white", margin={"t": 110 if null else 80})
+    legend = " ".join(f"<span style='color:{c.replace('0.45', '1').replace('0.35', '1')}'>■</span> {name}"
+                      for name, c in (("persisting (traced to the parent)", colors["traced"]), ("disappeared", colors["disappeared"]),
+                                      ("emerged", colors["emerged"])))
+    fig.update_layout(title=f"{title}{subtitle}", font_size=12, template="plotly_white", margin={"t": 110 if null else 80, "b": 40}, height=640,
+                      annotations=[{"text": legend, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0, "y": -0.06,
+                                    "xanchor": "left", "font": {"size": 12}}])
     return fig
+
+
+def sankey_columns(generations: dict[str, int], edges) -> dict[str, float]:
+    """x of every Sankey node for `flow_sankey_figure`: generation g at g / G, the features that emerged in a node a
+    third of a column to its left, those lost on an edge a third of a column to the right of its parent."""
+    from featureflow_dagster.flow import emerged_node, lost_node
+
+    last = max(1, max(generations.values()))
+    out = {n: g / last for n, g in generations.items()}
+    out.update({emerged_node(n): (g - 0.35) / last for n, g in generations.items() if g > 0})
+    out.update({lost_node(e): (generations[e.parent] + 0.35) / last for e in edges})
+    return out
 
 
 def score_histogram_figure(groups: list[tuple[str, object, str]], title: str) -> go.Figure:

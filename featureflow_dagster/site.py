@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from featureflow_dagster.examples import HIST_EDGES, NodeEvidence
-from featureflow_dagster.flow import (BASE_ORIGIN, DISAPPEARS, EMERGED, PERSISTED, PERSISTS, emerged_node, lost_node,
+from featureflow_dagster.flow import (BASE_ORIGIN, DEAD, DISAPPEARS, EMERGED, PERSISTED, PERSISTS, emerged_node, lost_node,
                                      node_origin, tables_from_classification)
 from featureflow_dagster.lineage import Edge
 
@@ -261,6 +261,7 @@ def index_rows(ev: NodeEvidence, lineage: LineageTables | None) -> dict:
             cols["best_r"][edge] = [_r(x, 3) for x in lineage.best_r[(edge, side)][live]]
     if ev.explanations:
         cols["explanation"] = [ev.explanations[f][0] if f in ev.explanations else "" for f in live.tolist()]
+        cols["score"] = [_r(ev.explanations[f][1], 3) if f in ev.explanations else None for f in live.tolist()]
     return cols
 
 
@@ -297,6 +298,10 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
              "edges": [Edge(p, c).label for p, c in (lineage.partners if lineage is not None else {})],
              "origins": [BASE_ORIGIN, PERSISTED, EMERGED], "statuses": [PERSISTS, DISAPPEARS, PERSISTED, EMERGED],
              "rows": {}}
+    if lineage is not None:  # every feature's best r per edge and side (dead: None): the index's threshold slider
+        index["flow"] = {Edge(p, c).label: {side: [None if st == DEAD else v for st, v in
+                                                   zip(lineage.status[(Edge(p, c).label, side)], _sig(lineage.best_r[(Edge(p, c).label, side)]))]
+                                            for side in ("parent", "child")} for p, c in lineage.partners}
     pages = files = 0
     for ev in nodes:
         folder = data / ev.node
@@ -318,7 +323,11 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
     if sankey_volumes is not None:
         from featureflow_dagster.plots import flow_sankey_figure, write_html
 
-        fig = flow_sankey_figure(sankey_volumes, threshold, f"{lineage_name}: feature flow", links=sankey_links(lineage.lineage))
+        from featureflow_dagster.home import generations
+        from featureflow_dagster.plots import sankey_columns
+
+        fig = flow_sankey_figure(sankey_volumes, threshold, f"{lineage_name}: feature flow", links=sankey_links(lineage.lineage),
+                                 columns=sankey_columns(generations(lineage.lineage), lineage.lineage.edges()))
         write_html(fig, out / "sankey.html", plotly_js, final=(final or out) / "sankey.html", post_script=sankey_script())
     # chunk files, vocab.js, index.js, cases.js and one windows.js per node
     return {"pages": pages, "data_files": files + 3 + len(nodes), "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}

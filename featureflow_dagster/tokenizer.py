@@ -94,9 +94,47 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 
 def token_strings(tok) -> list[str]:
-    """Every token id of the tokenizer as the text it decodes to (a byte-level piece that is not
-    valid UTF-8 on its own shows as U+FFFD)."""
-    return [tok.decode([i]) for i in range(len(tok))]
+    """Every token id of the tokenizer as the text it decodes to, for people to read (pages, metadata, the shell):
+    'Ġwill' reads ' will'. A piece that is not valid UTF-8 on its own (part of a multi-byte character) shows its
+    bytes as escapes (\\xe2\\x80) instead of U+FFFD, so that two such pieces stay apart."""
+    out = []
+    pieces = None
+    for i in range(len(tok)):
+        text = tok.decode([i])
+        if "\ufffd" in text:
+            if pieces is None:
+                pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+            raw = _piece_bytes(pieces[i])
+            text = raw.decode("utf-8", errors="backslashreplace") if raw is not None else pieces[i]
+        out.append(text)
+    return out
+
+
+def _piece_bytes(piece: str) -> bytes | None:
+    """The bytes of a byte-level BPE piece (GPT-2's byte-to-unicode map), of a SentencePiece byte piece ('<0xE2>'),
+    or None when it is neither."""
+    import re
+
+    m = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+    if m:
+        return bytes([int(m.group(1), 16)])
+    inverse = _byte_decoder()
+    try:
+        return bytes(inverse[c] for c in piece)
+    except KeyError:
+        return None
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte, inverted (what byte-level BPE vocabularies are written in)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, n = keep[:], 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
 
 
 def capped_texts(texts: list[str], max_chars: int) -> list[str]:

@@ -137,3 +137,31 @@ class FakeLLM:
                 out.append(tok(","))
         out.append(tok("]}"))
         return out
+
+
+def main() -> int:
+    """Serve until Ctrl-C: `python tests/llm_server.py [--port 8000] [--key sk-test-key]` prints the base URL to put
+    in a lineage's `autointerp:` section (model: featureflow-test-model); bench/autointerp_micro.py starts it itself."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--port", type=int, default=0, help="0: any free port")
+    ap.add_argument("--key", default="sk-test-key", help="the API key it accepts (Authorization: Bearer ...)")
+    args = ap.parse_args()
+    server = FakeLLM(api_key=args.key)
+    if args.port:
+        server.server.server_close()
+        server.server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), server.server.RequestHandlerClass)
+        server.thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    with server:
+        print(f"{server.base_url} model {MODEL}, key {args.key}; Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print(f"served {server.requests} requests")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

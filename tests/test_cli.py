@@ -93,8 +93,10 @@ def test_ui_runs_dagster_through_this_interpreter_without_path(tmp_path):
             except OSError:
                 time.sleep(1)
         assert body is not None and "dagster_webserver_version" in body, proc.stdout.read() if proc.poll() is not None else ""
-        # the reports of the same home beside it; / opens the feature index
-        assert urllib.request.urlopen(f"http://127.0.0.1:{reports}/", timeout=5).read() == b"<p>the feature index</p>"
+        # the reports of the same home beside it; / is the reports home, built then, which links the feature index
+        home = urllib.request.urlopen(f"http://127.0.0.1:{reports}/", timeout=5).read().decode()
+        assert "featureflow · micro" in home and 'href="features/index.html"' in home
+        assert urllib.request.urlopen(f"http://127.0.0.1:{reports}/features/index.html", timeout=5).read() == b"<p>the feature index</p>"
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
         try:

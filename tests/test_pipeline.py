@@ -403,7 +403,8 @@ def test_micro_feature_flow_end_to_end(micro):
     site = home / "reports" / "features"
     plots = [flow / "sankey.html", home / "slerp_sweep" / "merged" / "sweep.html",
              *(p for p in (home / "reports").rglob("*.html") if site not in p.parents)]
-    assert len(plots) == 9 + 4 + 4  # 3 loss curves, 4 densities, sweep, Sankey; a heatmap per node (circuits) and edge (cmap)
+    # 3 loss curves, 4 densities, sweep (in the artefact and under reports/), Sankey; a heatmap per node (circuits) and edge (cmap)
+    assert len(plots) == 10 + 4 + 4
     pages = plots + [site / "sankey.html", site / "feature.html"]
     assert all(p.stat().st_size < 100_000 for p in pages)
     for page in pages:
@@ -1034,3 +1035,106 @@ def test_a_crosscoder_per_edge_through_dagster_and_its_classes_beside_the_sae_fl
     assert materialize_lineage(strict, instance, echo=lambda *_: None, chosen=select(strict, ["crosscoder"]), force=True).done
     failed = checks("crosscoder_explained_variance")[0]
     assert failed.passed is False and failed.metadata["bound"].value == 0.999
+
+
+def test_the_reports_home_draws_the_lineage_and_every_link_on_it_resolves(micro):
+    """reports/index.html, as the reports server builds it at its root: every node and edge of micro with its figures
+    (the SAE's explained variance as its checks recorded it, the edge's persisting count as the flow's table has
+    it), and every link on the page answers 200 over HTTP (in headless Chromium where installed: no console error)."""
+    import re
+    import urllib.request
+
+    import pandas as pd
+
+    from featureflow_dagster.serve import serve_reports
+    from featureflow_dagster.home import write_home
+
+    lineage, home, *_ = micro
+    server = serve_reports(home / "reports", 0, on_home=lambda: write_home(lineage, home))
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        page = urllib.request.urlopen(base + "/").read().decode()
+        links = sorted(set(re.findall(r'href="([^"#]+)(?:#[^"]*)?"', page)) - {"data:,"})  # the empty favicon
+        status = {link: urllib.request.urlopen(f"{base}/{link}").status for link in links}
+        from browser import chromium_path, load_pages
+
+        rendered = load_pages([base + "/"], ready="document.getElementById('lineage') !== null")[0] if chromium_path() else None
+    finally:
+        server.shutdown()
+    assert all(code == 200 for code in status.values()) and len(status) > 3 * len(lineage.node_names), status
+    for n in lineage.node_names:
+        assert f'id="node-{n}"' in page and f"model/{n}/loss_curve.html" in page or lineage.node(n).kind == "merge"
+        ev = json.loads((home / "sae" / n / "checks.json").read_text())["explained_variance_above"]["value"]
+        assert f"explained variance {ev:.3g}" in page
+        acc = json.loads((home / "reports" / "model" / n / "metrics.json").read_text())
+        assert any(k.startswith("val_accuracy/") for k in acc), n
+    counts = pd.read_parquet(home / "feature_flow" / "edge_counts.parquet").set_index("edge")
+    for e in lineage.edges():
+        row = counts.loc[e.label]
+        assert f'id="edge-{e.key}"' in page
+        assert f"{row['parent_persisting']:,} of {row['parent_persisting'] + row['parent_disappearing']:,} parent features persist" in page
+    assert "slerp_sweep/merged/sweep.html" in status and "features/sankey.html" in status
+    if rendered is not None:
+        assert rendered.ready and rendered.errors == [] and "persist" in rendered.text
+
+
+def test_the_index_threshold_slider_counts_what_the_python_classification_counts(micro):
+    """The index re-classifies every edge in the browser at another bar (`#r=` or the slider): at r > 0.7 and 0.9 its
+    counts per edge equal flow.classify_edge's on the stored matches at those thresholds, and the table's statuses
+    follow (a feature shown 'persists' at 0.7 has its best r above 0.7)."""
+    import pandas as pd
+
+    from browser import chromium_path, load_pages
+    from featureflow_dagster.flow import classify_edge, edge_counts
+
+    if chromium_path() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    lineage, home, *_ = micro
+    site = home / "reports" / "features"
+    ready = "document.body && document.body.dataset.ready === '1'"
+    pages = load_pages([f"file://{site}/index.html#node=base&r={t}&status=persists" for t in ("0.70", "0.90")], ready=ready)
+    for page, t in zip(pages, (0.7, 0.9)):
+        assert page.ready and page.errors == [], page.errors
+        for e in lineage.edges():
+            matches = pd.read_parquet(home / "feature_correlation" / e.key / "matches.parquet")
+            counts = edge_counts(*classify_edge(matches, threshold=t))
+            assert (f"{e.label.replace('->', ' → ')} {counts['parent_persisting']} persist, {counts['parent_disappearing']} disappear, "
+                    f"{counts['child_emerged']} emerged") in page.text, (t, e.label, page.text[:600])
+    lower, higher = (int(p.text.split(" of ")[0].rsplit("\n", 1)[-1].replace(",", "")) for p in pages)
+    assert lower > higher  # fewer base features persist (on some edge) at the higher bar
+
+
+def test_metadata_links_resolve_with_the_reports_on_another_port(micro):
+    """`featureflow ui --reports-port P` with links recorded at the default port: the reports are served on P and, as
+    an alias, on every port the instance's metadata links were written with, so every URL in Dagster's metadata
+    (feature pages, heatmaps, loss curves, density plots, the sweep) answers 200."""
+    import socket
+    import urllib.request
+
+    from featureflow_dagster.serve import recorded_ports, serve_with_aliases
+
+    lineage, home, instance, *_ = micro
+    urls = sorted({v.url for key in instance.get_asset_keys() for e in [instance.get_latest_materialization_event(key)] if e
+                   for v in e.asset_materialization.metadata.values() if isinstance(v, dg.UrlMetadataValue)})
+    ports = recorded_ports(instance)
+    assert len(urls) > 10 and ports
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert free not in ports
+    try:
+        servers, notes = serve_with_aliases(home / "reports", free, ports)
+    except OSError:
+        pytest.skip("no free port")
+    try:
+        taken = [n for n in notes if "which is taken" in n]
+        if taken:
+            pytest.skip(f"the recorded port is held by another program here: {taken}")
+        for url in urls:
+            path = url.split("#")[0]
+            assert urllib.request.urlopen(path).status == 200, url
+            moved = path.replace(f":{next(iter(ports))}/", f":{free}/")  # and the same file on the port in use
+            assert urllib.request.urlopen(moved).status == 200, moved
+    finally:
+        for server in servers:
+            server.shutdown()

@@ -114,6 +114,8 @@ FF.table = function (head, rows) {
 FF.featurePage = function () {
   var render = async function () {
     var main = document.getElementById("main"), p = FF.params(), f = parseInt(p.f, 10);
+    var nav = document.getElementById("nav");
+    if (nav) nav.textContent = "";  // an invalid ID below must not keep the previous feature's neighbours
     try {
       var rec = await FF.feature(p.node, f);
       main.textContent = "";
@@ -164,6 +166,12 @@ FF.renderFeature = function (main, rec) {
   main.appendChild(grid);
   if (rec.crosscoder) FF.renderCrosscoder(main, rec); else FF.renderLineage(main, rec);
   main.appendChild(FF.el("h2", { text: "Top activating contexts" }));
+  main.appendChild(FF.el("p", { cls: "muted legend" }, "Each token is shaded by this ",
+    rec.crosscoder ? "latent's" : "feature's", " activation on it (",
+    FF.el("span", { cls: "swatch", style: "background: rgba(255, 140, 0, 0.25)" }, "weak"), " ",
+    FF.el("span", { cls: "swatch", style: "background: rgba(255, 140, 0, 1)" }, "strongest"),
+    ", relative to its maximum; unshaded: zero); the ", FF.el("span", { cls: "swatch centre" }, "boxed"),
+    " token is the one the example was chosen at, its activation on the left. Hover a token for its text and value."));
   main.appendChild(FF.contexts(rec, rec.contexts.top));
   main.appendChild(FF.el("h2", { text: "Samples by activation quantile (highest first)" }));
   var groups = rec.contexts.quantiles.slice().reverse().map(function (g) { return g.slice().reverse(); });
@@ -263,7 +271,44 @@ FF.indexPage = async function () {
   var count = document.getElementById("count");
   try { await FF.base(); } catch (err) { FF.fail(count, err); return; }
   var I = FF.I, p = FF.params(), sel = {};
-  ["node", "origin", "edge", "status", "q", "mind"].forEach(function (k) { sel[k] = document.getElementById(k); });
+  ["node", "origin", "edge", "status", "q", "mind", "thr"].forEach(function (k) { sel[k] = document.getElementById(k); });
+  // the threshold slider: statuses and origins re-derived in the browser from each feature's best r on each edge
+  // (a parent feature persists when its best child partner's r exceeds the bar, a child feature emerged when none
+  // of its parents' does), as featureflow_dagster/flow/classify.py does at the flow's own threshold
+  var thr = I.threshold, thrOut = document.getElementById("thrv");
+  if (sel.thr) { sel.thr.value = String(I.threshold); if (!I.flow) sel.thr.parentNode.style.display = "none"; }
+  var statusAt = function (node, edge, f, stored) {
+    if (!I.flow || !I.flow[edge] || thr === I.threshold) return stored;
+    var side = edge.indexOf(node + "->") === 0 ? "parent" : "child", r = I.flow[edge][side][f];
+    if (r === null || r === undefined) return stored;
+    return side === "parent" ? (r > thr ? "persists" : "disappears") : (r > thr ? "persisted" : "emerged");
+  };
+  var originAt = function (node, i, R) {
+    var into = Object.keys(R.status).filter(function (e) { return e.slice(-(node.length + 2)) === "->" + node; });
+    if (!into.length || thr === I.threshold || R.origin[i] === "dead") return R.origin[i];
+    var st = into.map(function (e) { return statusAt(node, e, R.feature[i], R.status[e][i]); });
+    return st.indexOf("persisted") >= 0 ? "persisted" : st.indexOf("emerged") >= 0 ? "emerged" : R.origin[i];
+  };
+  FF.flowCounts = function (t) {  // per edge at r > t: parent features persisting / disappearing, child features emerged
+    var out = {};
+    Object.keys(I.flow || {}).forEach(function (e) {
+      var c = { persists: 0, disappears: 0, persisted: 0, emerged: 0 };
+      I.flow[e].parent.forEach(function (r) { if (r !== null) c[r > t ? "persists" : "disappears"]++; });
+      I.flow[e].child.forEach(function (r) { if (r !== null) c[r > t ? "persisted" : "emerged"]++; });
+      out[e] = c;
+    });
+    return out;
+  };
+  var showCounts = function () {
+    var box = document.getElementById("flowcounts");
+    if (!box || !I.flow) return;
+    if (thrOut) thrOut.textContent = thr.toFixed(2) + (thr === I.threshold ? " (the flow's)" : "");
+    var c = FF.flowCounts(thr);
+    box.textContent = "At r > " + thr.toFixed(2) + ": " + Object.keys(c).map(function (e) {
+      return e.replace("->", " → ") + " " + c[e].persists + " persist, " + c[e].disappears + " disappear, " + c[e].emerged + " emerged";
+    }).join(" · ");
+    box.setAttribute("data-threshold", thr.toFixed(2));
+  };
   I.nodes.forEach(function (n) { sel.node.appendChild(FF.el("option", { text: n })); });
   Object.keys(I.crosscoders || {}).forEach(function (n) { sel.node.appendChild(FF.el("option", { value: n, text: FF.label(n) })); });
   // the origins and statuses a feature can have come with the data (featureflow_dagster/flow.py names them);
@@ -275,7 +320,9 @@ FF.indexPage = async function () {
     sel.origin.value = list.indexOf(keep) >= 0 ? keep : "";
   };
   I.statuses.forEach(function (s) { sel.status.appendChild(FF.el("option", { text: s })); });
-  var sortKey = "density", sortDesc = true;
+  // the most interpretable first: by the LLM explanation's score where auto-interp ran, else by the LLR of the top-token
+  // hypothesis (a feature that fires on one token and rarely elsewhere); density sorted the densest, least legible first
+  var sortKey = null, sortDesc = true;
   var fillEdges = function () {
     fillOrigins();
     var keep = sel.edge.value;
@@ -285,12 +332,16 @@ FF.indexPage = async function () {
   };
   var draw = function () {
     var node = sel.node.value, R = I.rows[node], edges = Object.keys(R.status), extra = Object.keys(R.extra || {});
+    if (sortKey === null || (sortKey === "score" && !R.score)) sortKey = R.score ? "score" : "LLR";
     var q = sel.q.value, mind = parseFloat(sel.mind.value) || 0, idx = [];
+    var S = {}, O = [];
+    edges.forEach(function (e) { S[e] = R.feature.map(function (f, i) { return statusAt(node, e, f, R.status[e][i]); }); });
+    for (var j = 0; j < R.feature.length; j++) O.push(originAt(node, j, R));
     for (var i = 0; i < R.feature.length; i++) {
-      if (sel.origin.value && R.origin[i] !== sel.origin.value) continue;
+      if (sel.origin.value && O[i] !== sel.origin.value) continue;
       if (sel.status.value) {
         var on = sel.edge.value ? [sel.edge.value] : edges;
-        if (!on.some(function (e) { return R.status[e][i] === sel.status.value; })) continue;
+        if (!on.some(function (e) { return S[e][i] === sel.status.value; })) continue;
       }
       if (q && FF.V[R.top_token[i]].indexOf(q) < 0) continue;
       if (R.density[i] < mind) continue;
@@ -300,7 +351,7 @@ FF.indexPage = async function () {
       if (sortKey === "top token") return FF.V[R.top_token[i]];
       if (extra.indexOf(sortKey) >= 0) return R.extra[sortKey][i];
       if (sortKey.indexOf("r ") === 0) return R.best_r[sortKey.slice(2)][i];
-      return { feature: R.feature, density: R.density, max: R.max, LLR: R.llr, origin: R.origin, "class": R.origin, explanation: R.explanation }[sortKey][i];
+      return { feature: R.feature, density: R.density, max: R.max, LLR: R.llr, origin: R.origin, "class": R.origin, explanation: R.explanation, score: R.score }[sortKey][i];
     };
     idx.sort(function (a, b) {
       var x = key(a), y = key(b);
@@ -308,7 +359,7 @@ FF.indexPage = async function () {
       return (x < y ? -1 : 1) * (sortDesc ? -1 : 1);
     });
     var head = ["feature", "density", "max", "top token", "LLR", FF.isCrosscoder(node) ? "class" : "origin"].concat(edges).concat(edges.map(function (e) { return "r " + e; })).concat(extra)
-      .concat(R.explanation ? ["explanation"] : []);
+      .concat(R.explanation ? ["explanation", "score"] : []);
     var thead = document.querySelector("#table thead"), tbody = document.querySelector("#table tbody");
     thead.textContent = ""; tbody.textContent = "";
     var tr = FF.el("tr");
@@ -324,18 +375,23 @@ FF.indexPage = async function () {
         FF.el("td", {}, FF.link(node, R.feature[i], "#" + R.feature[i])),
         FF.el("td", { cls: "num", text: FF.pct(R.density[i]) }), FF.el("td", { cls: "num", text: FF.fmt(R.max[i]) }),
         FF.el("td", {}, FF.tok(R.top_token[i])), FF.el("td", { cls: "num", text: FF.fmt(R.llr[i]) }),
-        FF.el("td", { cls: R.origin[i], text: R.origin[i] }));
-      edges.forEach(function (e) { row.appendChild(FF.el("td", { cls: R.status[e][i], text: R.status[e][i] })); });
+        FF.el("td", { cls: O[i], text: O[i] }));
+      edges.forEach(function (e) { row.appendChild(FF.el("td", { cls: S[e][i], text: S[e][i] })); });
       edges.forEach(function (e) { row.appendChild(FF.el("td", { cls: "num", text: FF.fmt(R.best_r[e][i]) })); });
       extra.forEach(function (e) { row.appendChild(FF.el("td", { cls: "num", text: FF.fmt(R.extra[e][i]) })); });
-      if (R.explanation) row.appendChild(FF.el("td", { text: R.explanation[i] }));
+      if (R.explanation) {
+        row.appendChild(FF.el("td", { text: R.explanation[i] }));
+        row.appendChild(FF.el("td", { cls: "num", text: FF.fmt(R.score[i]) }));
+      }
       tbody.appendChild(row);
     });
     count.textContent = idx.length.toLocaleString() + " of " + R.feature.length.toLocaleString() + (FF.isCrosscoder(node) ? " live latents of " : " live features of ") + FF.label(node) +
       (idx.length > shown.length ? " (first " + shown.length + " shown; filter or sort to see others)" : "");
     var h = "node=" + encodeURIComponent(node);
     ["origin", "edge", "status", "q"].forEach(function (k) { if (sel[k].value) h += "&" + k + "=" + encodeURIComponent(sel[k].value); });
+    if (thr !== I.threshold) h += "&r=" + thr.toFixed(2);
     history.replaceState(null, "", "#" + h);
+    showCounts();
     FF.done();
   };
   var apply = function () {
@@ -343,11 +399,15 @@ FF.indexPage = async function () {
     sel.node.value = I.nodes.indexOf(p.node) >= 0 || FF.isCrosscoder(p.node) ? p.node : I.nodes[0];
     fillEdges();
     ["origin", "edge", "status", "q"].forEach(function (k) { sel[k].value = p[k] || ""; });
+    var asked = parseFloat(p.r);
+    thr = asked > 0 && asked < 1 ? asked : I.threshold;
+    if (sel.thr) sel.thr.value = String(thr);
     draw();
   };
   sel.node.onchange = function () { fillEdges(); draw(); };
   ["origin", "edge", "status"].forEach(function (k) { sel[k].onchange = draw; });
   ["q", "mind"].forEach(function (k) { sel[k].oninput = draw; });
+  if (sel.thr) sel.thr.oninput = function () { thr = parseFloat(sel.thr.value); draw(); };
   window.addEventListener("hashchange", apply);
   apply();
 };
