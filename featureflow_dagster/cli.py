@@ -334,10 +334,21 @@ def _ui(args) -> int:
     os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
     from featureflow_dagster.instance import ensure_dagster_home
 
-    ensure_dagster_home()
+    dagster_home = ensure_dagster_home()
     server = _start_reports(lineage, args.reports_port or _reports_port(), aliases=True)
-    cmd = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", str(args.port), "-m", "featureflow_dagster.definitions"]
-    child = subprocess.Popen(cmd)
+    # `dagster dev` runs in DAGSTER_HOME, whose dagster.yaml is the one it uses (from the repository it would warn that
+    # the repository's "will not be used"), with the paths it reads made absolute first; and without its notice that
+    # `dg dev` supersedes it (featureflow starts it; nothing for a user to do)
+    from featureflow_dagster.instance import featureflow_home
+
+    env = dict(os.environ, FEATUREFLOW_HOME=str(featureflow_home(lineage.name)))
+    lineage_arg = os.environ.get("FEATUREFLOW_LINEAGE")
+    if lineage_arg and Path(lineage_arg).expanduser().is_file():  # a file given relative to here
+        env["FEATUREFLOW_LINEAGE"] = str(Path(lineage_arg).expanduser().resolve())
+    quiet = ("import sys, warnings; warnings.filterwarnings('ignore', message=\".*dg dev\"); "
+             "from dagster._cli import main; sys.argv = ['dagster'] + sys.argv[1:]; main()")
+    cmd = [sys.executable, "-c", quiet, "dev", "-h", "127.0.0.1", "-p", str(args.port), "-m", "featureflow_dagster.definitions"]
+    child = subprocess.Popen(cmd, cwd=str(dagster_home), env=env)
     try:
         return child.wait()
     except KeyboardInterrupt:  # the terminal's Ctrl-C reached dagster dev too: let it shut down its daemon

@@ -104,6 +104,10 @@ def test_ui_runs_dagster_through_this_interpreter_without_path(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail("featureflow ui did not stop on Ctrl-C")
+    # started from the repository (which holds a dagster.yaml) with DAGSTER_HOME elsewhere: no warning that it "will
+    # not be used", and no notice that `dg dev` supersedes `dagster dev` (nothing a user of featureflow can act on)
+    out = proc.stdout.read()
+    assert Path("dagster.yaml").is_file() and "will not be used" not in out and "dg dev" not in out, out[-3000:]
 
 
 def _long_base(tmp_path) -> Path:
