@@ -108,7 +108,7 @@ def circuit_intro(task: str, s: dict, example: str) -> str:
              f"{s['faithfulness']:.3f} (accuracy {s['accuracy']:.3f} against the whole model's {s['full_accuracy']:.3f}). Random "
              f"circuits of the same size from the same (layer, position) cells: {s['random_faithfulness']:.3f} ± {s['random_std']:.3f}; "
              f"{s['random_at_least']:.0%} of them at least as faithful"
-             + (" — the circuit is no better than chance there." if s["random_at_least"] >= 0.05 else ".") + "</p>") if units else ""
+             + (" — no better than chance there (5% or more of random circuits do as well)." if s["random_at_least"] >= 0.05 else ".") + "</p>") if units else ""
     return f"<h2 style='font-size:17px'>{html.escape(task)}</h2>{example}{circuit}{score}"
 
 
