@@ -30,7 +30,7 @@ from featureflow_dagster.serve import reports_url
 # timeouts, concurrency and retries change how requests are sent, not what they ask
 _HOW = {"timeout", "max_in_flight", "retries", "enabled", "api_key_env"}
 # and prices and caps say how much may be spent, not what is asked
-_HOW |= {"prompt_usd_per_mtok", "completion_usd_per_mtok", "free", "max_usd", "max_usd_lineage", "max_requests"}
+_HOW |= {"prompt_usd_per_mtok", "completion_usd_per_mtok", "free", "max_usd", "max_usd_lineage", "max_requests", "tokenizer"}
 
 AUTOINTERP = Artefact(
     "autointerp", "autointerp", "1", "autointerp/{key}",

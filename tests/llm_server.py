@@ -21,10 +21,14 @@ MODEL = "featureflow-test-model"
 
 
 class FakeLLM:
-    def __init__(self, api_key: str = "sk-test-key", slow_seconds: float = 3.0, logprobs: bool = True, simulate=None):
+    def __init__(self, api_key: str = "sk-test-key", slow_seconds: float = 3.0, logprobs: bool = True, simulate=None,
+                 count=None):
         self.api_key, self.slow_seconds, self.logprobs = api_key, slow_seconds, logprobs
         # simulate(tokens, quoted token) -> 0-10 per token: a simulator other than the perfect one (a test's wrong one)
         self.simulate = simulate
+        # count(text) -> tokens: how the server counts prompt tokens in its usage (a real tokenizer in the cost test;
+        # by default 4 characters a token)
+        self.count = count
         self.faults: list[str] = []
         self.requests = 0
         self.keys: list[str] = []
@@ -115,7 +119,8 @@ class FakeLLM:
                 text = "I would rather not say."
             elif body.get("logprobs") and self.logprobs:
                 logprobs = {"content": self._logprobs(values)}
-        usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": max(1, len(text) // 4)}
+        prompt_tokens = (sum(self.count(m["content"]) + 4 for m in body["messages"]) + 2) if self.count else len(prompt) // 4
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": max(1, len(text) // 4)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",

@@ -158,17 +158,40 @@ def test_check_names_the_setting_to_fix(tmp_path):
         LLMClient(f"http://127.0.0.1:{port}/v1", MODEL, KEY, ResponseCache(tmp_path / "c"), timeout=2, retries=0).check()
 
 
-def test_the_estimate_bounds_what_a_feature_costs(tmp_path):
+def test_the_estimate_bounds_what_a_feature_costs_by_an_independent_count(tmp_path):
+    """The server counts prompt tokens with a real byte-level BPE (trained here on standard-library source, like the
+    demo's), not by the estimator's rule. Without a tokenizer the estimate is an upper bound on what the server
+    counts (UTF-8 bytes); told the same tokenizer, it is a tighter bound; the old 4-characters-a-token rule falls
+    below what the server counted on these code-like records, so it was no bound."""
+    import sysconfig
+    from pathlib import Path
+
+    from featureflow_dagster.autointerp import estimate_tokens, feature_requests
+    from featureflow_dagster.autointerp.cost import token_counter
+    from featureflow_dagster.tokenizer import train_bpe
+
+    texts = [p.read_text(errors="ignore") for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:40]]
+    tok = train_bpe(texts, 600)
+    tok.save_pretrained(tmp_path / "tok")
+    count = token_counter(str(tmp_path / "tok"))
+    assert count("def f(x): return x") == len(tok.encode("def f(x): return x", add_special_tokens=False))
     explain, score = _records(10), _records(11)
-    est = estimate(feature_requests(explain, score, 3.0), Price(10.0, 30.0))
-    assert est.requests == 7 and est.usd == pytest.approx((est.prompt_tokens * 10 + est.completion_tokens * 30) / 1e6)
-    with FakeLLM() as server:
+    requests = feature_requests(explain, score, 3.0)
+    bound = estimate(requests, Price(10.0, 30.0))
+    exact = estimate(requests, Price(10.0, 30.0), count=count)
+    assert bound.requests == exact.requests == 7
+    assert exact.usd == pytest.approx((exact.prompt_tokens * 10 + exact.completion_tokens * 30) / 1e6)
+    with FakeLLM(count=count) as server:
         client = _client(server, tmp_path)
         explain_and_score(client, explain, score, 3.0)
     used = client.usage
-    # the server's own token counts: the estimate is an upper bound on completions and close on prompts
-    assert used.requests == est.requests and used.completion_tokens <= est.completion_tokens
-    assert 0.5 < used.prompt_tokens / est.prompt_tokens < 1.5 and used.usd <= est.usd * 1.5
+    assert used.requests == exact.requests and used.completion_tokens <= exact.completion_tokens
+    # the scoring prompts are priced before the explanation exists (at the longest explanation allowed), so even
+    # counted by the right tokenizer the estimate is a bound: what was sent is at most it, and at most the byte bound
+    assert 0.5 * exact.prompt_tokens < used.prompt_tokens <= exact.prompt_tokens <= bound.prompt_tokens
+    old_rule = sum(sum(-(-len(m["content"]) // 4) + 4 for m in messages) + 2 for messages, _ in requests)
+    assert old_rule < used.prompt_tokens  # 4 characters a token undercounts these Python-like records
+    assert estimate_tokens([{"content": "é"}]) == 2 + 4 + 2  # two bytes: the bound counts bytes, not characters
     assert json.dumps(used.as_dict())  # JSON-able, for metadata
 
 

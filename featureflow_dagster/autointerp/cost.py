@@ -1,16 +1,33 @@
-"""Cost, estimated before any request: a tokenizer-free token count and the worst-case USD of a list of
+"""Cost, estimated before any request: prompt tokens counted by the LLM's own tokenizer where the lineage names one
+(`autointerp.tokenizer`), else bounded above by the prompt's UTF-8 bytes, and the worst-case USD of a list of
 requests at a `Price`."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 
-def estimate_tokens(messages: list[dict]) -> int:
-    """A tokenizer-free estimate of a chat prompt's tokens: 4 characters a token plus 4 per message
-    (OpenAI's rule of thumb; English text is close, code and digits run higher)."""
-    return sum(math.ceil(len(m["content"]) / 4) + 4 for m in messages) + 2
+def utf8_bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def estimate_tokens(messages: list[dict], count=None) -> int:
+    """A chat prompt's tokens, at most: each message's content counted by `count` (the LLM's tokenizer: exact) or,
+    without one, its UTF-8 bytes (an upper bound: a byte-level BPE or SentencePiece token covers at least one byte),
+    plus 4 per message and 2 for the chat template's framing (OpenAI's figures). The 4-characters-a-token rule used
+    before is no bound: code and digits run to more tokens than that."""
+    count = count or utf8_bytes
+    return sum(count(m["content"]) + 4 for m in messages) + 2
+
+
+def token_counter(tokenizer: str | None):
+    """`estimate_tokens`' `count` for a tokenizer folder or name available offline (None: the byte bound)."""
+    if not tokenizer:
+        return None
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+    return lambda text: len(tok.encode(text, add_special_tokens=False))
 
 
 @dataclass
@@ -32,13 +49,14 @@ class Estimate:
     usd: float
 
     def describe(self) -> str:
-        return (f"{self.requests:,} requests, about {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion "
-                f"tokens, about USD {self.usd:.2f}")
+        return (f"{self.requests:,} requests, at most {self.prompt_tokens:,} prompt + {self.completion_tokens:,} completion "
+                f"tokens, at most USD {self.usd:.2f}")
 
 
-def estimate(requests: list[tuple[list[dict], int]], price: Price) -> Estimate:
-    """(messages, max completion tokens) per request: the worst-case cost of sending them all."""
-    p = sum(estimate_tokens(m) for m, _ in requests)
+def estimate(requests: list[tuple[list[dict], int]], price: Price, count=None) -> Estimate:
+    """(messages, max completion tokens) per request: the worst-case cost of sending them all (`count`: see
+    `estimate_tokens`)."""
+    p = sum(estimate_tokens(m, count) for m, _ in requests)
     c = sum(n for _, n in requests)
     return Estimate(len(requests), p, c, price.usd(p, c))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from featureflow_dagster.autointerp.client import LLMClient
-from featureflow_dagster.autointerp.cost import Estimate, Price, estimate
+from featureflow_dagster.autointerp.cost import Estimate, Price, estimate, token_counter
 from featureflow_dagster.autointerp.records import choose_features, feature_groups, inactive_records, records_from_evidence
 from featureflow_dagster.autointerp.scorers import explain_and_score, uncached_requests
 
@@ -37,7 +37,7 @@ def explain_node(client: LLMClient, ev, vocab: list[str], spec, classification: 
     max_act = {f: float(ev.examples.top_values[f, 0]) for f in chosen}
     # the cost of what is not cached yet, before any request: a cached explanation leads to its scoring requests
     pending = [req for f in chosen for req in uncached_requests(client, *records[f], max_act[f], inactive[f], spec.scorers, seed)]
-    est = estimate(pending, Price(spec.prompt_usd_per_mtok, spec.completion_usd_per_mtok))
+    est = estimate(pending, Price(spec.prompt_usd_per_mtok, spec.completion_usd_per_mtok), token_counter(spec.tokenizer))
     if est.usd > spec.max_usd or est.requests > spec.max_requests:
         raise OverBudget(
             f"autointerp[{node}] would send {est.describe()}, above the cap (autointerp.max_usd = "

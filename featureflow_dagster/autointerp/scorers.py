@@ -163,9 +163,11 @@ def scoring_requests(explanation: str, score_records: list[Record], inactive_rec
 
 def feature_requests(explain_records: list[Record], score_records: list[Record], max_activation: float,
                      inactive_records: list[Record] = (), scorers=("simulation",), seed: int = 0,
-                     explanation: str = "x" * 4 * EXPLAIN_MAX_TOKENS) -> list[tuple[list[dict], int]]:
+                     explanation: str = "\u2042 " * EXPLAIN_MAX_TOKENS) -> list[tuple[list[dict], int]]:
     """The requests `explain_and_score` will send for one feature (scored with an explanation as long
-    as the explainer may write), as (messages, max completion tokens), for the cost estimate."""
+    as the explainer may write), as (messages, max completion tokens), for the cost estimate. The stand-in
+    explanation counts as at least EXPLAIN_MAX_TOKENS tokens under any tokenizer (a rare three-byte character and a
+    space, repeated) and as 4 bytes a token under the byte bound, so either count bounds the real one."""
     out = [(explainer_messages(explain_records, max_activation), EXPLAIN_MAX_TOKENS)]
     out += [(m, p["max_tokens"]) for _, m, p, _ in scoring_requests(explanation, score_records, list(inactive_records), scorers, seed)]
     return out

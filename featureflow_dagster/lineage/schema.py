@@ -473,6 +473,9 @@ class AutointerpSpec(_Strict):
                                        "Required (with the completion price) for a server outside the loopback range, "
                                        "unless `free`.")
     completion_usd_per_mtok: float = Field(default=0.0, ge=0, description="Price of a million completion tokens.")
+    tokenizer: str | None = Field(default=None, description="The LLM's tokenizer (a folder or Hugging Face name available "
+                                  "offline): the cost cap counts prompt tokens with it; without it, by UTF-8 bytes, an "
+                                  "upper bound.")
     free: bool = Field(default=False, description="The server costs nothing per token (your own server on another "
                        "machine): lets a server outside the loopback range run with no prices set.")
     max_usd: float = Field(default=1.0, ge=0, description="Refuse to start when the estimated cost of a node exceeds this.")
