@@ -159,11 +159,14 @@ def flow_sankey_figure(volumes: dict, threshold: float, title: str, links: dict[
         seeds = " · ".join(f"{' → '.join(Edge.parse(edge))}: {c['parent_persisting_reproducible']:,} of {c['null_expected_persisting']:,}"
                            for edge, c in null.items())
         subtitle += f"<br><sup>seed null, persisting among the parent's seed-reproducible features (all would, if nothing changed): {seeds}</sup>"
+    # what the page's threshold slider needs to re-derive every link at another bar (site_static/sankey.js)
+    meta = {"names": names, "threshold": threshold,
+            "links": [{"kind": link["kind"], "source": link["source"], "target": link["target"]} for link in volumes["links"]]}
     legend = " ".join(f"<span style='color:{c.replace('0.45', '1').replace('0.35', '1')}'>■</span> {name}"
                       for name, c in (("persisting (traced to the parent)", colors["traced"]), ("disappeared", colors["disappeared"]),
                                       ("emerged", colors["emerged"])))
     fig.update_layout(title=f"{title}{subtitle}", font_size=12, template="plotly_white", margin={"t": 110 if null else 80, "b": 40}, height=640,
-                      annotations=[{"text": legend, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0, "y": -0.06,
+                      meta=meta, annotations=[{"text": legend, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0, "y": -0.06,
                                     "xanchor": "left", "font": {"size": 12}}])
     return fig
 

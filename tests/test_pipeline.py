@@ -1138,3 +1138,26 @@ def test_metadata_links_resolve_with_the_reports_on_another_port(micro):
     finally:
         for server in servers:
             server.shutdown()
+
+
+def test_the_sankey_slider_re_derives_the_flow_python_derives_at_that_threshold(micro):
+    """The Sankey page's threshold slider (`#r=`): at r > 0.7 every link's value (traced per parent, emerged, lost per
+    edge) equals flow_volumes over flow.classify_edge's tables at 0.7 on the stored matches."""
+    import pandas as pd
+
+    from browser import chromium_path, load_pages
+    from featureflow_dagster.flow import classify_edge, flow_volumes
+
+    if chromium_path() is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    lineage, home, *_ = micro
+    tables = {tuple(e): classify_edge(pd.read_parquet(home / "feature_correlation" / e.key / "matches.parquet"), threshold=0.7)
+              for e in lineage.edges()}
+    expected = flow_volumes(lineage, tables)["links"]
+    page = load_pages([f"file://{home}/reports/features/sankey.html#r=0.70"], ready="document.body && document.body.dataset.ready === '1'")[0]
+    assert page.ready and page.errors == [], page.errors
+    assert "At r > 0.70" in page.text
+    for link in expected:
+        piece = (f"{link['source']} → {link['target']} traced {link['value']}" if link["kind"] == "traced" else
+                 f"{link['target']} emerged {link['value']}" if link["kind"] == "emerged" else f"{link['target']} {link['value']}")
+        assert piece in page.text, (piece, page.text[:800])
