@@ -1,7 +1,7 @@
 """`featureflow`: validate a lineage, plan and materialize it in dependency order, open the web UI.
 
   featureflow validate [LINEAGE]
-  featureflow plan [LINEAGE] [--node N ...] [--asset KEY ...] [--force] [--device D] [--no-estimate]
+  featureflow plan [LINEAGE] [--node N ...] [--asset KEY ...] [--force] [--device D] [--no-estimate] [--remeasure]
   featureflow materialize [--lineage L] [--node N ...] [--asset KEY ...] [--force] [--dry-run] [--device D]
                           [--executor in_process|multiprocess] [--workers N] [--verbose]
   featureflow status [--lineage L]
@@ -153,17 +153,19 @@ def _plan(args) -> int:
         _print_plan(steps)
     if getattr(args, "estimate", False):
         todo = any(s.reason in ("missing", "stale", "forced") for s in steps)
-        _print_estimate(lineage, defs.resources["device"].torch_device(), defs.resources["store"].root, timed=todo)
+        _print_estimate(lineage, defs.resources["device"].torch_device(), defs.resources["store"].root, timed=todo,
+                        remeasure=getattr(args, "remeasure", False))
     return 0
 
 
-def _print_estimate(lineage, device, store_root, timed: bool = True) -> None:
+def _print_estimate(lineage, device, store_root, timed: bool = True, remeasure: bool = False) -> None:
     """The whole lineage's costs from an empty folder; timed on `device` unless `timed` is False (nothing to run:
     timing the CPU for a price nobody pays costs tens of seconds)."""
-    from featureflow_dagster.costs import estimate, format_estimate, measure, token_counts
+    from featureflow_dagster.costs import estimate, format_estimate, measured_throughput, token_counts
+    from featureflow_dagster.instance import ensure_dagster_home
 
     log = lambda m: print(f"  {m}", flush=True)  # noqa: E731
-    how = (f"time from a throughput measured now on {device}, where its models are small enough to time here" if timed
+    how = (f"time from a throughput measured on {device}, where its models are small enough to time here" if timed
            else "not timed: nothing is to materialize; `featureflow plan --force` times a full run")
     print(f"\ncost estimate for lineage '{lineage.name}' from an empty folder (tokens from the corpora and budgets; "
           f"{how}):", flush=True)
@@ -178,7 +180,9 @@ def _print_estimate(lineage, device, store_root, timed: bool = True) -> None:
         throughput, note = {}, (f"not timed: the largest model has {largest / 1e9:.1f}B parameters and this device is the CPU; "
                                 "run `featureflow plan --device cuda` on the GPU machine for times")
     else:
-        throughput = measure(lineage, device, log=log)
+        throughput, source = measured_throughput(lineage, device, ensure_dagster_home() / "featureflow_throughput.json",
+                                                 remeasure, log=log)
+        print(f"  throughput {source}")
     e = estimate(lineage, counts, throughput, str(device))
     e.note = note
     for line in format_estimate(e):
@@ -501,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             m.add_argument("--device", default=None, help="where the throughput is measured (default $FEATUREFLOW_DEVICE or auto)")
             m.add_argument("--no-estimate", dest="estimate", action="store_false",
                            help="only the list of partitions, no token counts, FLOPs or time (faster)")
+            m.add_argument("--remeasure", action="store_true",
+                           help="time the device again (the throughput is cached per machine, device and shapes in DAGSTER_HOME)")
             m.set_defaults(func=_plan)
     s = sub.add_parser("status", help="MISSING / STALE / FRESH for every asset partition")
     s.add_argument("--lineage", default=None)

@@ -352,6 +352,50 @@ def _sweep_points(lineage: Lineage, node: str) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 
 
+def measured_throughput(lineage: Lineage, device, cache: "Path | None" = None, remeasure: bool = False, rounds: int = 3,
+                        log=None) -> tuple[dict[str, float], str]:
+    """(FLOP/s per kind, where it came from): `measure` repeated `rounds` times, the median per kind (one short
+    measurement moved 5x between runs on this machine), cached in `cache` (a JSON file) per machine, device, torch
+    version and the lineage's LM and SAE shapes, so that `plan` prices alike from one call to the next and times
+    nothing it has timed before (unless `remeasure`)."""
+    import hashlib
+    import json
+    import socket
+    import statistics
+
+    import torch
+
+    node = max(lineage.node_names, key=lambda n: lm_matmul_params(lineage, n))
+    shapes = {"model": model_shape(lineage, node).model_dump(mode="json"), "sae": lineage.sae_spec(node).model_dump(mode="json"),
+              "batch": lineage.training_spec(node).batch_size, "vocab": vocab_size(lineage)}
+    key = hashlib.sha256(json.dumps([socket.gethostname(), str(device), torch.__version__, shapes], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    saved = {}
+    if cache is not None and cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+        except ValueError:
+            saved = {}
+    if key in saved and not remeasure:
+        entry = saved[key]
+        return entry["throughput"], f"measured on this machine at {entry['at']} (cached; `featureflow plan --remeasure` times again)"
+    runs = [measure(lineage, device, log=log) for _ in range(rounds)]
+    throughput = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    spread = {k: (min(r[k] for r in runs), max(r[k] for r in runs)) for k in runs[0]}
+    if cache is not None:
+        from datetime import datetime, timezone
+
+        from featureflow_dagster.storage import atomic_file
+
+        saved[key] = {"throughput": throughput, "runs": runs, "at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                      "device": str(device)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(cache) as tmp:
+            tmp.write_text(json.dumps(saved, indent=1))
+    worst = max((hi / lo if lo else 1.0) for lo, hi in spread.values())
+    return throughput, f"measured now, median of {rounds} (the runs differed by up to {worst:.2f}x)"
+
+
 def measure(lineage: Lineage, device, steps: int = 3, log=None) -> dict[str, float]:
     """FLOP/s this code reaches on `device` for the lineage's largest LM shape (training and forward)
     and SAE shape (training and encoding), timed over a few real steps after one warm-up step. On a

@@ -210,3 +210,32 @@ def test_two_writers_on_one_home_compute_each_partition_once(tmp_path):
     # whoever did not compute a partition it had planned found it done by the other
     assert all(skipped[i] <= done[1 - i] for i in (0, 1)) and skipped[0] | skipped[1], outs
     assert any("materialized by another process meanwhile, not run again" in out for out in outs), outs
+
+
+def test_plan_prices_from_a_throughput_cached_per_machine_and_device(tmp_path, monkeypatch, capsys):
+    """The first estimate times the device three times and keeps the median; the next one reuses it (times nothing)
+    and says so; `--remeasure` times again; another device is another entry."""
+    import torch
+
+    import featureflow_dagster.costs as costs
+    from featureflow_dagster.cli import _print_estimate
+
+    calls = []
+
+    def fake(lineage, device, steps=3, log=None):
+        calls.append(str(device))
+        return {"lm_train": 1e9 * len(calls), "lm_forward": 2e9, "sae_train": 3e9, "sae_encode": 4e9}
+
+    monkeypatch.setattr(costs, "measure", fake)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    lineage = load_lineage("micro")
+    _print_estimate(lineage, torch.device("cpu"), tmp_path, timed=True)
+    first = capsys.readouterr().out
+    assert calls == ["cpu"] * 3 and "median of 3" in first and "lm_train 2GFLOP/s" in first  # the median of 1, 2, 3
+    _print_estimate(lineage, torch.device("cpu"), tmp_path, timed=True)
+    again = capsys.readouterr().out
+    assert calls == ["cpu"] * 3 and "cached" in again and "lm_train 2GFLOP/s" in again
+    _print_estimate(lineage, torch.device("cpu"), tmp_path, timed=True, remeasure=True)
+    assert len(calls) == 6 and "lm_train 5GFLOP/s" in capsys.readouterr().out
+    _print_estimate(lineage, torch.device("meta"), tmp_path, timed=True)
+    assert calls[-3:] == ["meta"] * 3
