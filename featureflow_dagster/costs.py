@@ -258,7 +258,8 @@ def estimate(lineage: Lineage, counts: dict[str, dict[str, int | None]], through
         itemsize = 2 if s.store_dtype in ("float16", "bfloat16") else 4
         collected = store_tokens + eval_windows * s.context  # training and held-out windows
         rows.append(Row("activation_store", name, collected, collected * fwd_store / 2, "lm_forward", collected * d_in * itemsize, True,
-                        memory=lm_params(lineage, name) * 2.0 + 64 * s.context * m.d_model * 4.0 * 4))
+                        memory=lm_params(lineage, name) * 2.0 + 64 * s.context * m.d_model * 4.0 * 4,
+                        note=f"{store_tokens:,} training + {eval_windows * s.context:,} held-out tokens"))
         sae_tokens = int(s.epochs * windows) // s.batch_windows * s.batch_windows * s.context
         if s.published is not None:  # loaded, then evaluated on the held-out windows: no training
             rows.append(Row("sae", name, eval_windows * s.context, 2.0 * 2 * d_in * d_sae * eval_windows * s.context, "sae_encode",
@@ -505,10 +506,11 @@ def _duration(seconds: float | None) -> str:
 
 def format_estimate(e: Estimate) -> list[str]:
     width = max(len(r.label) for r in e.rows)
-    lines = [f"{'asset':<{width}}  {'tokens':>8}  {'FLOP':>8}  {'time':>9}  {'disk':>8}  {'memory':>8}  gpu  note"]
+    lines = [f"{'asset':<{width}}  {'tokens':>13}  {'FLOP':>8}  {'time':>9}  {'disk':>8}  {'memory':>8}  gpu  note"]
     for r in e.rows:
         time_ = "-" if r.kind == "cpu" else _duration(r.seconds)
-        lines.append(f"{r.label:<{width}}  {_num(r.tokens):>8}  {_num(r.flops) if r.kind != 'cpu' else '-':>8}  {time_:>9}  "
+        tokens = "?" if r.tokens is None else f"{r.tokens:,}"  # exact: the count the run will record
+        lines.append(f"{r.label:<{width}}  {tokens:>13}  {_num(r.flops) if r.kind != 'cpu' else '-':>8}  {time_:>9}  "
                      f"{_num(r.disk, 'B'):>8}  {_num(r.memory, 'B') if r.memory else '-':>8}  {'yes' if r.device else 'no ':<3}  {r.note}")
     flops, seconds = e.total("flops"), e.total("seconds")
     unknown = e.unknown
