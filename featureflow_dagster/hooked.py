@@ -16,8 +16,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer
-from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
 
 from featureflow_dagster.arch import ArchitectureError
 from featureflow_dagster.model import load_model
@@ -28,6 +26,9 @@ HOOKED_FAMILIES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
 
 def load_hooked_model(path: str | Path, device: str | torch.device = "cpu") -> HookedTransformer:
     """A saved model (Hugging Face folder, any supported family) as a HookedTransformer on `device`, float32."""
+    from transformer_lens import HookedTransformer  # here: building the asset graph does not need TransformerLens
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config, get_pretrained_state_dict
+
     hf_model = load_model(path, "cpu", dtype=torch.float32)
     with tempfile.TemporaryDirectory(prefix="ff") as tmp:
         neutral = Path(tmp) / "model"

@@ -12,12 +12,14 @@ import hashlib
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
+# transformers is imported where it is used: building the asset graph (`featureflow status`) does not need it
 
 from featureflow_dagster.lineage import ModelSpec
 
 
-def mistral_config(spec: ModelSpec, tokenizer) -> MistralConfig:
+def mistral_config(spec: ModelSpec, tokenizer) -> "MistralConfig":
+    from transformers import MistralConfig
+
     return MistralConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.d_model,
@@ -39,8 +41,10 @@ def mistral_config(spec: ModelSpec, tokenizer) -> MistralConfig:
     )
 
 
-def init_model(spec: ModelSpec, tokenizer, seed: int) -> MistralForCausalLM:
+def init_model(spec: ModelSpec, tokenizer, seed: int) -> "MistralForCausalLM":
     """A freshly initialised model; the same seed gives the same weights."""
+    from transformers import MistralForCausalLM
+
     torch.manual_seed(seed)
     return MistralForCausalLM(mistral_config(spec, tokenizer))
 
@@ -58,6 +62,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     device = torch.device(device)
     if dtype is None:
         dtype = "auto" if device.type == "cuda" else torch.float32
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     return model.to(device)
 

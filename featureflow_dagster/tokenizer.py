@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -21,6 +20,8 @@ PAD = "<|pad|>"
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE with `<|endoftext|>` (BOS/EOS, separates documents) and `<|pad|>`."""
+    from transformers import PreTrainedTokenizerFast  # here: building the asset graph does not need transformers
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -55,6 +56,8 @@ def mistral_tokenizer(model_file: str | Path | None = None) -> PreTrainedTokeniz
     `transformers`' SentencePieceExtractor does, read through sentencepiece's own API instead of its
     protobuf (whose generated code conflicts with the protobuf runtime this project's stack pins).
     Equality with sentencepiece's own encoding is tested."""
+    from transformers import PreTrainedTokenizerFast
+
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(model_file or mistral_model_file()))
