@@ -16,19 +16,11 @@ import html
 import json
 from pathlib import Path
 
+from featureflow_dagster.flow import generations
 from featureflow_dagster.serve import FEATURE_PAGES_DIR, REPORTS_DIR
 from featureflow_dagster.storage import atomic_file
 
 HOME = "index.html"
-
-
-def generations(lineage) -> dict[str, int]:
-    """Per node its generation: 0 for the base, else one more than its deepest parent."""
-    out: dict[str, int] = {}
-    for name in lineage.node_names:  # in dependency order
-        parents = lineage.node(name).parents
-        out[name] = 1 + max(out[p] for p in parents) if parents else 0
-    return out
 
 
 def _json(path: Path) -> dict | None:

@@ -323,7 +323,7 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
     if sankey_volumes is not None:
         from featureflow_dagster.plots import flow_sankey_figure, write_html
 
-        from featureflow_dagster.home import generations
+        from featureflow_dagster.flow import generations
         from featureflow_dagster.plots import sankey_columns
 
         fig = flow_sankey_figure(sankey_volumes, threshold, f"{lineage_name}: feature flow", links=sankey_links(lineage.lineage),

@@ -19,7 +19,7 @@ def test_the_sankey_columns_follow_generations():
     generation, each node's emerged features just left of it and the features lost on an edge just right of the
     parent, so 'emerged in merged' is no longer beside the base nor 'merged' beside the lost nodes."""
     from featureflow_dagster.flow import emerged_node, lost_node
-    from featureflow_dagster.home import generations
+    from featureflow_dagster.flow import generations
     from featureflow_dagster.lineage import load_lineage
     from featureflow_dagster.plots import flow_sankey_figure, sankey_columns
 
