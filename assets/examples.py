@@ -80,7 +80,7 @@ def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
         seconds = time.perf_counter() - started
         top, top_ids, bottom, bottom_ids = direct_logit_effects(sae.W_dec.detach().cpu(), model_logit_path(model, sae.cfg.hook_name),
                                                                 k=lineage.examples.logit_k)
-        table = feature_table(ex, token_strings(tok), top_ids)  # decoded: ' will', not 'Ġwill' 
+        table = feature_table(ex, token_strings(tok), top_ids)  # decoded: ' will', not 'Ġwill'
         out = FEATURE_EXAMPLES.at(store, node, fetch=False)
         with store.write_dir(out) as tmp:
             ex.save(tmp / "examples.safetensors")

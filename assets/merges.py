@@ -14,7 +14,7 @@ from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.training import evaluate
 from featureflow_dagster.assets.data import TOKENS
 from featureflow_dagster.assets.guard import step_log
-from featureflow_dagster.assets.models import MODEL
+from featureflow_dagster.assets.models import MODEL, write_metrics
 from featureflow_dagster.assets.partitions import fan_out, model_key, same_node, single_node_partition
 from featureflow_dagster.assets.spec import Artefact
 
@@ -140,8 +140,6 @@ def _merged_model_asset(lineage: Lineage, node: str, auto_t: bool) -> dg.AssetsD
         for domain, ev in evaluation.items():
             metadata[f"val_loss/{domain}"] = ev["loss"]
             metadata[f"val_accuracy/{domain}"] = ev["accuracy"]
-        from featureflow_dagster.assets.models import write_metrics  # assets/models.py imports this module's neighbours
-
         write_metrics(store, node, metadata)
         return MODEL.result(out, metadata["weights_hash"], metadata)
 

@@ -429,12 +429,11 @@ def _feature(args) -> int:
         return BAD_INPUT
     tok = load_tokenizer(TOKENIZER.at(store))
     strings = token_strings(tok)  # each id as the text it reads as (token_strings: 'Ġwill' is ' will')
-    vocab = strings
     if args.hypothesis is not None:
         pattern = re.compile(args.hypothesis)
         hypothesis = {i for i, t in enumerate(strings) if pattern.search(t)}
         if not hypothesis:
-            print(f"error: hypothesis /{args.hypothesis}/ matches no token of the tokenizer ({len(vocab)} tokens)", file=sys.stderr)
+            print(f"error: hypothesis /{args.hypothesis}/ matches no token of the tokenizer ({len(strings)} tokens)", file=sys.stderr)
             return BAD_INPUT
     logits = load_file(str(folder / "logit_effects.safetensors"))
     show = lambda ids: " ".join(repr(strings[int(i)]) for i in ids)  # noqa: E731

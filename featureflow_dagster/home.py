@@ -16,7 +16,6 @@ import html
 import json
 from pathlib import Path
 
-from featureflow_dagster.flow import generations
 from featureflow_dagster.serve import FEATURE_PAGES_DIR, REPORTS_DIR
 from featureflow_dagster.storage import atomic_file
 
@@ -55,14 +54,19 @@ def _pct(x) -> str:
     return "–" if x is None or x != x else f"{100 * float(x):.1f}%"
 
 
-def node_figures(lineage, home: Path, name: str) -> dict:
+def flow_tables(home: Path) -> dict:
+    """feature_flow's tables the home reads (each read once per page; None where not written yet)."""
+    return {name: _parquet(home / "feature_flow" / f"{name}.parquet") for name in ("seed_null", "edge_counts", "null_counts")}
+
+
+def node_figures(lineage, home: Path, name: str, tables: dict) -> dict:
     """What the home shows of one node: accuracy per domain, SAE figures, seed reproducibility, plot links."""
     reports = home / REPORTS_DIR
     metrics = _json(reports / "model" / name / "metrics.json") or {}
     checks = _json(home / "sae" / name / "checks.json") or {}
     sae = {k: (checks.get(c) or {}).get("value") for k, c in (("L0", "l0_in_range"), ("explained variance", "explained_variance_above"),
                                                               ("loss recovered", "loss_recovered_above"), ("dead share", "dead_fraction_below"))}
-    seeds = _parquet(home / "feature_flow" / "seed_null.parquet")
+    seeds = tables["seed_null"]
     reproducible = None
     if seeds is not None and name in set(seeds["node"]):
         rows = seeds[(seeds["node"] == name) & ~seeds["dead"]]
@@ -78,16 +82,16 @@ def node_figures(lineage, home: Path, name: str) -> dict:
             "sae": sae, "reproducible": reproducible, "links": links}
 
 
-def edge_figures(lineage, home: Path, edge) -> dict:
+def edge_figures(lineage, home: Path, edge, tables: dict) -> dict:
     """What the home shows of one edge: persisting counts beside the seed null, SAE transfer, plot links."""
     reports = home / REPORTS_DIR
     out: dict = {"persisting": None, "live": None, "reproducible": None, "null": None, "emerged": None, "transfer": None}
-    counts = _parquet(home / "feature_flow" / "edge_counts.parquet")
+    counts = tables["edge_counts"]
     if counts is not None and edge.label in set(counts["edge"]):
         row = counts.set_index("edge").loc[edge.label]
         out.update(persisting=int(row["parent_persisting"]), live=int(row["parent_persisting"] + row["parent_disappearing"]),
                    emerged=int(row["child_emerged"]))
-    null = _parquet(home / "feature_flow" / "null_counts.parquet")
+    null = tables["null_counts"]
     if null is not None and edge.label in set(null["edge"]):
         row = null.set_index("edge").loc[edge.label]
         out.update(reproducible=int(row["parent_persisting_reproducible"]), null=int(row["null_expected_persisting"]))
@@ -143,9 +147,10 @@ def _links(links: list[tuple[str, str]]) -> str:
 
 
 def render_home(lineage, home: Path) -> str:
-    gen = generations(lineage)
-    nodes = {n: node_figures(lineage, home, n) for n in lineage.node_names}
-    edges = {e.key: edge_figures(lineage, home, e) for e in lineage.edges()}
+    gen = lineage.generations()
+    tables = flow_tables(home)
+    nodes = {n: node_figures(lineage, home, n, tables) for n in lineage.node_names}
+    edges = {e.key: edge_figures(lineage, home, e, tables) for e in lineage.edges()}
     reports = home / REPORTS_DIR
     top = [("features", f"{FEATURE_PAGES_DIR}/index.html"), ("feature flow (Sankey)", f"{FEATURE_PAGES_DIR}/sankey.html"),
            ("case studies", f"{FEATURE_PAGES_DIR}/case_studies.html"), ("auto-interp scores", "autointerp/lineage/scores.html")]

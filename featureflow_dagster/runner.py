@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -384,29 +383,18 @@ def partition_lock(instance: dg.DagsterInstance, step: Step, echo=print):
     """Hold the partition's lock (a file lock under the Dagster instance's folder) while it runs, so that two
     featureflow processes on one instance never compute it at once; the second waits, saying for whom. An
     ephemeral instance (one process, tests) takes no lock."""
-    import fcntl
+    from featureflow_dagster.storage import file_lock, lock_name
 
     root = None if instance.is_ephemeral else getattr(instance, "root_directory", None)
     if not root:
         yield
         return
-    folder = Path(root) / "featureflow_locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / (re.sub(r"[^A-Za-z0-9_.-]", "_", step.label) + ".lock"), "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            echo(f"waiting  {step.label}: another featureflow process ({fh.read().strip() or 'unknown'}) is materializing it")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def wait(other: str) -> None:
+        echo(f"waiting  {step.label}: another featureflow process ({other or 'unknown'}) is materializing it")
+
+    with file_lock(Path(root) / "featureflow_locks" / lock_name(step.label), f"pid {os.getpid()} on {socket.gethostname()}", wait):
+        yield
 
 
 def fresh_now(instance: dg.DagsterInstance, graph, step: Step) -> bool:

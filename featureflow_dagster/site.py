@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from featureflow_dagster.crosscoder.analysis import LATENT_CLASSES
 from featureflow_dagster.examples import HIST_EDGES, NodeEvidence
 from featureflow_dagster.flow import (BASE_ORIGIN, DEAD, DISAPPEARS, EMERGED, PERSISTED, PERSISTS, emerged_node, lost_node,
                                      node_origin, tables_from_classification)
@@ -190,13 +191,14 @@ def _logit_pairs(ev: NodeEvidence, f: int, prefix: str = "") -> dict:
 
 
 def _crosscoder_record(ev: NodeEvidence, f: int) -> dict:
-    """A latent's crosscoder figures: class, Δ, decoder norms and cosine, ν, and its best SAE feature in each model."""
+    """A latent's crosscoder figures: class, Δ, decoder norms and cosine, ν, its best SAE feature in each model, and
+    its logit effects in the parent (the child's are the record's `logits`)."""
     cc, row = ev.crosscoder, ev.crosscoder["latents"].loc[f]
     return {"edge": cc["edge"], "parent": cc["parent"], "child": cc["child"], "class": str(row["class"]), "delta": _r(row["delta"]),
             "cosine": _r(row["decoder_cosine"]), "norm_parent": _r(row["norm_parent"]), "norm_child": _r(row["norm_child"]),
             "nu_error": _r(row.get("nu_error", float("nan"))), "nu_recon": _r(row.get("nu_recon", float("nan"))),
             "sae": {side: [int(row[f"{side}_sae_feature"]), _r(row[f"{side}_sae_r"])] for side in ("parent", "child")},
-            "logits": {side: _logit_pairs(ev, f, f"{side}_") for side in ("parent", "child")}}
+            "logits_parent": _logit_pairs(ev, f, "parent_")}
 
 
 def feature_record(ev: NodeEvidence, f: int, lineage: LineageTables | None, inactive: int = 5) -> dict:
@@ -207,16 +209,8 @@ def feature_record(ev: NodeEvidence, f: int, lineage: LineageTables | None, inac
     contexts, acts = _contexts(ev, f, ev.codes.indices[start:end], ev.codes.data[start:end], inactive)
     hist = ex.histogram[f]
     nz = torch.nonzero(hist).flatten().tolist()
-    if ev.crosscoder is not None:
-        cc = _crosscoder_record(ev, f)
-        return {"node": ev.node, "feature": f, "density": _r(row["density"]), "fired": int(ex.fired[f]), "tokens": ex.tokens,
-                "max_activation": _r(row["max_activation"]), "top_token": int(row["top_token_id"]),
-                "llr_top_token": _r(row["llr_top_token"]), "explanation": None,
-                "histogram": [[b, int(hist[b])] for b in nz],
-                "top_tokens": [[t, _r(m), c] for t, m, c in ex.top_tokens(f, n=10, min_count=5) or ex.top_tokens(f, n=10)],
-                "logits": cc.pop("logits")["child"], "crosscoder": {**cc, "logits_parent": _logit_pairs(ev, f, "parent_")},
-                "contexts": contexts, "acts": acts, "lineage": {"parents": [], "children": [], "trajectories": []}}
-    return {
+    crosscoder = ev.crosscoder is not None
+    record = {
         "node": ev.node, "feature": f, "density": _r(row["density"]), "fired": int(ex.fired[f]), "tokens": ex.tokens,
         "max_activation": _r(row["max_activation"]), "top_token": int(row["top_token_id"]),
         "llr_top_token": _r(row["llr_top_token"]),
@@ -224,11 +218,14 @@ def feature_record(ev: NodeEvidence, f: int, lineage: LineageTables | None, inac
                         if ev.explanations and f in ev.explanations else None),
         "histogram": [[b, int(hist[b])] for b in nz],
         "top_tokens": [[t, _r(m), c] for t, m, c in ex.top_tokens(f, n=10, min_count=5) or ex.top_tokens(f, n=10)],
-        "logits": {side: [[i, _r(v, 3)] for i, v in zip(ev.logit_lists[f"{side}_ids"][f], ev.logit_lists[f"{side}_values"][f])]
-                   for side in ("top", "bottom")},
+        "logits": _logit_pairs(ev, f, "child_" if crosscoder else ""),
         "contexts": contexts, "acts": acts,
-        "lineage": lineage.lineage_of(ev.node, f) if lineage is not None else {"parents": [], "children": [], "trajectories": []},
+        "lineage": lineage.lineage_of(ev.node, f) if lineage is not None and not crosscoder
+        else {"parents": [], "children": [], "trajectories": []},
     }
+    if crosscoder:
+        record["crosscoder"] = _crosscoder_record(ev, f)
+    return record
 
 
 def index_rows(ev: NodeEvidence, lineage: LineageTables | None) -> dict:
@@ -289,19 +286,18 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
     data = out / "data"
     data.mkdir()
     _js(data / "vocab.js", "vocab", vocab)
-    crosscoders = [ev.node for ev in nodes if ev.crosscoder is not None]
+    crosscoders = {ev.node: ev.crosscoder["edge"] for ev in nodes if ev.crosscoder is not None}
     index = {"lineage": lineage_name, "threshold": threshold, "nodes": [ev.node for ev in nodes if ev.crosscoder is None],
-             "crosscoders": {ev.node: ev.crosscoder["edge"] for ev in nodes if ev.crosscoder is not None},
-             "classes": ["parent_only", "shared", "child_only", "other"] if crosscoders else [],
+             "crosscoders": crosscoders, "classes": list(LATENT_CLASSES) if crosscoders else [],
              "d_sae": {ev.node: int(ev.examples.fired.numel()) for ev in nodes}, "chunk": CHUNK,
              "hist_edges_log10": [round(float(x), 4) for x in np.log10(HIST_EDGES)],
              "edges": [Edge(p, c).label for p, c in (lineage.partners if lineage is not None else {})],
              "origins": [BASE_ORIGIN, PERSISTED, EMERGED], "statuses": [PERSISTS, DISAPPEARS, PERSISTED, EMERGED],
              "rows": {}}
     if lineage is not None:  # every feature's best r per edge and side (dead: None): the index's threshold slider
-        index["flow"] = {Edge(p, c).label: {side: [None if st == DEAD else v for st, v in
-                                                   zip(lineage.status[(Edge(p, c).label, side)], _sig(lineage.best_r[(Edge(p, c).label, side)]))]
-                                            for side in ("parent", "child")} for p, c in lineage.partners}
+        labels = [Edge(p, c).label for p, c in lineage.partners]
+        index["flow"] = {e: {side: [None if st == DEAD else v for st, v in zip(lineage.status[(e, side)], _sig(lineage.best_r[(e, side)]))]
+                             for side in ("parent", "child")} for e in labels}
     pages = files = 0
     for ev in nodes:
         folder = data / ev.node
@@ -321,13 +317,10 @@ def write_site(out: Path, lineage_name: str, vocab: list[str], nodes: list[NodeE
     _js(data / "index.js", "index", index)
     _js(data / "cases.js", "cases", cases or {"persisting": {}, "disappearing": {}})
     if sankey_volumes is not None:
-        from featureflow_dagster.plots import flow_sankey_figure, write_html
-
-        from featureflow_dagster.flow import generations
-        from featureflow_dagster.plots import sankey_columns
+        from featureflow_dagster.plots import flow_sankey_figure, sankey_columns, write_html
 
         fig = flow_sankey_figure(sankey_volumes, threshold, f"{lineage_name}: feature flow", links=sankey_links(lineage.lineage),
-                                 columns=sankey_columns(generations(lineage.lineage), lineage.lineage.edges()))
+                                 columns=sankey_columns(lineage.lineage.generations(), lineage.lineage.edges()))
         write_html(fig, out / "sankey.html", plotly_js, final=(final or out) / "sankey.html", post_script=sankey_script())
     # chunk files, vocab.js, index.js, cases.js and one windows.js per node
     return {"pages": pages, "data_files": files + 3 + len(nodes), "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}

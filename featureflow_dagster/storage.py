@@ -1,5 +1,6 @@
 """Atomic writes: every artefact is written to a temporary sibling and renamed into place, so a
-crash or a failed asset never leaves a half-written artefact nor destroys the previous one.
+crash or a failed asset never leaves a half-written artefact nor destroys the previous one; and the
+file locks that keep two processes off one partition (`file_lock`).
 
 Every completed write is then offered to the process's commit hook (`committing`), which is how a
 store on object storage (featureflow_dagster.remote) publishes each artefact, report and checkpoint
@@ -8,6 +9,7 @@ the moment it exists locally."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import uuid
@@ -94,3 +96,28 @@ def tree_sha256(folder: Path) -> str:
         h.update(str(path.relative_to(folder)).encode())
         h.update(bytes.fromhex(file_sha256(path)))
     return h.hexdigest()
+
+
+def lock_name(label: str) -> str:
+    """The lock file's name of an asset partition (`label`, e.g. 'model/base[base]')."""
+    return label.replace("/", "__") + ".lock"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, holder: str, busy: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if absent) while the block runs, with `holder` written in it; the
+    operating system releases it when the process dies, so a crash leaves none behind. When another process holds
+    it, `busy(what that one wrote)` is called first: raise to refuse, return to wait for the lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy(os.pread(fd, 4096, 0).decode(errors="replace").strip())
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock

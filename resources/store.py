@@ -19,7 +19,6 @@ resumes on another machine from the last published checkpoint.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -29,7 +28,7 @@ import dagster as dg
 from pydantic import Field
 
 from featureflow_dagster.serve import REPORTS_DIR
-from featureflow_dagster.storage import atomic_dir, atomic_file, committing
+from featureflow_dagster.storage import atomic_dir, atomic_file, committing, file_lock, lock_name
 
 _MIRRORS: dict = {}
 
@@ -120,25 +119,14 @@ class ArtifactStore(dg.ConfigurableResource):
 
         A second process (the UI and the shell on one home) is refused at once with who holds it;
         the operating system releases the lock when its holder dies, so a crash leaves none behind."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        folder = self.path / ".locks"
-        folder.mkdir(exist_ok=True)
-        path = folder / (label.replace("/", "__") + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                other = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-                raise PartitionBusy(
-                    f"{label} is being materialized by {other} on this home ({self.root}); "
-                    "wait for that run to finish (featureflow ui shows it) and materialize again"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}{' ' + holder if holder else ''}".encode(), 0)
+        def refuse(other: str) -> None:
+            raise PartitionBusy(
+                f"{label} is being materialized by {other or 'another process'} on this home ({self.root}); "
+                "wait for that run to finish (featureflow ui shows it) and materialize again"
+            ) from None
+
+        with file_lock(self.path / ".locks" / lock_name(label), f"pid {os.getpid()}{' ' + holder if holder else ''}", refuse):
             yield
-        finally:
-            os.close(fd)  # closing releases the flock
 
     @contextlib.contextmanager
     def write_dir(self, final: Path) -> Iterator[Path]:

@@ -19,12 +19,11 @@ def test_the_sankey_columns_follow_generations():
     generation, each node's emerged features just left of it and the features lost on an edge just right of the
     parent, so 'emerged in merged' is no longer beside the base nor 'merged' beside the lost nodes."""
     from featureflow_dagster.flow import emerged_node, lost_node
-    from featureflow_dagster.flow import generations
     from featureflow_dagster.lineage import load_lineage
     from featureflow_dagster.plots import flow_sankey_figure, sankey_columns
 
     lineage = load_lineage("micro")
-    gen = generations(lineage)
+    gen = lineage.generations()
     assert gen == {"base": 0, "code": 1, "prose": 1, "merged": 2}
     edges = lineage.edges()
     live = {n: 100 for n in gen}
@@ -39,3 +38,12 @@ def test_the_sankey_columns_follow_generations():
     assert x["code"] < x[emerged_node("merged")] < x["merged"] and x["merged"] == max(x.values())
     assert x[lost_node(next(e for e in edges if e.child == "merged"))] < x[emerged_node("merged")]
     assert "persisting" in fig.layout.annotations[0].text and "emerged" in fig.layout.annotations[0].text  # the legend
+
+
+def test_the_reports_home_imports_neither_torch_nor_the_assets():
+    """`featureflow reports` builds the home on each request: its module stays light (no torch, no asset module)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, featureflow_dagster.home; print(sorted(m for m in ('torch', 'featureflow_dagster.assets') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"

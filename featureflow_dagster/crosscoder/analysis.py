@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 DEFAULT_CLASSES = {"parent_only_above": 0.9, "child_only_below": 0.1, "shared_within": (0.4, 0.6)}
+LATENT_CLASSES = ("parent_only", "shared", "child_only", "other")  # what `classify_latents` names (a latent table adds "dead")
 
 
 def relative_norm(w_dec: torch.Tensor) -> np.ndarray:

@@ -98,7 +98,7 @@ def train_edge_crosscoder(spec, models: dict, saes: dict, blocks: list[torch.Ten
                **{c: int((table["class"] == c).sum()) for c in ("parent_only", "child_only", "shared", "other", "dead")}}
     evidence = None
     if examples is not None:
-        evidence = latent_evidence(cc, models, hook, windows[n_train:], test, f, examples, seed)
+        evidence = latent_evidence(cc, models, hook, windows[n_train:], f, codes, examples, seed)
     return cc, table, figures, evidence
 
 
@@ -116,7 +116,7 @@ class LatentEvidence:
         from safetensors.torch import save_file
 
         self.examples.save(folder / "examples.safetensors")
-        sp.save_npz(folder / "codes.npz", self.codes.tocsc())
+        sp.save_npz(folder / "codes.npz", self.codes)
         save_file({k: v.contiguous() for k, v in self.logits.items()}, str(folder / "logit_effects.safetensors"))
 
     @classmethod
@@ -130,10 +130,10 @@ class LatentEvidence:
 
 
 @torch.no_grad()
-def latent_evidence(cc: BatchTopKCrosscoder, models: dict, hook: str, windows: torch.Tensor, xs: list[torch.Tensor],
-                    codes: torch.Tensor, spec, seed: int) -> LatentEvidence:
-    """The pages' evidence for every latent from activations already computed: `windows` [n, context] the held-out
-    token windows, `xs` both models' activations over them ([n * context, d_in] each), `codes` the latents there."""
+def latent_evidence(cc: BatchTopKCrosscoder, models: dict, hook: str, windows: torch.Tensor, codes: torch.Tensor,
+                    sparse: sp.csr_matrix, spec, seed: int) -> LatentEvidence:
+    """The pages' evidence for every latent from codes already computed: `windows` [n, context] the held-out token
+    windows, `codes` the latents at every position of them [n * context, latents], dense, and `sparse` the same as CSR."""
     from featureflow_dagster.examples import collect_examples_from, direct_logit_effects, model_logit_path
 
     ctx = windows.shape[1]
@@ -146,7 +146,7 @@ def latent_evidence(cc: BatchTopKCrosscoder, models: dict, hook: str, windows: t
         top, top_ids, bottom, bottom_ids = direct_logit_effects(w, paths[side], k=spec.logit_k)
         logits.update({f"{side}_top_values": top, f"{side}_top_ids": top_ids, f"{side}_bottom_values": bottom,
                        f"{side}_bottom_ids": bottom_ids})
-    return LatentEvidence(ex, to_csr(codes).tocsc(), logits)
+    return LatentEvidence(ex, sparse.tocsc(), logits)
 
 
 def agreement(latents: pd.DataFrame, parent_table: pd.DataFrame, child_table: pd.DataFrame, threshold: float) -> pd.DataFrame:

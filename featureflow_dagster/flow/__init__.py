@@ -26,14 +26,14 @@ from featureflow_dagster.flow.matching import (
 )
 from featureflow_dagster.flow.lineage_flow import (
     LineageFlow, case_studies, classify_aligned_lineage, classify_lineage, describe_cases, emerged_node, flow_volumes, headline_counts,
-    generations, lineage_paths, lost_node, trajectories, trajectory_summary
+    lineage_paths, lost_node, trajectories, trajectory_summary
 )
 
 __all__ = [
     "BASE_ORIGIN", "DEAD", "DISAPPEARS", "EMERGED", "EdgeCorrelation", "LineageFlow", "PERSISTED", "PERSISTS",
     "STATUSES", "add_cosines", "agreement", "case_studies", "classify_aligned", "classify_aligned_lineage", "classify_edge", "classify_lineage", "correlate_edge",
     "decoder_matches", "decoder_table", "describe_cases", "edge_counts", "edge_windows", "emerged_node",
-    "encode_edge", "flow_volumes", "generations", "headline_counts", "lineage_paths", "lost_node", "matches_table", "method_agreement",
+    "encode_edge", "flow_volumes", "headline_counts", "lineage_paths", "lost_node", "matches_table", "method_agreement",
     "node_origin",
     "read_code_chunks", "tables_from_classification", "to_csr", "trajectories", "trajectory_summary", "write_codes"
 ]

@@ -17,15 +17,6 @@ from featureflow_dagster.flow.matching import agreement
 
 
 
-def generations(lineage) -> dict[str, int]:
-    """Per node its generation: 0 for the base, else one more than its deepest parent."""
-    out: dict[str, int] = {}
-    for name in lineage.node_names:  # in dependency order
-        parents = lineage.node(name).parents
-        out[name] = 1 + max(out[p] for p in parents) if parents else 0
-    return out
-
-
 def lost_node(edge: Edge) -> str:
     """The Sankey node of the parent features that disappear on `edge`."""
     return f"lost {edge.parent} → {edge.child}"

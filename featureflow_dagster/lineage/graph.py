@@ -148,6 +148,15 @@ class Lineage(_Strict):
     def children(self, name: str) -> list[str]:
         return [n.name for n in self.nodes if name in n.parents]
 
+    def generations(self) -> dict[str, int]:
+        """Per node its generation: 0 for the base, else one more than its deepest parent (the Sankey's and the
+        reports home's columns)."""
+        out: dict[str, int] = {}
+        for name in self.node_names:  # in dependency order
+            parents = self.node(name).parents
+            out[name] = 1 + max(out[p] for p in parents) if parents else 0
+        return out
+
     def edges(self) -> list[Edge]:
         """(parent, child) edges in topological order of the child."""
         return [Edge(p, n.name) for n in self.topological_order() for p in n.parents]
