@@ -3,18 +3,12 @@ unless the lineage's `autointerp: enabled: true`."""
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 
-from featureflow_dagster.autointerp import LLMError, OverBudget, Price, explain_node, feature_groups
-from featureflow_dagster.autointerp.cost import unpriced_remote
-from featureflow_dagster.examples import load_evidence
 from featureflow_dagster.lineage import Lineage
-from featureflow_dagster.model import load_model
-from featureflow_dagster.plots import markdown_table, score_histogram_figure, write_html
 from featureflow_dagster.resources import ArtifactStore, DeviceResource, LLMResource
-from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 from featureflow_dagster.assets.data import TOKENIZER
@@ -26,6 +20,9 @@ from featureflow_dagster.assets.partitions import node_partitions, own_models
 from featureflow_dagster.assets.sae import SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, nodes
 from featureflow_dagster.serve import reports_url
+
+if TYPE_CHECKING:  # heavy modules are imported where an asset runs, not when the definitions are built
+    import pandas as pd
 
 # timeouts, concurrency and retries change how requests are sent, not what they ask
 _HOW = {"timeout", "max_in_flight", "retries", "enabled", "api_key_env"}
@@ -56,7 +53,7 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
     return [_autointerp(lineage), _autointerp_summary(lineage)] if lineage.autointerp.enabled else []
 
 
-def _classification(store: ArtifactStore, lineage: Lineage) -> pd.DataFrame | None:
+def _classification(store: ArtifactStore, lineage: Lineage) -> "pd.DataFrame | None":
     return read_flow(store, "classification.parquet")[0] if lineage.edges() else None
 
 
@@ -69,6 +66,12 @@ def _autointerp(lineage: Lineage) -> dg.AssetsDefinition:
     @AUTOINTERP.asset(partitions_def=node_partitions(lineage), deps=deps)
     def autointerp(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource, llm: LLMResource
                    ) -> dg.MaterializeResult:
+        from featureflow_dagster.autointerp import LLMError, OverBudget, Price, explain_node
+        from featureflow_dagster.autointerp.cost import unpriced_remote
+        from featureflow_dagster.examples import load_evidence
+        from featureflow_dagster.model import load_model
+        from featureflow_dagster.plots import score_histogram_figure, write_html
+        from featureflow_dagster.sae import load_sae
         node = context.partition_key
         require_passing_saes(store, [node])
         unpriced = unpriced_remote(llm.base_url, spec)  # the resource's URL: a launch may have changed it
@@ -118,7 +121,7 @@ def _spent_elsewhere(store: ArtifactStore, lineage: Lineage, node: str) -> float
     return total
 
 
-def _metadata(table: pd.DataFrame, usage, est, scorers) -> dict:
+def _metadata(table: "pd.DataFrame", usage, est, scorers) -> dict:
     means = table.groupby("persisting")["score"].mean()
     return {
         "features": len(table), "persisting_features": int(table["persisting"].sum()),
@@ -139,6 +142,9 @@ def _autointerp_summary(lineage: Lineage) -> dg.AssetsDefinition:
 
     @AUTOINTERP_SUMMARY.asset(deps=deps)
     def autointerp_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster.autointerp import feature_groups
+        from featureflow_dagster.plots import markdown_table, score_histogram_figure, write_html
         cls = _classification(store, lineage)
         frames = []
         for node in lineage.node_names:

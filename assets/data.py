@@ -1,10 +1,7 @@
 """Data assets: documents per node (`corpus`), the lineage's `tokenizer`, token blocks (`tokens`)."""
 
-
 import dagster as dg
-import pandas as pd
 
-from featureflow_dagster.blocks import blocks_hash, build_blocks, save_blocks
 from featureflow_dagster.corpus import build_corpus, corpus_hash
 from featureflow_dagster.lineage import Lineage
 from featureflow_dagster.pretrained import resolve
@@ -64,6 +61,7 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
 
     @TOKENIZER.asset(deps=[source])
     def tokenizer(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        import pandas as pd
         spec = lineage.tokenizer
         if from_model:  # the tokenizer that comes with the base's pretrained model
             tok = load_tokenizer(resolve(base, lineage.base.pretrained).folder)
@@ -78,6 +76,8 @@ def build(lineage: Lineage) -> list[dg.AssetsDefinition]:
 
     @TOKENS.asset(partitions_def=partitions, deps=[corpus, tokenizer])
     def tokens(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster.blocks import blocks_hash, build_blocks, save_blocks
         node = lineage.node(context.partition_key)
         tok = load_tokenizer(TOKENIZER.at(store))
         table = pd.read_parquet(CORPUS.at(store, node.name))

@@ -6,20 +6,10 @@ import json
 import time
 
 import dagster as dg
-import numpy as np
-import pandas as pd
-from safetensors.torch import save_file
 
-from featureflow_dagster.blocks import load_blocks
-from featureflow_dagster.examples import direct_logit_effects, examples_for_node, feature_table, load_evidence, model_logit_path
-from featureflow_dagster.flow import case_studies, describe_cases, trajectories
 from featureflow_dagster.serve import FEATURE_PAGES_DIR, REPORTS_DIR, reports_url
-from featureflow_dagster import site
 from featureflow_dagster.lineage import Lineage
-from featureflow_dagster.model import load_model
-from featureflow_dagster.plots import markdown_table
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
-from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256, tree_sha256
 from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 from featureflow_dagster.assets.data import TOKENIZER, TOKENS
@@ -69,6 +59,12 @@ def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
 
     @FEATURE_EXAMPLES.asset(partitions_def=node_partitions(lineage), deps=deps)
     def feature_examples(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        from featureflow_dagster.blocks import load_blocks
+        from featureflow_dagster.examples import direct_logit_effects, examples_for_node, feature_table, model_logit_path
+        from featureflow_dagster.model import load_model
+        from featureflow_dagster.plots import markdown_table
+        from featureflow_dagster.sae import load_sae
+        from safetensors.torch import save_file
         node = context.partition_key
         require_passing_saes(store, [node])
         dev = device.torch_device()
@@ -108,6 +104,10 @@ def _feature_examples(lineage: Lineage) -> dg.AssetsDefinition:
 def _case_studies(lineage: Lineage) -> dg.AssetsDefinition:
     @CASE_STUDIES.asset(deps=[dg.AssetDep("feature_flow"), dg.AssetDep("feature_examples"), dg.AssetDep("tokenizer")])
     def case_studies_asset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        import numpy as np
+        import pandas as pd
+        from featureflow_dagster.flow import case_studies, describe_cases, trajectories
+        from featureflow_dagster.plots import markdown_table
         tables = flow_tables(store, lineage)
         features = {n: pd.read_parquet(FEATURE_EXAMPLES.at(store, n) / "features.parquet") for n in lineage.node_names}
         min_fired = lineage.examples.case_min_fired
@@ -139,6 +139,11 @@ def _feature_pages(lineage: Lineage) -> dg.AssetsDefinition:
 
     @FEATURE_PAGES.asset(deps=deps)
     def feature_pages(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster import site
+        from featureflow_dagster.examples import load_evidence
+        from featureflow_dagster.model import load_model
+        from featureflow_dagster.sae import load_sae
         from featureflow_dagster.assets.autointerp import AUTOINTERP  # here: assets/autointerp.py imports this module
 
         require_passing_saes(store, names)

@@ -4,19 +4,12 @@ counts and the Sankey diagram."""
 
 import json
 import shutil
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 
-from featureflow_dagster.flow.null import null_table, seed_summary, seed_table
-from featureflow_dagster.flow import classify_aligned_lineage, classify_lineage, correlate_edge, encode_edge, read_code_chunks, tables_from_classification
 from featureflow_dagster.lineage import Edge, Lineage
-from featureflow_dagster.model import load_model, weights_hash
-from featureflow_dagster.plots import flow_sankey_figure, markdown_table, write_html
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
-from featureflow_dagster.sae import load_sae
-from featureflow_dagster.activations import ActivationStore
-from featureflow_dagster.sae.fit import fit_sae, save_fitted
 from featureflow_dagster.storage import file_sha256, tree_sha256
 from featureflow_dagster.assets.data import TOKENS
 from featureflow_dagster.assets.guard import step_log
@@ -25,6 +18,9 @@ from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fa
 from featureflow_dagster.assets.sae import ACTIVATION_STORE, ALIGNED_FILE, SAE, WARM_SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, edges
 from featureflow_dagster.serve import reports_url
+
+if TYPE_CHECKING:  # heavy modules are imported where an asset runs, not when the definitions are built
+    import pandas as pd
 
 FEATURE_ACTIVATIONS = Artefact(
     "feature_activations", "flow", "1", "feature_activations/{key}",
@@ -108,12 +104,14 @@ def flow_version(folder, extra: list[str]) -> str:
 
 def read_flow(store: ArtifactStore, *files: str) -> list:
     """feature_flow's files by name: parquet files as tables, JSON files as data."""
+    import pandas as pd
     folder = FEATURE_FLOW.at(store)
     return [pd.read_parquet(folder / f) if f.endswith(".parquet") else json.loads((folder / f).read_text()) for f in files]
 
 
 def flow_tables(store: ArtifactStore, lineage: Lineage) -> dict:
     """Per edge (parent table, child table), read back from feature_flow's classification."""
+    from featureflow_dagster.flow import tables_from_classification
     return tables_from_classification(lineage, *read_flow(store, "classification.parquet"))
 
 
@@ -139,6 +137,8 @@ def _crosscoder(lineage: Lineage) -> dg.AssetsDefinition:
 
     @CROSSCODER.asset(partitions_def=edge_partitions(lineage), deps=deps, check_specs=check_specs)
     def crosscoder(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        from featureflow_dagster.model import load_model
+        from featureflow_dagster.sae import load_sae
         from safetensors.torch import save_file
 
         from featureflow_dagster.blocks import load_blocks
@@ -178,8 +178,10 @@ def _crosscoder(lineage: Lineage) -> dg.AssetsDefinition:
     return crosscoder
 
 
-def seed_tables(store: ArtifactStore, lineage: Lineage) -> dict[str, pd.DataFrame]:
+def seed_tables(store: ArtifactStore, lineage: Lineage) -> "dict[str, pd.DataFrame]":
     """Per node with a seed null, `flow.null.seed_table` at the lineage's threshold (from seed_null's matches)."""
+    import pandas as pd
+    from featureflow_dagster.flow.null import seed_table
     return {n: seed_table([pd.read_parquet(SEED_NULL.at(store, n) / f"seed_{k}" / "matches.parquet")
                            for k in range(1, lineage.flow.null_seeds + 1)], lineage.flow.threshold)
             for n in lineage.seed_null_nodes()}
@@ -193,6 +195,13 @@ def _seed_null(lineage: Lineage) -> dg.AssetsDefinition:
 
     @SEED_NULL.asset(partitions_def=dg.StaticPartitionsDefinition(names), deps=deps)
     def seed_null(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster.activations import ActivationStore
+        from featureflow_dagster.flow import correlate_edge, encode_edge, read_code_chunks
+        from featureflow_dagster.flow.null import seed_summary, seed_table
+        from featureflow_dagster.model import load_model
+        from featureflow_dagster.sae import load_sae
+        from featureflow_dagster.sae.fit import fit_sae, save_fitted
         node = context.partition_key
         require_passing_saes(store, [node])
         dev, log = device.torch_device(), step_log(context)
@@ -240,6 +249,9 @@ def _feature_activations(lineage: Lineage) -> dg.AssetsDefinition:
 
     @FEATURE_ACTIVATIONS.asset(partitions_def=edge_partitions(lineage), deps=deps)
     def feature_activations(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        from featureflow_dagster.flow import encode_edge
+        from featureflow_dagster.model import load_model, weights_hash
+        from featureflow_dagster.sae import load_sae
         edge = Edge.parse(context.partition_key)
         require_passing_saes(store, edge)
         settings = lineage.edge_activation_settings(*edge)
@@ -281,6 +293,9 @@ def _feature_correlation(lineage: Lineage) -> dg.AssetsDefinition:
     @FEATURE_CORRELATION.asset(partitions_def=edge_partitions(lineage),
                                deps=[dg.AssetDep("feature_activations"), dg.AssetDep("sae", partition_mapping=fan_out(edge_ends(lineage)))])
     def feature_correlation(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        from featureflow_dagster.flow import correlate_edge, read_code_chunks
+        from featureflow_dagster.plots import markdown_table
+        from featureflow_dagster.sae import load_sae
         edge = Edge.parse(context.partition_key)
         require_passing_saes(store, edge)
         codes = FEATURE_ACTIVATIONS.at(store, edge.key)
@@ -323,6 +338,10 @@ def _feature_flow(lineage: Lineage) -> dg.AssetsDefinition:
     @FEATURE_FLOW.asset(deps=[dg.AssetDep("feature_correlation"), *([dg.AssetDep("warm_sae")] if warm else []),
                               *([dg.AssetDep("seed_null")] if nulls else []), *([dg.AssetDep("crosscoder")] if crosscoders else [])])
     def feature_flow(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster.flow import classify_aligned_lineage, classify_lineage
+        from featureflow_dagster.flow.null import null_table, seed_summary
+        from featureflow_dagster.plots import flow_sankey_figure, markdown_table, write_html
         require_passing_saes(store, lineage.node_names)
         matches = {e: pd.read_parquet(FEATURE_CORRELATION.at(store, e.key) / "matches.parquet") for e in lineage.edges()}
         flow = classify_lineage(lineage, matches, threshold)

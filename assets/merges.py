@@ -2,16 +2,10 @@
 
 import json
 import dagster as dg
-import pandas as pd
 
-from featureflow_dagster.blocks import domain_validation_blocks
 from featureflow_dagster.lineage import Lineage
-from featureflow_dagster.merge import merge_base_of, merge_node, sweep_node
-from featureflow_dagster.model import load_model, weights_hash
-from featureflow_dagster.plots import markdown_table, slerp_sweep_figure, write_html
 from featureflow_dagster.serve import reports_url
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
-from featureflow_dagster.training import evaluate
 from featureflow_dagster.assets.data import TOKENS
 from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.models import MODEL, write_metrics
@@ -56,6 +50,9 @@ def _slerp_sweep_asset(lineage: Lineage, nodes: list[str]) -> dg.AssetsDefinitio
 
     @SLERP_SWEEP.asset(partitions_def=dg.StaticPartitionsDefinition(nodes), deps=deps)
     def slerp_sweep(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster.merge import sweep_node
+        from featureflow_dagster.plots import slerp_sweep_figure, write_html
         node = context.partition_key
         dev = device.torch_device()
         sweep, record = sweep_node(lineage, node, lambda n: MODEL.at(store, n), lambda n: TOKENS.at(store, n), dev, log=step_log(context))
@@ -83,6 +80,7 @@ def _slerp_sweep_asset(lineage: Lineage, nodes: list[str]) -> dg.AssetsDefinitio
 
 
 def _sweep_metadata(sweep, record: dict, grid: list[float]) -> dict:
+    from featureflow_dagster.plots import markdown_table
     return {
         "chosen_t": sweep.balance.t,
         "crossed": sweep.balance.crossed,
@@ -102,7 +100,7 @@ def _sweep_metadata(sweep, record: dict, grid: list[float]) -> dict:
 def _merged_model_asset(lineage: Lineage, node: str, auto_t: bool) -> dg.AssetsDefinition:
     spec = lineage.merge_spec(node)
     parents = lineage.node(node).parents
-    base = merge_base_of(lineage, node)
+    base = lineage.merge_reference(node)
     deps = [dg.AssetDep(model_key(p), partition_mapping=dg.StaticPartitionMapping({p: node})) for p in parents]
     if base is not None and base not in parents:
         deps.append(dg.AssetDep(model_key(base), partition_mapping=dg.StaticPartitionMapping({base: node})))
@@ -114,6 +112,10 @@ def _merged_model_asset(lineage: Lineage, node: str, auto_t: bool) -> dg.AssetsD
     @MODEL.asset(key=model_key(node), partitions_def=single_node_partition(node), deps=deps, kinds={"mergekit", "huggingface"},
                  description=f"{spec.method} merge of {', '.join(parents)} (mergekit, in-process)")
     def _merged(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        from featureflow_dagster.blocks import domain_validation_blocks
+        from featureflow_dagster.merge import merge_node
+        from featureflow_dagster.model import load_model, weights_hash
+        from featureflow_dagster.training import evaluate
         dev = device.torch_device()
         sweep = json.loads((SLERP_SWEEP.at(store, node) / "balance.json").read_text()) if auto_t else None
         t = sweep["t"] if sweep is not None else spec.slerp_t if spec.method == "slerp" else None

@@ -4,21 +4,16 @@ A base trains from scratch; a fine-tune starts from its parent's saved weights; 
 weights come from a repo or folder, observed as `pretrained/<node>`. Merged models are
 built in merges.py under the same `MODEL` artefact. `model_summary` describes every node's saved model."""
 
-
 import json
 
 import dagster as dg
 
-from featureflow_dagster.blocks import load_blocks
 from featureflow_dagster.lineage import Lineage
-from featureflow_dagster.model import init_model, load_model, parameter_distance, summarize_model, weights_hash
-from featureflow_dagster.plots import loss_curve_figure, write_html
 from featureflow_dagster.pretrained import Unreachable, link_model_files, resolve
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
 from featureflow_dagster.serve import reports_url
 from featureflow_dagster.tokenizer import load_tokenizer
-from featureflow_dagster.training import train_lineage_node
 from featureflow_dagster.assets.data import TOKENIZER, TOKENS
 from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.partitions import model_key, node_partitions, own_models, same_node, single_node_partition
@@ -85,6 +80,7 @@ def _pretrained_model_assets(lineage: Lineage, node: str) -> list:
     @MODEL.asset(key=model_key(node), partitions_def=single_node_partition(node), deps=[pretrained_key(node)],
                  description=f"pretrained {lineage.node(node).kind} model of node '{node}' ({spec.label})")
     def _model(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        from featureflow_dagster.model import summarize_model
         resolved = resolve(node, spec, weights=True)
         out = MODEL.at(store, node, fetch=False)
         with store.write_dir(out) as tmp:
@@ -102,6 +98,7 @@ def _pretrained_model_assets(lineage: Lineage, node: str) -> list:
 def _model_summary(lineage: Lineage) -> dg.AssetsDefinition:
     @MODEL_SUMMARY.asset(partitions_def=node_partitions(lineage), deps=own_models(lineage))
     def model_summary(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        from featureflow_dagster.model import summarize_model
         node = context.partition_key
         summary = summarize_model(MODEL.at(store, node))
         path = MODEL_SUMMARY.at(store, node)
@@ -124,6 +121,10 @@ def _trained_model_asset(lineage: Lineage, node: str) -> dg.AssetsDefinition:
     @MODEL.asset(key=model_key(node), partitions_def=single_node_partition(node), deps=deps,
                  description=f"{spec.kind} model of node '{node}'" + (f" (from '{spec.parents[0]}')" if spec.parents else ""))
     def _model(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        from featureflow_dagster.blocks import load_blocks
+        from featureflow_dagster.model import init_model, load_model, parameter_distance
+        from featureflow_dagster.plots import loss_curve_figure, write_html
+        from featureflow_dagster.training import train_lineage_node
         dev = device.torch_device()
         tok = load_tokenizer(TOKENIZER.at(store))
         if spec.parents:
@@ -166,6 +167,7 @@ def write_metrics(store: ArtifactStore, node: str, metadata: dict) -> None:
 
 
 def _metadata(lineage: Lineage, node: str, trained, dev, data_hash: str) -> dict:
+    from featureflow_dagster.model import weights_hash
     result = trained.result
     metadata = {
         "loss_curve_table": dg.MetadataValue.md(_curve_markdown(result.loss_curve)),

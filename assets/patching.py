@@ -6,22 +6,13 @@ component by component and feature set by feature set (`cmap`). Built only when 
 import html
 import json
 import time
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
-import torch
 
-from featureflow_dagster.blocks import load_blocks
-from featureflow_dagster.flow import EMERGED, PERSISTED, classify_edge
-from featureflow_dagster.hooked import load_hooked_model
 from featureflow_dagster.lineage import Edge, Lineage
-from featureflow_dagster.patching import feature_sets, model_metrics
-from featureflow_dagster.patching.report import PatchingReport, circuits_report, circuits_table, cmap_report, cmap_table
-from featureflow_dagster.patching.tasks import TaskError, build_task, describe, load_tasks, save_tasks
-from featureflow_dagster.plots import markdown_table, write_html
 from featureflow_dagster.serve import reports_url
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
-from featureflow_dagster.sae import load_sae
 from featureflow_dagster.storage import file_sha256, tree_sha256
 from featureflow_dagster.tokenizer import load_tokenizer, token_strings
 from featureflow_dagster.assets.data import TOKENIZER, TOKENS
@@ -31,6 +22,9 @@ from featureflow_dagster.assets.guard import step_log
 from featureflow_dagster.assets.partitions import edge_ends, edge_partitions, fan_out, node_partitions, own_models, per_node_models
 from featureflow_dagster.assets.sae import SAE, require_passing_saes
 from featureflow_dagster.assets.spec import Artefact, edges, nodes
+
+if TYPE_CHECKING:  # heavy modules are imported where an asset runs, not when the definitions are built
+    from featureflow_dagster.patching.report import PatchingReport
 
 
 def _with_tasks(lineage: Lineage, settings: dict) -> dict:
@@ -127,11 +121,13 @@ def cmap_intro(task: str, s: dict, edge: Edge, example: str) -> str:
             f"(share of the gap): {html.escape(tops)}.</p>")
 
 
-def _write_report(store: ArtifactStore, artefact: Artefact, key: str, report: PatchingReport, json_name: str,
+def _write_report(store: ArtifactStore, artefact: Artefact, key: str, report: "PatchingReport", json_name: str,
                   intro=None) -> dict:
     """Write `<name>.parquet` per table (the tasks' frames concatenated) and `<json_name>.json` where
     `artefact` lives, one heatmap page per task under reports/<asset>/<key>/ (with `intro(task)` above it), each
     atomically; the heatmaps' metadata."""
+    import pandas as pd
+    from featureflow_dagster.plots import write_html
     with store.write_dir(artefact.at(store, key)) as tmp:
         for name, frames in report.tables.items():
             pd.concat(frames).to_parquet(tmp / f"{name}.parquet", index=False)
@@ -149,6 +145,11 @@ def _tasks(lineage: Lineage) -> dg.AssetsDefinition:
 
     @TASKS.asset(deps=[dg.AssetDep("tokenizer"), dg.AssetDep("tokens", partition_mapping=dg.SpecificPartitionsPartitionMapping(source))])
     def tasks_asset(context: dg.AssetExecutionContext, store: ArtifactStore) -> dg.MaterializeResult:
+        import pandas as pd
+        import torch
+        from featureflow_dagster.blocks import load_blocks
+        from featureflow_dagster.patching.tasks import TaskError, build_task, describe, save_tasks
+        from featureflow_dagster.plots import markdown_table
         tok = load_tokenizer(TOKENIZER.at(store))
         strings = token_strings(tok)
         rows = torch.cat([b.long() for owner in source for b in load_blocks(TOKENS.at(store, owner), "validation").values()])
@@ -176,6 +177,11 @@ def _task_performance(lineage: Lineage) -> dg.AssetsDefinition:
     @TASK_PERFORMANCE.asset(partitions_def=node_partitions(lineage),
                             deps=[dg.AssetDep("tasks"), *own_models(lineage)])
     def task_performance(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster.hooked import load_hooked_model
+        from featureflow_dagster.patching import model_metrics
+        from featureflow_dagster.patching.tasks import load_tasks
+        from featureflow_dagster.plots import markdown_table
         node = context.partition_key
         model = load_hooked_model(MODEL.at(store, node), device.torch_device())
         batches = load_tasks(TASKS.at(store))
@@ -194,6 +200,11 @@ def _task_performance(lineage: Lineage) -> dg.AssetsDefinition:
 def _circuits(lineage: Lineage) -> dg.AssetsDefinition:
     @CIRCUITS.asset(partitions_def=node_partitions(lineage), deps=[dg.AssetDep("tasks"), *own_models(lineage)])
     def circuits(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster.hooked import load_hooked_model
+        from featureflow_dagster.patching.report import circuits_report, circuits_table
+        from featureflow_dagster.patching.tasks import load_tasks
+        from featureflow_dagster.plots import markdown_table
         node = context.partition_key
         model = load_hooked_model(MODEL.at(store, node), device.torch_device())
         started = time.perf_counter()
@@ -223,6 +234,14 @@ def _cmap(lineage: Lineage) -> dg.AssetsDefinition:
                 deps=[dg.AssetDep("tasks"), dg.AssetDep("sae", partition_mapping=fan_out(pairs)), *per_node_models(pairs),
                       dg.AssetDep("feature_correlation")])
     def cmap(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster.flow import EMERGED, PERSISTED, classify_edge
+        from featureflow_dagster.hooked import load_hooked_model
+        from featureflow_dagster.patching import feature_sets
+        from featureflow_dagster.patching.report import cmap_report, cmap_table
+        from featureflow_dagster.patching.tasks import load_tasks
+        from featureflow_dagster.plots import markdown_table
+        from featureflow_dagster.sae import load_sae
         edge = Edge.parse(context.partition_key)
         require_passing_saes(store, edge)
         dev = device.torch_device()

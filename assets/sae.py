@@ -4,20 +4,10 @@ import time
 import warnings
 
 import dagster as dg
-import pandas as pd
 
-from featureflow_dagster.activations import ActivationStore, SourceRef, build_activation_store
-from featureflow_dagster.blocks import load_blocks
 from featureflow_dagster.hooks import MLP_POST
 from featureflow_dagster.lineage import Edge, Lineage
-from featureflow_dagster.model import load_model, weights_hash
-from featureflow_dagster.plots import density_histogram, markdown_table, write_html
 from featureflow_dagster.resources import ArtifactStore, DeviceResource
-from featureflow_dagster.sae import load_sae
-from featureflow_dagster.sae.evaluate import configured_checks, evaluate_sae
-from featureflow_dagster.sae.fit import FailedQualityChecks, eval_windows, fit_sae, judge_published, require_passing, save_fitted
-from featureflow_dagster.sae.published import PublishedSAEError, load_published
-from featureflow_dagster.sae.warm import aligned_features, aligned_summary
 from featureflow_dagster.storage import file_sha256
 from featureflow_dagster.assets.data import TOKENS
 from featureflow_dagster.assets.guard import step_log
@@ -67,6 +57,7 @@ ARTEFACTS = [ACTIVATION_STORE, SAE, SAE_TRANSFER, WARM_SAE]
 
 def require_passing_saes(store: ArtifactStore, names) -> None:
     """Fail the step (no retries: nothing but new SAE settings helps) when an SAE of `names` failed a quality check."""
+    from featureflow_dagster.sae.fit import FailedQualityChecks, require_passing
     try:
         require_passing({n: SAE.at(store, n) for n in names})
     except FailedQualityChecks as e:
@@ -87,6 +78,11 @@ def _warm_sae(lineage: Lineage) -> dg.AssetsDefinition:
 
     @WARM_SAE.asset(partitions_def=edge_partitions(lineage), deps=deps)
     def warm_sae(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        from featureflow_dagster.activations import ActivationStore
+        from featureflow_dagster.model import load_model
+        from featureflow_dagster.sae import load_sae
+        from featureflow_dagster.sae.fit import eval_windows, fit_sae, save_fitted
+        from featureflow_dagster.sae.warm import aligned_features, aligned_summary
         edge = Edge.parse(context.partition_key)
         require_passing_saes(store, [edge.parent])
         dev = device.torch_device()
@@ -118,6 +114,9 @@ def _activation_store(lineage: Lineage) -> dg.AssetsDefinition:
 
     @ACTIVATION_STORE.asset(partitions_def=node_partitions(lineage), deps=deps)
     def activation_store(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        from featureflow_dagster.activations import SourceRef, build_activation_store
+        from featureflow_dagster.blocks import load_blocks
+        from featureflow_dagster.model import load_model, weights_hash
         node = context.partition_key
         spec = lineage.sae_spec(node)
         refs, train, validation = [], [], []
@@ -163,6 +162,7 @@ def _check_specs(lineage: Lineage) -> list[dg.AssetCheckSpec]:
     """The SAE quality bars as blocking checks, partitioned like the SAE (a failure on one node blocks
     only what is computed from that node's SAE). Asset check specs are per asset, not per partition:
     every check some node's settings configure."""
+    from featureflow_dagster.sae.checks import configured_checks
     names = list(dict.fromkeys(c for n in lineage.node_names for c in configured_checks(lineage.sae_spec(n).checks)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # partitioned check specs are a Dagster preview
@@ -178,6 +178,11 @@ def _sae(lineage: Lineage) -> dg.AssetsDefinition:
     @SAE.asset(partitions_def=node_partitions(lineage), check_specs=check_specs,
                deps=[dg.AssetDep("activation_store"), *own_models(lineage)])
     def sae(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource):
+        from featureflow_dagster.activations import ActivationStore
+        from featureflow_dagster.model import load_model
+        from featureflow_dagster.plots import density_histogram, write_html
+        from featureflow_dagster.sae.fit import fit_sae, judge_published, save_fitted
+        from featureflow_dagster.sae.published import PublishedSAEError, load_published
         node = context.partition_key
         spec, seed, dev = lineage.sae_spec(node), lineage.sae_seed(node), device.torch_device()
         acts = ActivationStore(ACTIVATION_STORE.at(store, node))
@@ -217,6 +222,8 @@ def _check_result(name: str, outcome, node: str) -> dg.AssetCheckResult:
 
 
 def _sae_metadata(fitted, spec, seed: int) -> dict:
+    import pandas as pd
+    from featureflow_dagster.plots import markdown_table
     result, autoencoder = fitted.training, fitted.sae
     curve = pd.DataFrame(result.curve or [{"step": 0}]).set_index("step")
     return {
@@ -244,6 +251,13 @@ def _sae_transfer(lineage: Lineage) -> dg.AssetsDefinition:
 
     @SAE_TRANSFER.asset(partitions_def=edge_partitions(lineage), deps=deps)
     def sae_transfer(context: dg.AssetExecutionContext, store: ArtifactStore, device: DeviceResource) -> dg.MaterializeResult:
+        import pandas as pd
+        from featureflow_dagster.activations import ActivationStore
+        from featureflow_dagster.model import load_model
+        from featureflow_dagster.plots import markdown_table
+        from featureflow_dagster.sae import load_sae
+        from featureflow_dagster.sae.evaluate import evaluate_sae
+        from featureflow_dagster.sae.fit import eval_windows
         parent, child = edge = Edge.parse(context.partition_key)
         require_passing_saes(store, edge)
         dev = device.torch_device()

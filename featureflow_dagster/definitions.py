@@ -11,12 +11,11 @@ import warnings
 import dagster as dg
 
 from featureflow_dagster.assets import build_assets
+from featureflow_dagster.automation import automation_sensor
 from featureflow_dagster.instance import device_name, executor_name, tf32_enabled, featureflow_home, store_url, worker_count
 from featureflow_dagster.lineage import Lineage, load_lineage
 from featureflow_dagster.resources import ArtifactStore, DeviceResource, LLMResource
 
-
-AUTOMATION_INTERVAL_S = 120  # seconds between evaluations of the automation conditions by the daemon
 
 
 def build_definitions(lineage: Lineage | None = None, home: str | None = None, device: str | None = None,
@@ -55,15 +54,9 @@ def _definitions(lineage: Lineage, home: str | None, device: str | None, executo
     return dg.Definitions(
         assets=build_assets(lineage),
         executor=executor,
-        # Declarative automation (each asset's AutomationCondition, see assets/__init__.py) is evaluated
-        # by this sensor while the Dagster daemon runs (`featureflow ui` starts one).
-        sensors=[dg.AutomationConditionSensorDefinition(
-            "featureflow_automation", target=dg.AssetSelection.all(include_sources=True),
-            default_status=dg.DefaultSensorStatus.RUNNING,
-            # an evaluation of the demo's conditions costs 10-16 s of CPU even when nothing changed (bench/idle_ticks.py):
-            # every 2 minutes rather than every 30 s (Dagster's default), an open, idle UI costs a quarter as much
-            minimum_interval_seconds=AUTOMATION_INTERVAL_S,
-            description="Recomputes what an update made stale (eager), and on the lineage's schedule what is missing.")],
+        # Declarative automation (each asset's AutomationCondition, see assets/__init__.py), evaluated by this
+        # sensor while the Dagster daemon runs (`featureflow ui` starts one) whenever something was recorded
+        sensors=[automation_sensor(lineage.schedule)],
         resources={
             "store": ArtifactStore(root=str(home or featureflow_home(lineage.name)), lineage_name=lineage.name, url=url),
             "device": DeviceResource(device=device or device_name(), tf32=tf32_enabled()),

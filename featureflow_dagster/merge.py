@@ -345,15 +345,10 @@ def merge_node(lineage, node: str, model_dir, out: Path, t: float | None) -> dic
     """Merge node `node`'s parents into the folder `out` through mergekit (SLERP at `t`; the task-
     arithmetic family relative to the merge's base). Returns the mergekit configuration used."""
     spec = lineage.merge_spec(node)
-    base = merge_base_of(lineage, node)
+    base = lineage.merge_reference(node)
     config = mergekit_config(
         spec.method, [model_dir(p) for p in lineage.node(node).parents], model_dir(base) if base else None,
         t=t, weights=spec.weights, density=spec.density, normalize=spec.normalize,
     )
     mergekit_merge(config, out, seed=lineage.seed_of(node))
     return config
-
-
-def merge_base_of(lineage, node: str) -> str | None:
-    """The model a merge is taken relative to: None for SLERP and linear, else `Lineage.merge_base`."""
-    return None if lineage.merge_spec(node).method in ("slerp", "linear") else lineage.merge_base(node)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-import torch
 from pydantic import Field
+
+if TYPE_CHECKING:
+    import torch
 
 
 class DeviceResource(dg.ConfigurableResource):
@@ -16,6 +20,8 @@ class DeviceResource(dg.ConfigurableResource):
                        "False: IEEE float32 (FEATUREFLOW_TF32=0). No effect on a CPU.")
 
     def torch_device(self) -> torch.device:
+        import torch  # here, not at the top: building the definitions (featureflow status) needs no torch
+
         dev = self._resolve()
         if dev.type == "cuda":
             # the per-backend setting (torch >= 2.9), never the legacy global one: mixing the two is an error
@@ -23,6 +29,8 @@ class DeviceResource(dg.ConfigurableResource):
         return dev
 
     def _resolve(self) -> torch.device:
+        import torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.startswith("cuda") and not torch.cuda.is_available():

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
 
-from featureflow_dagster.autointerp import LLMClient, LLMError, Price, ResponseCache
+if TYPE_CHECKING:
+    from featureflow_dagster.autointerp import LLMClient, Price
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -23,6 +25,8 @@ class LLMResource(dg.ConfigurableResource):
     retries: int = Field(default=5, description="Retries on 429, 5xx, timeouts and dropped connections.")
 
     def client(self, cache_dir: Path, price: Price) -> LLMClient:
+        from featureflow_dagster.autointerp import LLMClient, LLMError, ResponseCache  # torch-free definitions
+
         key = os.environ.get(self.api_key_env)
         if not key:
             raise LLMError(f"autointerp is enabled but the environment variable {self.api_key_env} (autointerp.api_key_env) "

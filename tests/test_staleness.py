@@ -3,11 +3,14 @@ partitions is exactly the expected one and everything else stays FRESH; Dagster'
 requests exactly the descendants of a re-materialized node."""
 
 import copy
+import json
 
 import dagster as dg
 import pytest
 import yaml
 
+from featureflow_dagster.automation import NOT_EVALUATED, SENSOR_NAME
+from featureflow_dagster.dagster_internals import stale_status_resolver
 from featureflow_dagster.definitions import build_definitions
 from featureflow_dagster.lineage import load_lineage, parse_lineage, resolve_lineage_path
 from featureflow_dagster.runner import materialization_plan, materialize_lineage, observe_config, stale_statuses
@@ -197,22 +200,49 @@ def _requested(result, defs) -> set[tuple[str, str | None]]:
     return {(k.to_user_string(), pk) for k in keys for pk in result.get_requested_partitions(k)}
 
 
+def _sensor_tick(defs, instance, cursor):
+    """One tick of the `featureflow_automation` sensor as the daemon runs it: its data and the partitions it requests
+    (a single run request, or a backfill of several)."""
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    data = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor,
+                                                        repository_def=defs.get_repository_def()))
+    requested = set()
+    for rr in data.run_requests:
+        if rr.asset_graph_subset is not None:
+            requested |= {(ap.asset_key.to_user_string(), ap.partition_key)
+                          for ap in rr.asset_graph_subset.iterate_asset_partitions()}
+        else:
+            requested |= {(k.to_user_string(), rr.partition_key) for k in rr.asset_selection}
+    return data, requested
+
+
 def test_automation_requests_exactly_the_descendants_of_a_rematerialized_node(micro):
-    """Declarative automation (what the daemon runs under `featureflow ui`): after one fine-tune is
-    re-materialized with new weights, the ticks request exactly what is computed from it, each once."""
+    """Declarative automation through the sensor the daemon runs under `featureflow ui`: after one fine-tune is
+    re-materialized with new weights, the ticks request exactly what is computed from it, each once; a tick with
+    nothing recorded since the last evaluation skips without evaluating, and one after an event evaluates."""
     home, defs, instance = micro
     assert _stale(defs, instance) == set()
-    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-    assert first.total_requested == 0  # a fresh lineage asks for nothing
+    first, now = _sensor_tick(defs, instance, None)
+    assert now == set() and json.loads(first.cursor)["daemon"]  # a fresh lineage asks for nothing
+    idle, now = _sensor_tick(defs, instance, first.cursor)
+    assert now == set() and NOT_EVALUATED in idle.skip_message and idle.cursor == first.cursor
     raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
     _edit_training(raw)
     changed = build_definitions(parse_lineage(raw, "micro-edited"), home=str(home), device="cpu")
     materialize_lineage(changed, instance, only={dg.AssetKey(["model", "prose"])}, echo=lambda *_: None)
+    # the statuses read from records fetched up front (featureflow status) equal Dagster's own resolver's, causes too,
+    # with a dependency re-materialized (its newer and older records both asked for)
+    graph = changed.resolve_asset_graph()
+    answers = [{(k, pk): (r.get_status(k, pk), sorted(map(str, r.get_stale_causes(k, pk))))
+                for k, pk in materialization_plan(changed)}
+               for r in (stale_status_resolver(instance, graph), stale_status_resolver(instance, graph, prefetch=False))]
+    assert answers[0] == answers[1] and sum(s.value == "STALE" for s, _ in answers[0].values()) > 10
     # the daemon's loop: each tick requests what it can run now, the runs land, the next tick goes on
     requested, cursor, ticks = [], first.cursor, 0
     while True:
-        tick = dg.evaluate_automation_conditions(defs=changed, instance=instance, cursor=cursor)
-        cursor, now = tick.cursor, _requested(tick, changed)
+        tick, now = _sensor_tick(changed, instance, cursor)
+        assert NOT_EVALUATED not in (tick.skip_message or "")  # every tick follows a run: it evaluates
+        cursor = tick.cursor
         if not now:
             break
         ticks += 1
@@ -222,6 +252,8 @@ def test_automation_requests_exactly_the_descendants_of_a_rematerialized_node(mi
             if (key.to_user_string(), pk) in now:
                 assert dg.materialize(list(changed.assets), selection=[key], partition_key=pk, instance=instance,
                                       resources=changed.resources).success
+    # settled: nothing recorded since the last evaluation, so the next tick does not evaluate
+    assert NOT_EVALUATED in _sensor_tick(changed, instance, cursor)[0].skip_message
     assert len(requested) == len(set(requested))  # each partition once
     assert set(requested) == ROWS["training (prose)"][1] - {("model/prose", "prose")}
     assert ticks > 1 and _stale(changed, instance) == set()
@@ -258,3 +290,34 @@ def test_a_lineage_schedule_observes_the_lineage_file_then_materializes_what_is_
                                                   evaluation_time=t0 + datetime.timedelta(hours=3, minutes=1))
         # ... then what is missing and can run now is asked for; the eager rule carries it downstream
         assert {(k.to_user_string(), pk) for k in keys for pk in after.get_requested_partitions(k)} == expected[1]
+
+
+def test_the_automation_sensor_skips_until_an_event_or_a_cron_tick(tmp_path):
+    """The daemon's sensor evaluates the conditions only when something they read moved: on an empty instance with a
+    nightly schedule, ticks before 03:00 skip without evaluating; the tick after 03:00 evaluates and asks for the
+    lineage file to be observed (through Dagster's asset job, as the UI's Observe button does); an observation (an
+    event) makes the next tick evaluate again."""
+    import datetime
+
+    from dagster._core.test_utils import freeze_time
+
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    raw["nodes"] = [n for n in raw["nodes"] if n["name"] in ("base", "code")]
+    defs = build_definitions(parse_lineage({**raw, "schedule": "0 3 * * *"}, "scheduled"), home=str(tmp_path), device="cpu")
+    instance = dg.DagsterInstance.ephemeral()
+    t0 = datetime.datetime(2026, 11, 22, 1, 0, tzinfo=datetime.timezone.utc)
+
+    def tick(cursor, hours):
+        with freeze_time(t0 + datetime.timedelta(hours=hours)):
+            return _sensor_tick(defs, instance, cursor)
+
+    first, now = tick(None, 0)
+    assert now == set() and NOT_EVALUATED not in (first.skip_message or "")
+    before, now = tick(first.cursor, 1.5)
+    assert now == set() and NOT_EVALUATED in before.skip_message and before.cursor == first.cursor
+    at_three, now = tick(before.cursor, 3.01)
+    assert NOT_EVALUATED not in (at_three.skip_message or "")
+    assert {k for k, _ in now} == {"lineage_config"} and {r.job_name for r in at_three.run_requests} == {"__ASSET_JOB"}
+    assert NOT_EVALUATED in tick(at_three.cursor, 3.02)[0].skip_message
+    observe_config(defs, instance)
+    assert NOT_EVALUATED not in (tick(at_three.cursor, 3.03)[0].skip_message or "")

@@ -224,6 +224,10 @@ class Lineage(_Strict):
         spec = self.merge_spec(name)
         return spec.base or self.nearest_common_ancestor(self.node(name).parents)
 
+    def merge_reference(self, name: str) -> str | None:
+        """The model a merge is taken relative to: None for SLERP and linear, else `merge_base`."""
+        return None if self.merge_spec(name).method in ("slerp", "linear") else self.merge_base(name)
+
     def model_spec(self, name: str) -> ModelSpec | None:
         """The architecture of a model trained here; None for a pretrained node (its config.json says)."""
         node = self.node(name)
