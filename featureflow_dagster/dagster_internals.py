@@ -19,6 +19,25 @@ def observe_sources(sources: list, instance: dg.DagsterInstance, run_config: dic
     observe(sources, instance=instance, run_config=run_config, tags=tags)
 
 
+def recorded_versions(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, str]:
+    """The data version of the newest observation of every partition of the observable source `key` (two queries).
+    Reading a version back out of an event log entry has no public function."""
+    from dagster._core.definitions.data_version import extract_data_version_from_entry
+    from dagster._core.events import DagsterEventType
+
+    ids = instance.event_log_storage.get_latest_storage_id_by_partition(key, DagsterEventType.ASSET_OBSERVATION)
+    if not ids:
+        return {}
+    records = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=key, storage_ids=list(ids.values())),
+                                          limit=len(ids)).records
+    out = {}
+    for record in records:
+        version = extract_data_version_from_entry(record.event_log_entry)
+        if version is not None:
+            out[record.partition_key] = version.value
+    return out
+
+
 class _InstanceLoadingContext(LoadingContext):
     """The batching context Dagster's stale-status resolver reads the instance through; the UI builds
     one per request (its workspace context), a process like ours holds one per resolver."""

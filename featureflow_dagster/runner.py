@@ -19,6 +19,7 @@ import contextlib
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,10 @@ import dagster as dg
 
 from featureflow_dagster import progress
 from featureflow_dagster.lineage import Edge
-from featureflow_dagster.dagster_internals import failed_check_partitions, observe_sources, pool_info, stale_status_resolver
+from featureflow_dagster.assets.config import CONFIG_KEY
+from featureflow_dagster.dagster_internals import (
+    failed_check_partitions, observe_sources, pool_info, recorded_versions, stale_status_resolver
+)
 from featureflow_dagster.runs import HOST_TAG, KEY_FIGURES_METADATA, PID_TAG, POOL, STEP_TAG, partition_label, process_tags
 
 def _log_config(verbose: bool) -> dict:
@@ -60,10 +64,23 @@ def config_assets(defs: dg.Definitions) -> list:
 
 
 def observe_config(defs: dg.Definitions, instance: dg.DagsterInstance, verbose: bool = False) -> None:
-    """Record the lineage file's current per-partition versions (cheap; what makes an edit visible)."""
-    sources = config_assets(defs)
+    """Record the lineage file's current per-partition versions (cheap; what makes an edit visible). When the
+    instance already holds exactly these versions, `lineage_config` is not observed again: an observation run
+    writes an event per partition (about 1 s on the demo) and would wake the automation sensor for nothing.
+    Other observable sources (pretrained weights) are observed every time."""
+    sources = [s for s in config_assets(defs) if not _config_recorded(s, instance)]
     if sources:
         observe_sources(sources, instance, _log_config(verbose), process_tags())
+
+
+def _config_recorded(source, instance: dg.DagsterInstance) -> bool:
+    if source.key != CONFIG_KEY:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)  # DataVersionsByPartition
+        current = {pk: v.value for pk, v in source.observe_fn().data_versions_by_partition.items()}
+    recorded = recorded_versions(instance, CONFIG_KEY)
+    return all(recorded.get(pk) == v for pk, v in current.items())
 
 
 def stale_statuses(defs: dg.Definitions, instance: dg.DagsterInstance,

@@ -321,3 +321,18 @@ def test_the_automation_sensor_skips_until_an_event_or_a_cron_tick(tmp_path):
     assert NOT_EVALUATED in tick(at_three.cursor, 3.02)[0].skip_message
     observe_config(defs, instance)
     assert NOT_EVALUATED not in (tick(at_three.cursor, 3.03)[0].skip_message or "")
+
+
+def test_observing_an_unchanged_lineage_records_nothing(micro):
+    """`featureflow status` observes the lineage file each time; when the instance already holds exactly its
+    versions nothing is written (an observation run would wake the automation sensor for nothing), and an edit is."""
+    home, defs, instance = micro
+    observe_config(defs, instance)
+    before = instance.event_log_storage.get_maximum_record_id()
+    observe_config(defs, instance)
+    assert instance.event_log_storage.get_maximum_record_id() == before
+    raw = yaml.safe_load(resolve_lineage_path("micro").read_text())
+    _edit_seed(raw)
+    observe_config(build_definitions(parse_lineage(raw, "micro-edited"), home=str(home), device="cpu"), instance)
+    assert instance.event_log_storage.get_maximum_record_id() > before
+    observe_config(defs, instance)  # back to the shipped micro lineage
