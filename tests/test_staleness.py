@@ -9,7 +9,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from featureflow_dagster.automation import NOT_EVALUATED, SENSOR_NAME
+from featureflow_dagster.automation import NOT_EVALUATED, SENSOR_NAME, SHELL_RUNNING
+from featureflow_dagster.runs import STEP_TAG
 from featureflow_dagster.dagster_internals import stale_status_resolver
 from featureflow_dagster.definitions import build_definitions
 from featureflow_dagster.lineage import load_lineage, parse_lineage, resolve_lineage_path
@@ -320,7 +321,15 @@ def test_the_automation_sensor_skips_until_an_event_or_a_cron_tick(tmp_path):
     assert {k for k, _ in now} == {"lineage_config"} and {r.job_name for r in at_three.run_requests} == {"__ASSET_JOB"}
     assert NOT_EVALUATED in tick(at_three.cursor, 3.02)[0].skip_message
     observe_config(defs, instance)
-    assert NOT_EVALUATED not in (tick(at_three.cursor, 3.03)[0].skip_message or "")
+    # while the shell materializes (a run with featureflow's partition tag), the sensor waits for it to end
+    from dagster._core.test_utils import create_run_for_test
+
+    shell = create_run_for_test(instance, job_name="__ASSET_JOB", status=dg.DagsterRunStatus.STARTED,
+                                tags={STEP_TAG: "model/base[base]"})
+    waiting, now = tick(at_three.cursor, 3.03)
+    assert now == set() and SHELL_RUNNING in waiting.skip_message and waiting.cursor == at_three.cursor
+    instance.delete_run(shell.run_id)
+    assert NOT_EVALUATED not in (tick(at_three.cursor, 3.04)[0].skip_message or "")
 
 
 def test_observing_an_unchanged_lineage_records_nothing(micro):
