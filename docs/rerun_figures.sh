@@ -2,7 +2,7 @@
 # Re-run every command whose output the README quotes, one after another (2 cores: nothing else should run), on the
 # checked-out commit; each command's output goes to $OUT/<name>.txt with the commit and the wall time.
 #
-#   bash docs/rerun_figures.sh /tmp/figures        # about an hour on 2 CPU cores
+#   bash docs/rerun_figures.sh /tmp/figures        # about 50 minutes on 2 CPU cores
 #
 # The demo is materialized from an empty folder first ($OUT/demo: its `.featureflow/demo` and `.dagster`), with
 # `/usr/bin/time -v`, then the benches that read a demo home use it. Not here: `bench/gpu_scale.py` (needs a CUDA
@@ -35,6 +35,7 @@ run demo_status bash -c "for i in 1 2 3; do /usr/bin/time -f '%e s wall' '$FF' s
 run demo_plan bash -c "time '$FF' plan"
 cd "$REPO"
 run patching_tables "$PY" docs/patching_tables.py "$FEATUREFLOW_HOME"
+run demo_tables "$PY" docs/demo_tables.py "$FEATUREFLOW_HOME"
 run idle_ticks "$PY" bench/idle_ticks.py --home "$FEATUREFLOW_HOME"
 run idle_ui "$PY" bench/idle_ui.py --lineage demo --warmup 90 --window 240
 run activation_collection "$PY" bench/activation_collection.py --home "$FEATUREFLOW_HOME"
