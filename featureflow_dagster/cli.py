@@ -357,13 +357,41 @@ def _ui(args) -> int:
         return child.wait()
     except KeyboardInterrupt:  # the terminal's Ctrl-C reached dagster dev too: let it shut down its daemon
         try:
-            return child.wait(timeout=60)
+            return child.wait(timeout=UI_STOP_GRACE_S)
         except subprocess.TimeoutExpired:
-            child.kill()
+            # its daemon can wait for a sensor evaluation in the code server to finish (seconds to a minute on a busy
+            # machine): past the grace, stop every process it started
+            print(f"dagster dev did not stop within {UI_STOP_GRACE_S} s of Ctrl-C; stopping its processes", flush=True)
+            _stop_tree(child.pid)
             return 130
     finally:
         if server is not None:
             server.shutdown()
+
+
+UI_STOP_GRACE_S = 20  # seconds `featureflow ui` gives dagster dev to stop on Ctrl-C before stopping its processes
+
+
+def _stop_tree(pid: int, timeout: float = 5.0) -> None:
+    """SIGTERM to `pid` and everything it started, SIGKILL to what is left after `timeout` seconds."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _reports(args) -> int:
