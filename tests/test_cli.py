@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -84,6 +85,11 @@ def test_ui_runs_dagster_through_this_interpreter_without_path(tmp_path):
     (pages / "index.html").write_text("<p>the feature index</p>")
     proc = subprocess.Popen([sys.executable, "-m", "featureflow_dagster.cli", "ui", "--port", str(port), "--reports-port", str(reports)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # read its output while it runs: Dagster logs every sensor tick, and a full pipe would block the processes'
+    # writes, and with them their shutdown
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
         deadline, body = time.time() + 120, None
         while time.time() < deadline and proc.poll() is None:
@@ -92,7 +98,7 @@ def test_ui_runs_dagster_through_this_interpreter_without_path(tmp_path):
                 break
             except OSError:
                 time.sleep(1)
-        assert body is not None and "dagster_webserver_version" in body, proc.stdout.read() if proc.poll() is not None else ""
+        assert body is not None and "dagster_webserver_version" in body, "".join(lines)[-3000:]
         # the reports of the same home beside it; / is the reports home, built then, which links the feature index
         home = urllib.request.urlopen(f"http://127.0.0.1:{reports}/", timeout=5).read().decode()
         assert "featureflow · micro" in home and 'href="features/index.html"' in home
@@ -106,7 +112,8 @@ def test_ui_runs_dagster_through_this_interpreter_without_path(tmp_path):
             pytest.fail("featureflow ui did not stop on Ctrl-C")
     # started from the repository (which holds a dagster.yaml) with DAGSTER_HOME elsewhere: no warning that it "will
     # not be used", and no notice that `dg dev` supersedes `dagster dev` (nothing a user of featureflow can act on)
-    out = proc.stdout.read()
+    reader.join(timeout=10)
+    out = "".join(lines)
     assert Path("dagster.yaml").is_file() and "will not be used" not in out and "dg dev" not in out, out[-3000:]
 
 
