@@ -356,6 +356,9 @@ def _ui(args) -> int:
     try:
         return child.wait()
     except KeyboardInterrupt:  # the terminal's Ctrl-C reached dagster dev too: let it shut down its daemon
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (or dagster dev's own) must not cut this short
         try:
             return child.wait(timeout=UI_STOP_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -365,8 +368,12 @@ def _ui(args) -> int:
             _stop_tree(child.pid)
             return 130
     finally:
-        if server is not None:
-            server.shutdown()
+        if server is not None:  # the reports' threads are daemons: never wait on them for long
+            import threading
+
+            stopper = threading.Thread(target=server.shutdown, daemon=True)
+            stopper.start()
+            stopper.join(timeout=5)
 
 
 UI_STOP_GRACE_S = 20  # seconds `featureflow ui` gives dagster dev to stop on Ctrl-C before stopping its processes

@@ -109,7 +109,8 @@ def test_ui_runs_dagster_through_this_interpreter_without_path(tmp_path):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("featureflow ui did not stop on Ctrl-C")
+            reader.join(timeout=5)
+            pytest.fail("featureflow ui did not stop on Ctrl-C; its output:\n" + "".join(lines)[-4000:])
     # started from the repository (which holds a dagster.yaml) with DAGSTER_HOME elsewhere: no warning that it "will
     # not be used", and no notice that `dg dev` supersedes `dagster dev` (nothing a user of featureflow can act on)
     reader.join(timeout=10)
