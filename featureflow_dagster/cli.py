@@ -338,6 +338,12 @@ def _ui(args) -> int:
     os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
     from featureflow_dagster.instance import ensure_dagster_home
 
+    import signal
+
+    # Ctrl-C stops the UI even when this process was started with SIGINT ignored (a background job of a
+    # non-interactive shell, a test runner's worker): Python then installs no handler, and exec'd children inherit
+    # the ignore; with a handler here, dagster dev starts with the default and installs its own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     dagster_home = ensure_dagster_home()
     server = _start_reports(lineage, args.reports_port or _reports_port(), aliases=True)
     # `dagster dev` runs in DAGSTER_HOME, whose dagster.yaml is the one it uses (from the repository it would warn that
@@ -356,8 +362,6 @@ def _ui(args) -> int:
     try:
         return child.wait()
     except KeyboardInterrupt:  # the terminal's Ctrl-C reached dagster dev too: let it shut down its daemon
-        import signal
-
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C (or dagster dev's own) must not cut this short
         try:
             return child.wait(timeout=UI_STOP_GRACE_S)
